@@ -1,0 +1,175 @@
+"""Command line: `python -m platform.tune SPEC [options]` runs one tuning job.
+
+Exit codes: 0 the job finished with a best trial, 1 the job failed (no trial produced the
+metric), 2 bad input (spec, options, unreachable tracking server, impossible resources),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from platform.spec import SpecError, load_spec, smoke_overrides
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_STORAGE_PATH = "ray_results"
+TRACKING_CHECK_TIMEOUT_S = 3.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other input error
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m platform.tune",
+        description="Tune a trainable with Ray Tune (Optuna TPE + ASHA) and record every trial in MLflow.",
+        epilog="Example: python -m platform.tune search_spaces/cnn.yaml --set search.num_samples=8",
+    )
+    parser.add_argument("spec", help="search-space YAML file (see search_spaces/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec key, value parsed as YAML (repeatable): --set search.num_samples=8")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="a few trials of 2 epochs on a small data subset: checks a spec in under a minute")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                        help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: spec, $MLFLOW_TRACKING_URI, "
+                        f"then {DEFAULT_TRACKING_URI})")
+    parser.add_argument("--storage-path", help="where Ray keeps experiment state and checkpoints "
+                        f"(default: spec's storage_path, else ./{DEFAULT_STORAGE_PATH})")
+    parser.add_argument("--name", help="job name: MLflow experiment and Ray run name (default: the spec's name)")
+    return parser
+
+
+def resolve_tracking_uri(cli: str | None, spec_uri: str | None) -> tuple[str, str]:
+    """The tracking URI and where it came from, by precedence: CLI, spec, env, default."""
+    for uri, source in ((cli, "--tracking-uri"), (spec_uri, "tracking.uri"),
+                        (os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI")):
+        if uri:
+            return uri, source
+    return DEFAULT_TRACKING_URI, "tracking.uri"
+
+
+def check_tracking_uri(uri: str, source: str, file: str) -> None:
+    """Fail fast, before Ray starts, on a tracking store the job could never write to."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=TRACKING_CHECK_TIMEOUT_S):
+                pass
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise SpecError(file, source, f"MLflow tracking server not reachable: {reason}", uri) from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise SpecError(file, source, "folder of the SQLite file does not exist or is not writable", uri)
+
+
+def check_storage_path(path: str, source: str, file: str) -> None:
+    if "://" in path:
+        return  # s3://, gs://: Ray's pyarrow filesystem reports its own errors
+    existing = Path(path).expanduser().resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise SpecError(file, source, "storage path cannot be written", path)
+
+
+def prepare(args: argparse.Namespace) -> Any:
+    """Everything checked before anything starts: spec, trainable, data, tracking, storage."""
+    from platform.job import JobRequest
+    from platform.resolve import check_against_trainable, resolve_trainable
+
+    spec, _, text = load_spec(args.spec, args.overrides, name=args.name)
+    if args.smoke_test:
+        spec, _, _ = load_spec(args.spec, args.overrides + smoke_overrides(spec), name=args.name)
+    trainable = resolve_trainable(spec, args.spec)
+    data = check_against_trainable(spec, trainable, args.spec)
+    tracking_uri, source = resolve_tracking_uri(args.tracking_uri, spec.tracking.uri)
+    check_tracking_uri(tracking_uri, source, args.spec)
+    storage = args.storage_path or spec.storage_path or DEFAULT_STORAGE_PATH
+    check_storage_path(storage, "--storage-path" if args.storage_path else "storage_path", args.spec)
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    return JobRequest(spec=spec, spec_file=args.spec, spec_text=text, trainable=trainable, data=data,
+                      tracking_uri=tracking_uri, storage_path=storage, address=args.address,
+                      smoke_test=args.smoke_test)
+
+
+def format_summary(outcome: Any, request: Any, top: int = 5) -> str:
+    spec = request.spec
+    lines = [""]
+    rows = sorted(outcome.rows, key=lambda r: (r.value is None, -(r.value or 0) if spec.mode == "max" else (r.value or 0)))
+    failed = sum(r.status == "failed" for r in rows)
+    stopped = sum(r.status == "early_stopped" for r in rows)
+    lines.append(f"{len(rows)} trials in {outcome.wall_s:.0f}s: {len(rows) - failed - stopped} completed, "
+                 f"{stopped} stopped early by {spec.scheduler.type.upper()}, {failed} failed")
+    if rows:
+        params = list(spec.search.space)
+        header = ["trial", "status", "epochs", spec.metric, *params]
+        table = [header] + [
+            [r.trial_id, r.status, str(r.epochs), "-" if r.value is None else f"{r.value:.4f}",
+             *[_short(r.params.get(p)) for p in params]]
+            for r in rows[:top]
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        lines.append(f"Top {min(top, len(rows))} trials by {spec.metric} ({spec.mode}):")
+        for row in table:
+            lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+    if outcome.best is not None:
+        best = outcome.best
+        lines.append(f"Best trial {best.trial_id}: {spec.metric}={best.value:.4f}")
+        lines.append("  config: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
+    lines.append(f"MLflow: experiment '{outcome.experiment_name}' (id {outcome.experiment_id}), "
+                 f"parent run {outcome.parent_run_id}")
+    if outcome.model_version:
+        lines.append(f"Registered model: {outcome.model_name} version {outcome.model_version}; "
+                     f"champion is version {outcome.champion_version} "
+                     f"(models:/{outcome.model_name}@champion)")
+    lines.extend(outcome.notes)
+    lines.append(f"Browse: mlflow ui --backend-store-uri {request.tracking_uri}")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        request = prepare(args)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from platform.job import JobError, run_job
+    from platform.tracking import JobTracker
+
+    tracker = JobTracker(request.tracking_uri, request.spec.name)
+    try:
+        outcome = run_job(request, tracker)
+    except JobError as err:
+        print(f"error: {request.spec_file}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(format_summary(outcome, request), flush=True)
+    if outcome.exit_code != 0:
+        print("error: no trial produced the metric "
+              f"{request.spec.metric!r}; see the trial errors above", file=sys.stderr)
+    return outcome.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""CNN image classifier.
+
+Default data: scikit-learn's handwritten digits (1,797 real 8x8 images, shipped with the
+package). MNIST, Fashion-MNIST and CIFAR-10 load through torchvision from a local `data.root`;
+nothing is downloaded unless `data.download: true`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from trainables.classification import (
+    Normalize,
+    cross_entropy,
+    evaluate_classifier,
+    smoke_subset,
+    stratified_split,
+    with_probabilities,
+)
+from trainables.loop import Dataset, Task, run_trial
+
+METRICS = ("val_accuracy", "val_roc_auc", "val_loss", "train_loss", "epoch")
+TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+SMOKE_TRAIN_ROWS, SMOKE_VAL_ROWS = 600, 300
+
+
+class DataConfig(BaseModel):
+    """The spec's `data` block for this trainable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10"] = "digits"
+    root: str | None = None  # folder holding the torchvision dataset files
+    download: bool = False
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)  # digits only: the others ship a test split
+    seed: int = 0
+    smoke: bool = False
+
+    @model_validator(mode="after")
+    def _root_for_torchvision(self) -> DataConfig:
+        if self.dataset != "digits" and not self.download:
+            if self.root is None:
+                raise ValueError(
+                    f"root: required for dataset {self.dataset!r}: a folder with the torchvision "
+                    "files (or set download: true)"
+                )
+            if not Path(self.root).expanduser().is_dir():
+                raise ValueError(f"root: folder does not exist for dataset {self.dataset!r}: {self.root}")
+        return self
+
+
+def load_data(data: dict[str, Any]) -> Dataset:
+    cfg = DataConfig.model_validate(data)
+    if cfg.dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = digits.images.astype(np.float32)[:, None, :, :]  # N, 1, 8, 8; pixel values 0..16
+        x_train, x_val, y_train, y_val = stratified_split(images, digits.target, cfg.val_fraction, cfg.seed)
+    else:
+        x_train, y_train, x_val, y_val = _load_torchvision(cfg)
+    if cfg.smoke:
+        x_train, y_train = smoke_subset(x_train, y_train, SMOKE_TRAIN_ROWS, cfg.seed)
+        x_val, y_val = smoke_subset(x_val, y_val, SMOKE_VAL_ROWS, cfg.seed)
+    mean = x_train.mean(axis=(0, 2, 3)).tolist()
+    std = x_train.std(axis=(0, 2, 3)).tolist()
+    info = {
+        "dataset": cfg.dataset,
+        "input_shape": list(x_train.shape[1:]),
+        "num_classes": int(max(y_train.max(), y_val.max()) + 1),
+        "mean": mean,
+        "std": std,
+    }
+    return Dataset(
+        torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
+        torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+        torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32)),
+        torch.from_numpy(np.asarray(y_val, dtype=np.int64)),
+        info,
+    )
+
+
+def _load_torchvision(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        import torchvision.datasets as tv
+    except ImportError as err:
+        raise RuntimeError(
+            f"dataset {cfg.dataset!r} needs torchvision: pip install torchvision ({err})"
+        ) from None
+    cls = getattr(tv, TORCHVISION_DATASETS[cfg.dataset])
+    root = str(Path(cfg.root or "data").expanduser())
+    try:
+        train = cls(root, train=True, download=cfg.download)
+        test = cls(root, train=False, download=cfg.download)
+    except RuntimeError as err:  # torchvision's "Dataset not found" message
+        raise RuntimeError(
+            f"{cfg.dataset} files not found under {root}: place the torchvision "
+            f"{TORCHVISION_DATASETS[cfg.dataset]} files there or set data.download: true ({err})"
+        ) from None
+
+    def arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
+        images = np.asarray(split.data, dtype=np.float32) / 255.0
+        images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+        return images, np.asarray(split.targets, dtype=np.int64)
+
+    x_train, y_train = arrays(train)
+    x_val, y_val = arrays(test)
+    return x_train, y_train, x_val, y_val
+
+
+class ConvNet(nn.Module):
+    """Two conv blocks and a small classifier head; works for 8x8 up to 32x32 inputs."""
+
+    def __init__(self, info: dict[str, Any], channels: int = 32, hidden: int = 128, dropout: float = 0.2):
+        super().__init__()
+        in_channels = int(info["input_shape"][0])
+        self.normalize = Normalize(info["mean"], info["std"], (1, in_channels, 1, 1))
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1),
+            nn.BatchNorm2d(2 * channels),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(2 * channels * 16, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, int(info["num_classes"])),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.normalize(x)))
+
+
+def build_model(config: dict[str, Any], info: dict[str, Any]) -> nn.Module:
+    return ConvNet(
+        info,
+        channels=int(config.get("channels", 32)),
+        hidden=int(config.get("hidden", 128)),
+        dropout=float(config.get("dropout", 0.2)),
+    )
+
+
+def input_example(data: Dataset) -> np.ndarray:
+    return data.x_val[:5].numpy()
+
+
+TASK = Task(
+    load_data=load_data,
+    build_model=build_model,
+    loss_fn=cross_entropy,
+    evaluate=evaluate_classifier,
+    serving_model=with_probabilities,
+    input_example=input_example,
+)
+
+
+def train(config: dict[str, Any], data: Dataset | None = None) -> None:
+    """Ray Tune trainable: one report and checkpoint per epoch."""
+    run_trial(TASK, config, data)

@@ -1,0 +1,207 @@
+"""The training loop every built-in trainable shares.
+
+A trainable module describes its task with a `Task` (data, model, loss, evaluation, serving
+form) and hands it to `run_trial`, which does the rest: threads and device, optimizer, resume
+from the last checkpoint, one report and one checkpoint per epoch. The helpers below take plain
+arguments and do not import Ray, so tests call them directly; only `run_trial` talks to Tune.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "state.pt"
+# Part of a GPU share kept free for the CUDA context and the allocator's slack.
+GPU_MEMORY_HEADROOM = 0.05
+
+
+@dataclass
+class Dataset:
+    """Tensors of one fixed train/validation split, plus what a model needs to be rebuilt."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    # JSON-like facts (shapes, classes, feature names, normalization) stored in checkpoints.
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between trainables; everything else is the shared loop."""
+
+    load_data: Callable[[dict[str, Any]], Dataset]
+    build_model: Callable[[dict[str, Any], dict[str, Any]], nn.Module]
+    loss_fn: Callable[[dict[str, Any]], LossFn]
+    # (model, dataset, loss_fn, device) -> {"val_loss": ..., task metrics}
+    evaluate: Callable[[nn.Module, Dataset, LossFn, torch.device], dict[str, float]]
+    # Wraps a trained model into what the registry serves (e.g. probabilities, not logits).
+    serving_model: Callable[[nn.Module], nn.Module]
+    # A few raw input rows in the form the served model takes.
+    input_example: Callable[[Dataset], Any]
+    # Batches of one training epoch; the default shuffles (x_train, y_train).
+    train_batches: Callable[[Dataset, int, torch.Generator], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+
+def make_optimizer(params: Any, config: dict[str, Any]) -> torch.optim.Optimizer:
+    """sgd | adam | adamw from `optimizer`, `lr`, and `momentum` / `weight_decay` when given."""
+    name = str(config.get("optimizer", "adam")).lower()
+    lr = float(config["lr"])
+    weight_decay = float(config.get("weight_decay", 0.0))
+    if name == "sgd":
+        momentum = float(config.get("momentum", 0.9))
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=float(config.get("weight_decay", 0.01)))
+    raise ValueError(f"unknown optimizer {name!r}: expected sgd, adam or adamw")
+
+
+def shuffled_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    # Slicing tensors in memory beats a DataLoader by far on datasets of this size.
+    order = torch.randperm(len(x), generator=generator)
+    for start in range(0, len(x), batch_size):
+        index = order[start : start + batch_size]
+        yield x[index], y[index]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+) -> float:
+    """One pass over the batches; returns the mean training loss per example."""
+    model.train()
+    total, count = 0.0, 0
+    for xb, yb in batches:
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(xb)
+        count += len(xb)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 2048) -> torch.Tensor:
+    """Model outputs for `x`, in evaluation mode, gathered on the CPU."""
+    model.eval()
+    outs = [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def save_state(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+               config: dict[str, Any], info: dict[str, Any]) -> None:
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "config": config,
+            "info": info,
+        },
+        os.path.join(directory, CHECKPOINT_FILE),
+    )
+
+
+def load_state(directory: str) -> dict[str, Any]:
+    return torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+
+def rebuild_model(task: Task, directory: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of a checkpoint directory, on the CPU, plus the checkpoint's state."""
+    state = load_state(directory)
+    model = task.build_model(state["config"], state["info"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+def select_device(gpu_ids: list[Any], gpu_share: float) -> torch.device:
+    """CUDA when Ray gave this trial a GPU that really exists; the CPU otherwise.
+
+    With a fractional share the process caps its own memory so trials packed onto one GPU
+    cannot starve each other.
+    """
+    if not gpu_ids:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        logger.warning("Ray assigned GPU %s but CUDA is not available here; training on CPU", gpu_ids)
+        return torch.device("cpu")
+    device = torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU
+    if 0 < gpu_share < 1:
+        torch.cuda.set_per_process_memory_fraction(max(gpu_share - GPU_MEMORY_HEADROOM, 0.01), device)
+    return device
+
+
+def run_trial(task: Task, config: dict[str, Any], data: Dataset | None = None) -> None:
+    """Train for `config["epochs"]`, reporting and checkpointing once per epoch.
+
+    Resumes from the trial's last checkpoint when Tune restarts it after a failure.
+    """
+    import ray
+    from ray import tune
+
+    # One "checkpoint created" line per epoch per trial drowns the progress table.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
+    device = select_device(ray.get_gpu_ids(), float(assigned.get("GPU", 0)))
+    if data is None:
+        data = task.load_data(config.get("data", {}))
+
+    seed = int(config.get("seed", 0))
+    torch.manual_seed(seed)
+    model = task.build_model(config, data.info).to(device)
+    optimizer = make_optimizer(model.parameters(), config)
+    loss_fn = task.loss_fn(config)
+    batch_size = int(config.get("batch_size", 64))
+
+    start_epoch = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_state(directory)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+
+    generator = torch.Generator()
+    for epoch in range(start_epoch + 1, int(config["epochs"]) + 1):
+        # Seeded per epoch so a resumed trial sees the batches it would have seen.
+        generator.manual_seed(seed * 100_003 + epoch)
+        if task.train_batches is not None:
+            batches = task.train_batches(data, batch_size, generator)
+        else:
+            batches = shuffled_batches(data.x_train, data.y_train, batch_size, generator)
+        train_loss = train_one_epoch(model, optimizer, loss_fn, batches, device)
+        metrics = task.evaluate(model, data, loss_fn, device)
+        result = {"epoch": epoch, "train_loss": train_loss, **metrics}
+        with tempfile.TemporaryDirectory() as directory:
+            save_state(directory, model, optimizer, epoch, config, data.info)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+        if not math.isfinite(train_loss):
+            return  # a diverged trial has nothing left to learn
