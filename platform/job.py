@@ -162,7 +162,7 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
             artifacts={"spec.yaml": request.spec_text, "resolved_spec.yaml": _resolved_yaml(spec)},
         )
         outcome = JobOutcome(exit_code=1, experiment_name=tracker.experiment_name,
-                             experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id, notes=notes)
+                             experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id)
         try:
             results = _fit(spec, request, trainable, data, run_name, tracker)
             _summarize(spec, results, outcome)

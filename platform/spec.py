@@ -338,13 +338,15 @@ def _check_relations(spec: Spec, file: str) -> None:
 
 
 def _first_error(err: ValidationError, raw: dict[str, Any], file: str) -> SpecError:
-    error = err.errors()[0]
+    errors = err.errors()
+    # A misspelt key also makes its real key "missing": the typo is the error to report.
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = _clean_loc(error["loc"])
     path = ".".join(str(part) for part in loc)
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], raw)
         hint = difflib.get_close_matches(key, allowed, n=1)
         rule = "unknown key"
         if hint:
@@ -373,13 +375,15 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+def _allowed_keys(loc: tuple[Any, ...], raw: dict[str, Any]) -> list[str]:
     """The keys the model at `loc` accepts, for a "did you mean" hint."""
     model: Any = Spec
     for part in loc:
         model = _field_model(model, part)
         if model is None:
             return []
+    if isinstance(model, tuple):  # a search domain: its `type` picks the model
+        model = _field_model(model, _lookup(raw, loc + ("type",)))
     if isinstance(model, type) and issubclass(model, BaseModel):
         return list(model.model_fields)
     return []

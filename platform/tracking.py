@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
@@ -118,7 +119,9 @@ class JobTracker:
             output = model(torch.tensor(rows, dtype=torch.float32)).numpy()
         signature = infer_signature(input_example, output)
         mlflow.set_tracking_uri(self.tracking_uri)
-        with mlflow.start_run(run_id=self.parent_run_id):
+        with mlflow.start_run(run_id=self.parent_run_id), warnings.catch_warnings():
+            # MLflow's own check of the input example trips torch's read-only-array warning.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",

@@ -1,0 +1,73 @@
+"""The CLI as a user runs it: help, and bad input that ends in one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.helpers import SPECS, run_cli, write_spec
+
+GOOD = (SPECS / "mlp.yaml").read_text()
+
+
+def test_help_lists_the_options():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in ("--set", "--smoke-test", "--address", "--tracking-uri", "--storage-path", "--name"):
+        assert option in result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+BAD_INPUTS = [
+    # (spec text or None for the good spec, extra CLI args, expected fragment of the one error line)
+    ("name: x\ntrainable: mlp\nmetric: val_accuracy\nmode: max\nsearch: {fixed: {epochs: 2}}\nschedular: {}\n",
+     [], "schedular: unknown key, did you mean 'scheduler'?"),
+    (GOOD.replace("trainable: mlp", "trainable: mpl"), [], "trainable: unknown trainable, did you mean 'mlp'?"),
+    (GOOD.replace("trainable: mlp", "trainable: no_such_module:train"), [], "trainable: cannot import module"),
+    (GOOD.replace("trainable: mlp", "trainable: json:nothing_here"), [], "has no attribute 'nothing_here'"),
+    (GOOD.replace("trainable: mlp", "trainable: json:__doc__"), [], "is not callable"),
+    (GOOD.replace("dataset: breast_cancer", "dataset: iris"), [], "data.dataset: input should be"),
+    (GOOD.replace("dataset: breast_cancer", "dataset: csv\n  path: /no/such.csv\n  target: y"), [],
+     "data.path: file does not exist"),
+    (GOOD.replace("metric: val_roc_auc", "metric: val_auc"), [], "metric: mlp does not report this metric"),
+    (GOOD, ["--set", "search.num_samples"], "--set: expected KEY=VALUE"),
+    (GOOD, ["--set", "search.nm_samples=3"], "search.nm_samples: unknown key, did you mean 'num_samples'?"),
+    (GOOD, ["--set", "resources.cpu=64"], "resources.cpu: a trial asks for 64 CPUs"),
+    (GOOD, ["--storage-path", "{tmp}/spec.yaml/results"], "--storage-path: storage path cannot be written"),
+    (GOOD, ["--tracking-uri", "http://127.0.0.1:{port}"], "--tracking-uri: MLflow tracking server not reachable"),
+    ("- just\n- a list\n", [], "top level must be a mapping"),
+    ("name: [unclosed\n", [], "not valid YAML at line"),
+]
+
+
+@pytest.mark.parametrize("text, args, fragment", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, text, args, fragment):
+    spec = write_spec(tmp_path, text)
+    args = [a.format(tmp=tmp_path, port=_free_port()) for a in args]
+    result = run_cli(str(spec), *args, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {spec}") or lines[0].startswith("error: "), lines[0]
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"], "nothing may be written"
+
+
+def test_missing_spec_file(tmp_path):
+    result = run_cli(str(tmp_path / "nope.yaml"), cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nope.yaml'}: spec file not found"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_option_is_one_line():
+    result = run_cli("spec.yaml", "--bogus")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: unrecognized arguments: --bogus (see --help)"]

@@ -1,0 +1,117 @@
+"""Real tuning jobs through the CLI: real local Ray, real SQLite MLflow store, real torch.
+
+Each shipped spec runs once with --smoke-test; the tests below check what a user would look
+at afterwards in the MLflow UI and registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from platform.spec import load_spec
+from tests.helpers import SPECS, run_cli
+
+pytestmark = pytest.mark.slow
+
+SPEC_NAMES = ["cnn", "mlp"]
+
+
+@dataclass
+class Job:
+    name: str
+    spec: object
+    uri: str
+    stdout: str
+    stderr: str
+    returncode: int
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.uri)
+
+
+@pytest.fixture(scope="module", params=SPEC_NAMES)
+def job(request, tmp_path_factory):
+    name = request.param
+    folder = tmp_path_factory.mktemp(f"job-{name}")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    args = [str(SPECS / f"{name}.yaml"), "--smoke-test", "--tracking-uri", uri,
+            "--storage-path", str(folder / "ray_results")]
+    if name == "mlp":
+        # Also the embedded no-GPU path: a GPU ask runs on CPU with one warning, never hangs.
+        args += ["--set", "resources.gpu=0.5"]
+    result = run_cli(*args, timeout=300)
+    spec, _, _ = load_spec(SPECS / f"{name}.yaml")
+    return Job(name, spec, uri, result.stdout, result.stderr, result.returncode)
+
+
+def _runs(job: Job):
+    experiment = job.client.get_experiment_by_name(job.spec.name)
+    assert experiment is not None
+    runs = job.client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def test_job_succeeds_and_prints_a_summary(job):
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "Top " in job.stdout and "Best trial" in job.stdout
+    assert f"models:/{job.spec.registered_model_name}@champion" in job.stdout
+    assert f"mlflow ui --backend-store-uri {job.uri}" in job.stdout
+    assert "Traceback" not in job.stderr
+
+
+def test_gpu_ask_without_gpu_falls_back_to_cpu_with_one_warning(job):
+    if job.name != "mlp":
+        pytest.skip("the mlp job is the one run with resources.gpu=0.5")
+    output = job.stdout + job.stderr
+    assert output.count("but this machine has no GPU; running trials on CPU") == 1
+
+
+def test_one_parent_run_with_the_spec_and_best_result(job):
+    parents, _ = _runs(job)
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["spec_file"].endswith(f"{job.name}.yaml")
+    artifacts = {a.path for a in job.client.list_artifacts(parent.info.run_id)}
+    assert {"spec.yaml", "resolved_spec.yaml"} <= artifacts
+    assert f"best_{job.spec.metric}" in parent.data.metrics
+    assert {"best.lr", "best.batch_size", "best.optimizer"} <= set(parent.data.params)
+
+
+def test_one_nested_child_run_per_trial_with_params_and_histories(job):
+    parents, children = _runs(job)
+    assert len(children) == 4  # --smoke-test runs 4 trials
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert len({c.data.tags["trial_id"] for c in children}) == 4
+    statuses = {c.data.tags["trial_status"] for c in children}
+    assert statuses <= {"completed", "early_stopped"}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert {"lr", "batch_size", "optimizer", "epochs"} <= set(child.data.params)
+        assert "data" not in child.data.params
+        history = job.client.get_metric_history(child.info.run_id, job.spec.metric)
+        epochs_run = int(child.data.tags["epochs_run"])
+        assert [m.step for m in history] == list(range(1, epochs_run + 1))
+        assert child.data.tags["trial_status"] == ("completed" if epochs_run == 2 else "early_stopped")
+        for name in ("train_loss", "val_loss"):
+            assert len(job.client.get_metric_history(child.info.run_id, name)) == epochs_run
+
+
+def test_champion_is_registered_and_predicts(job):
+    name = job.spec.registered_model_name
+    version = job.client.get_model_version_by_alias(name, "champion")
+    assert version.tags["metric"] == job.spec.metric
+    assert float(version.tags["metric_value"]) > 0.5
+    mlflow.set_tracking_uri(job.uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    example = model.input_example
+    predictions = model.predict(example)
+    assert len(predictions) == len(example)
+    assert model.metadata.signature is not None
