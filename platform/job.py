@@ -227,7 +227,7 @@ def _trial_dirname(trial: Any) -> str:
 def _summarize(spec: Spec, results: Any, outcome: JobOutcome) -> None:
     for result in results:
         history = result.metrics_dataframe
-        trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
+        trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1])
         epochs = int((result.metrics or {}).get("epoch", 0) or 0)
         value = None
         if history is not None and spec.metric in history:

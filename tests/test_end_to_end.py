@@ -39,11 +39,9 @@ def job(request, tmp_path_factory):
     name = request.param
     folder = tmp_path_factory.mktemp(f"job-{name}")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
+    # gpu=0.5 also exercises the embedded no-GPU path: it runs on CPU with one warning, never hangs.
     args = [str(SPECS / f"{name}.yaml"), "--smoke-test", "--tracking-uri", uri,
-            "--storage-path", str(folder / "ray_results")]
-    if name == "mlp":
-        # Also the embedded no-GPU path: a GPU ask runs on CPU with one warning, never hangs.
-        args += ["--set", "resources.gpu=0.5"]
+            "--storage-path", str(folder / "ray_results"), "--set", "resources.gpu=0.5"]
     result = run_cli(*args, timeout=300)
     spec, _, _ = load_spec(SPECS / f"{name}.yaml")
     return Job(name, spec, uri, result.stdout, result.stderr, result.returncode)
@@ -67,8 +65,6 @@ def test_job_succeeds_and_prints_a_summary(job):
 
 
 def test_gpu_ask_without_gpu_falls_back_to_cpu_with_one_warning(job):
-    if job.name != "mlp":
-        pytest.skip("the mlp job is the one run with resources.gpu=0.5")
     output = job.stdout + job.stderr
     assert output.count("but this machine has no GPU; running trials on CPU") == 1
 

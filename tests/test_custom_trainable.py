@@ -1,0 +1,73 @@
+"""A user's own `module:function` trainable, imported from the working directory."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import run_cli, write_spec
+
+pytestmark = pytest.mark.slow
+
+TRAINABLE = '''
+from ray import tune
+
+
+def quadratic(config):
+    for epoch in range(1, config["epochs"] + 1):
+        tune.report({"epoch": epoch, "score": -(config["x"] - 0.3) ** 2 * epoch})
+
+
+def broken(config):
+    raise RuntimeError("the data bucket is gone")
+'''
+
+SPEC = """
+name: custom-{function}
+trainable: my_trainables:{function}
+metric: score
+mode: max
+search:
+  algorithm: random
+  num_samples: 3
+  space:
+    x: {{type: uniform, low: 0.0, high: 1.0}}
+  fixed: {{epochs: 2}}
+scheduler: {{type: fifo}}
+failure: {{max_failures: 0}}
+"""
+
+
+def _run(tmp_path, function):
+    (tmp_path / "my_trainables.py").write_text(TRAINABLE)
+    spec = write_spec(tmp_path, SPEC.format(function=function))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli(str(spec), "--tracking-uri", uri, cwd=tmp_path, timeout=300)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(f"custom-{function}")
+    runs = client.search_runs([experiment.experiment_id])
+    return result, client, runs
+
+
+def test_a_bare_function_is_tuned_and_tracked_without_registration(tmp_path):
+    result, client, runs = _run(tmp_path, "quadratic")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3 and all(c.data.tags["trial_status"] == "completed" for c in children)
+    assert all(len(client.get_metric_history(c.info.run_id, "score")) == 2 for c in children)
+    assert "exposes no TASK, so no model was registered" in result.stdout
+    assert (tmp_path / "ray_results").is_dir()  # the default storage path is the working directory
+
+
+def test_a_job_whose_trials_all_fail_exits_1_and_records_the_error(tmp_path):
+    result, client, runs = _run(tmp_path, "broken")
+    assert result.returncode == 1
+    assert "no trial produced the metric 'score'" in result.stderr
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert len(children) == 3
+    for child in children:
+        assert child.info.status == "FAILED"
+        assert child.data.tags["trial_status"] == "failed"
+        assert "the data bucket is gone" in child.data.tags["error"]
