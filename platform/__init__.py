@@ -19,7 +19,5 @@ _stdlib_platform = _importlib_util.module_from_spec(_spec)
 _sys.modules["_stdlib_platform"] = _stdlib_platform
 _spec.loader.exec_module(_stdlib_platform)
 
-globals().update(
-    {name: value for name, value in vars(_stdlib_platform).items() if not name.startswith("__")}
-)
+globals().update({name: value for name, value in vars(_stdlib_platform).items() if not name.startswith("__")})
 __doc__ = (__doc__ or "") + "\n\nStandard library documentation:\n\n" + (_stdlib_platform.__doc__ or "")

@@ -83,7 +83,9 @@ def connect_ray(address: str | None, cpu_per_trial: float) -> None:
         include_dashboard=False,
         logging_level=logging.WARNING,
         # Trials import `trainables` from the project, whatever the working directory.
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}},
+        runtime_env={
+            "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        },
     )
 
 
@@ -156,13 +158,21 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
         run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         tracker.start(
             run_name=run_name,
-            tags={"spec_file": request.spec_file, "trainable": spec.trainable, "ray_run_name": run_name,
-                  "smoke_test": str(request.smoke_test).lower()},
+            tags={
+                "spec_file": request.spec_file,
+                "trainable": spec.trainable,
+                "ray_run_name": run_name,
+                "smoke_test": str(request.smoke_test).lower(),
+            },
             params=_parent_params(spec, data),
             artifacts={"spec.yaml": request.spec_text, "resolved_spec.yaml": _resolved_yaml(spec)},
         )
-        outcome = JobOutcome(exit_code=1, experiment_name=tracker.experiment_name,
-                             experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id)
+        outcome = JobOutcome(
+            exit_code=1,
+            experiment_name=tracker.experiment_name,
+            experiment_id=tracker.experiment_id,
+            parent_run_id=tracker.parent_run_id,
+        )
         try:
             results = _fit(spec, request, trainable, data, run_name, tracker)
             _summarize(spec, results, outcome)
@@ -172,8 +182,10 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
             tracker.log_summary(
                 metrics={f"best_{spec.metric}": outcome.best.value} if outcome.best else {},
                 params={f"best.{k}": v for k, v in (outcome.best.params if outcome.best else {}).items()},
-                tags={"trials_completed": str(sum(r.status != "failed" for r in outcome.rows)),
-                      "trials_failed": str(sum(r.status == "failed" for r in outcome.rows))},
+                tags={
+                    "trials_completed": str(sum(r.status != "failed" for r in outcome.rows)),
+                    "trials_failed": str(sum(r.status == "failed" for r in outcome.rows)),
+                },
             )
             tracker.finish("FINISHED" if outcome.exit_code == 0 else "FAILED")
         except BaseException:

@@ -138,9 +138,7 @@ class ChoiceDomain(StrictModel):
     values: list[Any] = Field(min_length=1)
 
 
-Domain = Annotated[
-    Union[UniformDomain, LogUniformDomain, IntDomain, ChoiceDomain], Field(discriminator="type")
-]
+Domain = Annotated[UniformDomain | LogUniformDomain | IntDomain | ChoiceDomain, Field(discriminator="type")]
 DOMAIN_TYPES = ("uniform", "loguniform", "int", "choice")
 
 
@@ -317,7 +315,9 @@ def _check_relations(spec: Spec, file: str) -> None:
                         )
 
     if spec.scheduler.max_t is not None and spec.scheduler.max_t > spec.epochs:
-        raise SpecError(file, "scheduler.max_t", f"must be <= search.fixed.epochs ({spec.epochs})", spec.scheduler.max_t)
+        raise SpecError(
+            file, "scheduler.max_t", f"must be <= search.fixed.epochs ({spec.epochs})", spec.scheduler.max_t
+        )
     if spec.scheduler.type == "asha" and spec.scheduler.grace_period > spec.max_t:
         raise SpecError(
             file,

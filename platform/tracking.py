@@ -175,7 +175,9 @@ class TrialRunsCallback(Callback):
     def setup(self, **info: Any) -> None:
         # Child runs already made for this parent (a resumed job) are reused, never duplicated.
         for run in self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_RUN_ID_TAG}` = '{self.parent_run_id}'", max_results=50000
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_RUN_ID_TAG}` = '{self.parent_run_id}'",
+            max_results=50000,
         ):
             trial_id = run.data.tags.get("trial_id")
             if trial_id:

@@ -34,24 +34,43 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: python -m platform.tune search_spaces/cnn.yaml --set search.num_samples=8",
     )
     parser.add_argument("spec", help="search-space YAML file (see search_spaces/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec key, value parsed as YAML (repeatable): --set search.num_samples=8")
-    parser.add_argument("--smoke-test", action="store_true",
-                        help="a few trials of 2 epochs on a small data subset: checks a spec in under a minute")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: spec, $MLFLOW_TRACKING_URI, "
-                        f"then {DEFAULT_TRACKING_URI})")
-    parser.add_argument("--storage-path", help="where Ray keeps experiment state and checkpoints "
-                        f"(default: spec's storage_path, else ./{DEFAULT_STORAGE_PATH})")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, value parsed as YAML (repeatable): --set search.num_samples=8",
+    )
+    parser.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="a few trials of 2 epochs on a small data subset: checks a spec in under a minute",
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)",
+    )
+    parser.add_argument(
+        "--tracking-uri", help=f"MLflow tracking URI (default: spec, $MLFLOW_TRACKING_URI, then {DEFAULT_TRACKING_URI})"
+    )
+    parser.add_argument(
+        "--storage-path",
+        help="where Ray keeps experiment state and checkpoints "
+        f"(default: spec's storage_path, else ./{DEFAULT_STORAGE_PATH})",
+    )
     parser.add_argument("--name", help="job name: MLflow experiment and Ray run name (default: the spec's name)")
     return parser
 
 
 def resolve_tracking_uri(cli: str | None, spec_uri: str | None) -> tuple[str, str]:
     """The tracking URI and where it came from, by precedence: CLI, spec, env, default."""
-    for uri, source in ((cli, "--tracking-uri"), (spec_uri, "tracking.uri"),
-                        (os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI")):
+    for uri, source in (
+        (cli, "--tracking-uri"),
+        (spec_uri, "tracking.uri"),
+        (os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI"),
+    ):
         if uri:
             return uri, source
     return DEFAULT_TRACKING_URI, "tracking.uri"
@@ -98,41 +117,62 @@ def prepare(args: argparse.Namespace) -> Any:
     check_storage_path(storage, "--storage-path" if args.storage_path else "storage_path", args.spec)
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
-    return JobRequest(spec=spec, spec_file=args.spec, spec_text=text, trainable=trainable, data=data,
-                      tracking_uri=tracking_uri, storage_path=storage, address=args.address,
-                      smoke_test=args.smoke_test)
+    return JobRequest(
+        spec=spec,
+        spec_file=args.spec,
+        spec_text=text,
+        trainable=trainable,
+        data=data,
+        tracking_uri=tracking_uri,
+        storage_path=storage,
+        address=args.address,
+        smoke_test=args.smoke_test,
+    )
 
 
 def format_summary(outcome: Any, request: Any, top: int = 5) -> str:
     spec = request.spec
     lines = [""]
-    rows = sorted(outcome.rows, key=lambda r: (r.value is None, -(r.value or 0) if spec.mode == "max" else (r.value or 0)))
+    rows = sorted(
+        outcome.rows, key=lambda r: (r.value is None, -(r.value or 0) if spec.mode == "max" else (r.value or 0))
+    )
     failed = sum(r.status == "failed" for r in rows)
     stopped = sum(r.status == "early_stopped" for r in rows)
-    lines.append(f"{len(rows)} trials in {outcome.wall_s:.0f}s: {len(rows) - failed - stopped} completed, "
-                 f"{stopped} stopped early by {spec.scheduler.type.upper()}, {failed} failed")
+    lines.append(
+        f"{len(rows)} trials in {outcome.wall_s:.0f}s: {len(rows) - failed - stopped} completed, "
+        f"{stopped} stopped early by {spec.scheduler.type.upper()}, {failed} failed"
+    )
     if rows:
         params = list(spec.search.space)
         header = ["trial", "status", "epochs", spec.metric, *params]
         table = [header] + [
-            [r.trial_id, r.status, str(r.epochs), "-" if r.value is None else f"{r.value:.4f}",
-             *[_short(r.params.get(p)) for p in params]]
+            [
+                r.trial_id,
+                r.status,
+                str(r.epochs),
+                "-" if r.value is None else f"{r.value:.4f}",
+                *[_short(r.params.get(p)) for p in params],
+            ]
             for r in rows[:top]
         ]
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         lines.append(f"Top {min(top, len(rows))} trials by {spec.metric} ({spec.mode}):")
         for row in table:
-            lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+            lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     if outcome.best is not None:
         best = outcome.best
         lines.append(f"Best trial {best.trial_id}: {spec.metric}={best.value:.4f}")
         lines.append("  config: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
-    lines.append(f"MLflow: experiment '{outcome.experiment_name}' (id {outcome.experiment_id}), "
-                 f"parent run {outcome.parent_run_id}")
+    lines.append(
+        f"MLflow: experiment '{outcome.experiment_name}' (id {outcome.experiment_id}), "
+        f"parent run {outcome.parent_run_id}"
+    )
     if outcome.model_version:
-        lines.append(f"Registered model: {outcome.model_name} version {outcome.model_version}; "
-                     f"champion is version {outcome.champion_version} "
-                     f"(models:/{outcome.model_name}@champion)")
+        lines.append(
+            f"Registered model: {outcome.model_name} version {outcome.model_version}; "
+            f"champion is version {outcome.champion_version} "
+            f"(models:/{outcome.model_name}@champion)"
+        )
     lines.extend(outcome.notes)
     lines.append(f"Browse: mlflow ui --backend-store-uri {request.tracking_uri}")
     return "\n".join(lines)
@@ -166,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(format_summary(outcome, request), flush=True)
     if outcome.exit_code != 0:
-        print("error: no trial produced the metric "
-              f"{request.spec.metric!r}; see the trial errors above", file=sys.stderr)
+        print(
+            f"error: no trial produced the metric {request.spec.metric!r}; see the trial errors above", file=sys.stderr
+        )
     return outcome.exit_code
 
 

@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "search_spaces"
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`python -m platform.tune ARGS` from `cwd` (the project is found through PYTHONPATH)."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     full_env["PYTHONPATH"] = str(ROOT)

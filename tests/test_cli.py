@@ -26,15 +26,21 @@ def _free_port() -> int:
 
 BAD_INPUTS = [
     # (spec text or None for the good spec, extra CLI args, expected fragment of the one error line)
-    ("name: x\ntrainable: mlp\nmetric: val_accuracy\nmode: max\nsearch: {fixed: {epochs: 2}}\nschedular: {}\n",
-     [], "schedular: unknown key, did you mean 'scheduler'?"),
+    (
+        "name: x\ntrainable: mlp\nmetric: val_accuracy\nmode: max\nsearch: {fixed: {epochs: 2}}\nschedular: {}\n",
+        [],
+        "schedular: unknown key, did you mean 'scheduler'?",
+    ),
     (GOOD.replace("trainable: mlp", "trainable: mpl"), [], "trainable: unknown trainable, did you mean 'mlp'?"),
     (GOOD.replace("trainable: mlp", "trainable: no_such_module:train"), [], "trainable: cannot import module"),
     (GOOD.replace("trainable: mlp", "trainable: json:nothing_here"), [], "has no attribute 'nothing_here'"),
     (GOOD.replace("trainable: mlp", "trainable: json:__doc__"), [], "is not callable"),
     (GOOD.replace("dataset: breast_cancer", "dataset: iris"), [], "data.dataset: input should be"),
-    (GOOD.replace("dataset: breast_cancer", "dataset: csv\n  path: /no/such.csv\n  target: y"), [],
-     "data.path: file does not exist"),
+    (
+        GOOD.replace("dataset: breast_cancer", "dataset: csv\n  path: /no/such.csv\n  target: y"),
+        [],
+        "data.path: file does not exist",
+    ),
     (GOOD.replace("metric: val_roc_auc", "metric: val_auc"), [], "metric: mlp does not report this metric"),
     (GOOD, ["--set", "search.num_samples"], "--set: expected KEY=VALUE"),
     (GOOD, ["--set", "search.nm_samples=3"], "search.nm_samples: unknown key, did you mean 'num_samples'?"),

@@ -9,7 +9,7 @@ from tests.helpers import run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
-TRAINABLE = '''
+TRAINABLE = """
 from ray import tune
 
 
@@ -20,7 +20,7 @@ def quadratic(config):
 
 def broken(config):
     raise RuntimeError("the data bucket is gone")
-'''
+"""
 
 SPEC = """
 name: custom-{function}

@@ -40,8 +40,16 @@ def job(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"job-{name}")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     # gpu=0.5 also exercises the embedded no-GPU path: it runs on CPU with one warning, never hangs.
-    args = [str(SPECS / f"{name}.yaml"), "--smoke-test", "--tracking-uri", uri,
-            "--storage-path", str(folder / "ray_results"), "--set", "resources.gpu=0.5"]
+    args = [
+        str(SPECS / f"{name}.yaml"),
+        "--smoke-test",
+        "--tracking-uri",
+        uri,
+        "--storage-path",
+        str(folder / "ray_results"),
+        "--set",
+        "resources.gpu=0.5",
+    ]
     result = run_cli(*args, timeout=300)
     spec, _, _ = load_spec(SPECS / f"{name}.yaml")
     return Job(name, spec, uri, result.stdout, result.stderr, result.returncode)

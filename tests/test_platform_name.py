@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import platform
-
 from tests.helpers import ROOT
 
 
@@ -54,9 +53,19 @@ def test_plain_pytest_entry_point_imports_the_package():
     """`pytest` (not `python -m pytest`) imports the standard module first; conftest swaps it."""
     pytest_bin = os.path.join(os.path.dirname(sys.executable), "pytest")
     result = subprocess.run(
-        [pytest_bin, "-q", "-p", "no:cacheprovider", "tests/test_platform_name.py",
-         "-k", "package_is_ours or functions_answer or every_public_name"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            pytest_bin,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_platform_name.py",
+            "-k",
+            "package_is_ours or functions_answer or every_public_name",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout

@@ -52,8 +52,10 @@ def test_numeric_domains_convert_to_tune(domain, kind, lower, upper, log):
 
 def test_choice_fixed_and_data_land_in_param_space():
     spec = validate_spec(
-        spec_with(search__space={"optimizer": {"type": "choice", "values": ["sgd", "adam"]}},
-                  search__fixed={"epochs": 4, "hidden": 32}),
+        spec_with(
+            search__space={"optimizer": {"type": "choice", "values": ["sgd", "adam"]}},
+            search__fixed={"epochs": 4, "hidden": 32},
+        ),
         "f.yaml",
     )
     space = param_space(spec, {"dataset": "breast_cancer"})
@@ -93,7 +95,11 @@ def test_shipped_specs_are_valid(name):
         ({"search__spce": {}}, "search.spce", "did you mean 'space'?"),
         ({"search__space": {"lr": {"type": "loguniform", "low": 0, "high": 1}}}, "search.space.lr.low", "> 0"),
         ({"search__space": {"lr": {"type": "uniform", "low": 1, "high": 1}}}, "search.space.lr.high", "> low"),
-        ({"search__space": {"lr": {"type": "uniform", "lo": 1, "high": 2}}}, "search.space.lr.lo", "did you mean 'low'?"),
+        (
+            {"search__space": {"lr": {"type": "uniform", "lo": 1, "high": 2}}},
+            "search.space.lr.lo",
+            "did you mean 'low'?",
+        ),
         ({"search__space": {"lr": {"type": "normal", "low": 1, "high": 2}}}, "search.space.lr.type", "one of"),
         ({"search__space": {"o": {"type": "choice", "values": []}}}, "search.space.o.values", "at least 1"),
         ({"search__space": {"o": {"type": "choice", "values": [[1, 2]]}}}, "search.space.o.values", "optuna"),
@@ -135,8 +141,11 @@ def test_missing_required_key():
 
 @pytest.mark.parametrize(
     "text, fragment",
-    [("a: [1, 2\n", "not valid YAML at line"), ("- 1\n- 2\n", "top level must be a mapping"),
-     ("42\n", "top level must be a mapping")],
+    [
+        ("a: [1, 2\n", "not valid YAML at line"),
+        ("- 1\n- 2\n", "top level must be a mapping"),
+        ("42\n", "top level must be a mapping"),
+    ],
 )
 def test_unreadable_files(tmp_path, text, fragment):
     path = tmp_path / "s.yaml"
@@ -151,8 +160,9 @@ def test_missing_file(tmp_path):
 
 
 def test_overrides_are_parsed_as_yaml_then_validated():
-    spec, raw, _ = load_spec(SPECS / "mlp.yaml", ["search.num_samples=8", "search.space.lr.low=1e-5",
-                                                   "resources.gpu=0.25"])
+    spec, raw, _ = load_spec(
+        SPECS / "mlp.yaml", ["search.num_samples=8", "search.space.lr.low=1e-5", "resources.gpu=0.25"]
+    )
     assert spec.search.num_samples == 8 and raw["search"]["num_samples"] == 8
     assert spec.search.space["lr"].low == pytest.approx(1e-5)
     assert spec.resources.gpu == 0.25
@@ -160,10 +170,12 @@ def test_overrides_are_parsed_as_yaml_then_validated():
 
 @pytest.mark.parametrize(
     "override, path, fragment",
-    [("search.num_samples", "--set", "KEY=VALUE"),
-     ("search.num_sample=3", "search.num_sample", "did you mean 'num_samples'?"),
-     ("search.num_samples=abc", "search.num_samples", "integer"),
-     ("name.first=x", "--set name.first", "not a mapping")],
+    [
+        ("search.num_samples", "--set", "KEY=VALUE"),
+        ("search.num_sample=3", "search.num_sample", "did you mean 'num_samples'?"),
+        ("search.num_samples=abc", "search.num_samples", "integer"),
+        ("name.first=x", "--set name.first", "not a mapping"),
+    ],
 )
 def test_bad_overrides(override, path, fragment):
     with pytest.raises(SpecError) as caught:

@@ -15,8 +15,16 @@ def _register(uri: str, value: float, mode: str = "max") -> tuple[str, bool]:
     tracker = JobTracker(uri, "registry-test")
     tracker.start(run_name="job", tags={}, params={}, artifacts={"spec.yaml": "name: registry-test\n"})
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Softmax(dim=1)).eval()
-    version = tracker.register_model(model, np.ones((2, 3), dtype=np.float32), "reg-model", "val_accuracy",
-                                     mode, value, tags={"trial_id": "t1"}, code_paths=[str(ROOT / "trainables")])
+    version = tracker.register_model(
+        model,
+        np.ones((2, 3), dtype=np.float32),
+        "reg-model",
+        "val_accuracy",
+        mode,
+        value,
+        tags={"trial_id": "t1"},
+        code_paths=[str(ROOT / "trainables")],
+    )
     tracker.finish("FINISHED")
     return version
 
@@ -37,17 +45,29 @@ def test_champion_moves_only_to_a_better_version(tmp_path):
 
 def test_trial_params_leave_out_the_data_block():
     assert trial_params({"lr": 0.1, "optimizer": "adam", "data": {"dataset": "digits"}}) == {
-        "lr": "0.1", "optimizer": "adam"}
+        "lr": "0.1",
+        "optimizer": "adam",
+    }
 
 
 def test_result_metrics_keep_the_trainables_numbers_only():
-    result = {"epoch": 3, "val_accuracy": 0.9, "train_loss": 0.2, "time_this_iter_s": 0.1,
-              "training_iteration": 3, "done": False, "trial_id": "abc", "config": {"lr": 1}, "node_ip": "1.2.3.4"}
+    result = {
+        "epoch": 3,
+        "val_accuracy": 0.9,
+        "train_loss": 0.2,
+        "time_this_iter_s": 0.1,
+        "training_iteration": 3,
+        "done": False,
+        "trial_id": "abc",
+        "config": {"lr": 1},
+        "node_ip": "1.2.3.4",
+    }
     assert result_metrics(result) == {"epoch": 3.0, "val_accuracy": 0.9, "train_loss": 0.2}
 
 
-@pytest.mark.parametrize("value, than, mode, better", [(0.9, 0.8, "max", True), (0.9, 0.8, "min", False),
-                                                      (0.8, 0.8, "max", False)])
+@pytest.mark.parametrize(
+    "value, than, mode, better", [(0.9, 0.8, "max", True), (0.9, 0.8, "min", False), (0.8, 0.8, "max", False)]
+)
 def test_is_better(value, than, mode, better):
     from platform.tracking import is_better
 

@@ -60,8 +60,13 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(trainable, tmp_path):
     name, module, data = trainable
     model = module.build_model(CONFIGS[name], data.info)
     optimizer = make_optimizer(model.parameters(), CONFIGS[name])
-    train_one_epoch(model, optimizer, module.TASK.loss_fn({}), shuffled_batches(
-        data.x_train, data.y_train, 32, torch.Generator().manual_seed(0)), CPU)
+    train_one_epoch(
+        model,
+        optimizer,
+        module.TASK.loss_fn({}),
+        shuffled_batches(data.x_train, data.y_train, 32, torch.Generator().manual_seed(0)),
+        CPU,
+    )
     save_state(str(tmp_path), model, optimizer, 1, CONFIGS[name], data.info)
     rebuilt, state = rebuild_model(module.TASK, str(tmp_path))
     assert state["epoch"] == 1 and load_state(str(tmp_path))["config"] == CONFIGS[name]
@@ -79,8 +84,9 @@ def test_served_model_gives_probabilities_on_raw_input(trainable):
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(len(rows)), atol=1e-5)
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                                       ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
 def test_optimizer_factory(name, cls):
     params = [torch.nn.Parameter(torch.zeros(2))]
     optimizer = make_optimizer(params, {"optimizer": name, "lr": 0.01, "weight_decay": 1e-4, "momentum": 0.5})
@@ -105,8 +111,9 @@ def test_mlp_scaling_uses_training_split_only():
 
 def test_mlp_reads_any_csv_with_a_target_column(tmp_path):
     module = builtin("mlp")
-    frame = pd.DataFrame({"a": range(100), "b": [i % 7 for i in range(100)],
-                          "label": ["yes" if i % 2 else "no" for i in range(100)]})
+    frame = pd.DataFrame(
+        {"a": range(100), "b": [i % 7 for i in range(100)], "label": ["yes" if i % 2 else "no" for i in range(100)]}
+    )
     path = tmp_path / "table.csv"
     frame.to_csv(path, index=False)
     data = module.load_data({"dataset": "csv", "path": str(path), "target": "label"})

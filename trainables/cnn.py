@@ -90,9 +90,7 @@ def _load_torchvision(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarr
     try:
         import torchvision.datasets as tv
     except ImportError as err:
-        raise RuntimeError(
-            f"dataset {cfg.dataset!r} needs torchvision: pip install torchvision ({err})"
-        ) from None
+        raise RuntimeError(f"dataset {cfg.dataset!r} needs torchvision: pip install torchvision ({err})") from None
     cls = getattr(tv, TORCHVISION_DATASETS[cfg.dataset])
     root = str(Path(cfg.root or "data").expanduser())
     try:

@@ -112,8 +112,14 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size:
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def save_state(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-               config: dict[str, Any], info: dict[str, Any]) -> None:
+def save_state(
+    directory: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    config: dict[str, Any],
+    info: dict[str, Any],
+) -> None:
     torch.save(
         {
             "model": model.state_dict(),
