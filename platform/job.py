@@ -4,6 +4,7 @@ register the best model. The CLI in `platform.tune` is a thin layer over `run_jo
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -60,6 +61,7 @@ class JobOutcome:
     model_version: str | None = None
     champion_version: str | None = None
     wall_s: float = 0.0
+    experiment_path: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -175,6 +177,15 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
         )
         try:
             results = _fit(spec, request, trainable, data, run_name, tracker)
+            outcome.experiment_path = results.experiment_path
+            unfinished = _unfinished_trial_ids(results)
+            if unfinished:  # Ctrl-C: Tune stopped the trials and saved its state
+                _summarize(spec, results, outcome)
+                tracker.mark_trials_killed(unfinished)
+                tracker.finish("KILLED")
+                outcome.exit_code = 130
+                outcome.wall_s = time.time() - started
+                return outcome
             _summarize(spec, results, outcome)
             if outcome.best is not None:
                 _register(spec, request, results, dataset, tracker, outcome)
@@ -230,6 +241,24 @@ def _fit(spec: Spec, request: JobRequest, trainable: Any, data: dict[str, Any], 
         ),
     )
     return tuner.fit()
+
+
+def _unfinished_trial_ids(results: Any) -> list[str]:
+    """Trials an interruption (Ctrl-C) left unfinished, from the state Tune saved last.
+
+    After a Ctrl-C Tune stops the trials and `fit()` returns normally; only the saved experiment
+    state still says which trials were running. Remote storage is not read here.
+    """
+    folder = Path(str(results.experiment_path))
+    states = sorted(folder.glob("experiment_state-*.json")) if folder.is_dir() else []
+    if not states:
+        return []
+    unfinished = []
+    for entry in json.loads(states[-1].read_text()).get("trial_data", []):
+        trial = json.loads(entry[0])
+        if trial.get("status") not in ("TERMINATED", "ERROR"):
+            unfinished.append(str(trial.get("trial_id")))
+    return unfinished
 
 
 def _trial_dirname(trial: Any) -> str:

@@ -50,6 +50,7 @@ class JobTracker:
     def __init__(self, tracking_uri: str, experiment_name: str):
         self.tracking_uri = tracking_uri
         self._client: MlflowClient | None = None
+        self._callback: TrialRunsCallback | None = None
         self.experiment_name = experiment_name
         self.experiment_id = ""
         self.parent_run_id = ""
@@ -78,7 +79,16 @@ class JobTracker:
         return self.parent_run_id
 
     def trial_callback(self, metric: str, max_t: int) -> TrialRunsCallback:
-        return TrialRunsCallback(self.client, self.experiment_id, self.parent_run_id, metric, max_t)
+        self._callback = TrialRunsCallback(self.client, self.experiment_id, self.parent_run_id, metric, max_t)
+        return self._callback
+
+    def mark_trials_killed(self, trial_ids: list[str]) -> None:
+        """Child runs of trials an interruption left unfinished: KILLED, not RUNNING forever."""
+        for trial_id in trial_ids:
+            run_id = self._callback.run_ids.get(trial_id) if self._callback else None
+            if run_id:
+                self.client.log_batch(run_id, tags=[RunTag("trial_status", "interrupted")])
+                self.client.set_terminated(run_id, "KILLED")
 
     def log_summary(self, metrics: dict[str, float], params: dict[str, str], tags: dict[str, str]) -> None:
         now = int(time.time() * 1000)

@@ -205,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     print(format_summary(outcome, request), flush=True)
-    if outcome.exit_code != 0:
+    if outcome.exit_code == 130:
+        print(
+            f"interrupted: Ray saved the job's state under {outcome.experiment_path}; "
+            "its MLflow runs are marked KILLED",
+            file=sys.stderr,
+        )
+    elif outcome.exit_code != 0:
         print(
             f"error: no trial produced the metric {request.spec.metric!r}; see the trial errors above", file=sys.stderr
         )
