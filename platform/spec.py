@@ -80,17 +80,18 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+def _high_above_low(high: float, info: ValidationInfo) -> float:
+    low = info.data.get("low")
+    if low is not None and high <= low:
+        raise ValueError(f"high must be > low ({low})")
+    return high
+
+
 class _Bounded(StrictModel):
     low: float
     high: float
 
-    @field_validator("high")
-    @classmethod
-    def _high_above_low(cls, high: float, info: ValidationInfo) -> float:
-        low = info.data.get("low")
-        if low is not None and high <= low:
-            raise ValueError(f"high must be > low ({low})")
-        return high
+    _check_high = field_validator("high")(_high_above_low)
 
 
 class UniformDomain(_Bounded):
@@ -116,13 +117,7 @@ class IntDomain(StrictModel):
     high: int
     log: bool = False
 
-    @field_validator("high")
-    @classmethod
-    def _high_above_low(cls, high: int, info: ValidationInfo) -> int:
-        low = info.data.get("low")
-        if low is not None and high <= low:
-            raise ValueError(f"high must be > low ({low})")
-        return high
+    _check_high = field_validator("high")(_high_above_low)
 
     @field_validator("log")
     @classmethod
