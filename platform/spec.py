@@ -320,13 +320,10 @@ def _check_relations(spec: Spec, file: str) -> None:
             f"must be <= the epochs a trial may train ({spec.max_t})",
             spec.scheduler.grace_period,
         )
-    if spec.resources.workers > 1 and spec.resources.gpu > 1:
-        raise SpecError(
-            file,
-            "resources.gpu",
-            "with workers > 1 the gpu share is per worker and must be <= 1",
-            spec.resources.gpu,
-        )
+    if spec.resources.workers > 1:
+        # Data-parallel trials (Ray Train TorchTrainer) are not built yet: refuse rather than
+        # silently running one worker.
+        raise SpecError(file, "resources.workers", "only 1 is supported for now", spec.resources.workers)
 
 
 # --- Turning pydantic errors into one line ----------------------------------------------------
