@@ -21,9 +21,24 @@ def test_sigint_stops_the_job_and_marks_its_runs_killed(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["PYTHONPATH"] = str(ROOT)
     process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "platform.tune", str(SPECS / "cnn.yaml"), "--tracking-uri", uri,
-         "--storage-path", str(tmp_path / "ray_results"), "--set", "search.fixed.epochs=50"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-u",
+            "-m",
+            "platform.tune",
+            str(SPECS / "cnn.yaml"),
+            "--tracking-uri",
+            uri,
+            "--storage-path",
+            str(tmp_path / "ray_results"),
+            "--set",
+            "search.fixed.epochs=50",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     seen = []
     deadline = time.time() + 180
