@@ -178,15 +178,14 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
         try:
             results = _fit(spec, request, trainable, data, run_name, tracker)
             outcome.experiment_path = results.experiment_path
+            _summarize(spec, results, outcome)
             unfinished = _unfinished_trial_ids(results)
             if unfinished:  # Ctrl-C: Tune stopped the trials and saved its state
-                _summarize(spec, results, outcome)
                 tracker.mark_trials_killed(unfinished)
                 tracker.finish("KILLED")
                 outcome.exit_code = 130
                 outcome.wall_s = time.time() - started
                 return outcome
-            _summarize(spec, results, outcome)
             if outcome.best is not None:
                 _register(spec, request, results, dataset, tracker, outcome)
             outcome.exit_code = 0 if outcome.best is not None else 1
@@ -266,6 +265,9 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _summarize(spec: Spec, results: Any, outcome: JobOutcome) -> None:
+    # Imported here: platform.tracking loads MLflow and Ray, which input checks never need.
+    from platform.tracking import finished_status
+
     for result in results:
         history = result.metrics_dataframe
         trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1])
@@ -276,10 +278,7 @@ def _summarize(spec: Spec, results: Any, outcome: JobOutcome) -> None:
             series = series[series.map(math.isfinite)]
             if len(series):
                 value = float(series.max() if spec.mode == "max" else series.min())
-        if result.error is not None:
-            status = "failed"
-        else:
-            status = "completed" if epochs >= spec.max_t else "early_stopped"
+        status = "failed" if result.error is not None else finished_status(epochs, spec.max_t)
         params = {k: v for k, v in (result.config or {}).items() if k in spec.search.space}
         outcome.rows.append(TrialRow(trial_id, status, epochs, value, params))
     scored = [row for row in outcome.rows if row.value is not None]

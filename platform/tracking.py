@@ -31,6 +31,11 @@ def is_better(value: float, than: float, mode: str) -> bool:
     return value > than if mode == "max" else value < than
 
 
+def finished_status(epochs: int, max_t: int) -> str:
+    """A trial that ended without error: `early_stopped` when ASHA cut it before max_t."""
+    return "completed" if epochs >= max_t else "early_stopped"
+
+
 def trial_params(config: dict[str, Any]) -> dict[str, str]:
     """A trial's hyperparameters as MLflow params (the data block is the parent run's)."""
     return {key: str(value)[:_MAX_PARAM_LENGTH] for key, value in config.items() if key != "data"}
@@ -220,7 +225,7 @@ class TrialRunsCallback(Callback):
             return
         last = trial.last_result or {}
         epochs = int(last.get("epoch", last.get("training_iteration", 0)))
-        status = "completed" if epochs >= self.max_t else "early_stopped"
+        status = finished_status(epochs, self.max_t)
         self.client.log_batch(run_id, tags=[RunTag("trial_status", status), RunTag("epochs_run", str(epochs))])
         self.client.set_terminated(run_id, "FINISHED")
 
