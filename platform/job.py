@@ -63,6 +63,8 @@ class JobOutcome:
     wall_s: float = 0.0
     experiment_path: str = ""
     notes: list[str] = field(default_factory=list)
+    # (name, metrics) of the trainable's simple reference model on the same split
+    baseline: tuple[str, dict[str, float]] | None = None
 
 
 def connect_ray(address: str | None, cpu_per_trial: float) -> None:
@@ -151,6 +153,7 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
         task = request.trainable.task
         data = dict(request.data)
         dataset = task.load_data(data) if task is not None else None
+        baseline = _baseline(task, dataset)
         trainable: Any = request.trainable.function
         if dataset is not None:
             # Loaded once here; Ray ships it to each node once through the object store.
@@ -174,7 +177,13 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
             experiment_name=tracker.experiment_name,
             experiment_id=tracker.experiment_id,
             parent_run_id=tracker.parent_run_id,
+            baseline=baseline,
         )
+        if baseline is not None:
+            name, metrics = baseline
+            tracker.log_to_parent(metrics={f"baseline_{k}": v for k, v in metrics.items()}, tags={"baseline": name})
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            print(f"Baseline ({name}) on the same validation split: {shown}", flush=True)
         try:
             results = _fit(spec, request, trainable, data, run_name, tracker)
             outcome.experiment_path = results.experiment_path
@@ -189,7 +198,7 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
             if outcome.best is not None:
                 _register(spec, request, results, dataset, tracker, outcome)
             outcome.exit_code = 0 if outcome.best is not None else 1
-            tracker.log_summary(
+            tracker.log_to_parent(
                 metrics={f"best_{spec.metric}": outcome.best.value} if outcome.best else {},
                 params={f"best.{k}": v for k, v in (outcome.best.params if outcome.best else {}).items()},
                 tags={
@@ -205,6 +214,15 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
         return outcome
     finally:
         ray.shutdown()
+
+
+def _baseline(task: Any, dataset: Any) -> tuple[str, dict[str, float]] | None:
+    """The trainable's reference model (popularity, logistic regression), once per job."""
+    compute = getattr(task, "baseline", None)
+    if compute is None or dataset is None:
+        return None
+    name, metrics = compute(dataset)
+    return name, {k: float(v) for k, v in metrics.items()}
 
 
 def _fit(spec: Spec, request: JobRequest, trainable: Any, data: dict[str, Any], run_name: str, tracker: Any) -> Any:
@@ -305,7 +323,7 @@ def _register(spec: Spec, request: JobRequest, results: Any, dataset: Any, track
         return
     with checkpoint.as_directory() as directory:
         model, state = rebuild_model(task, directory)
-    served = task.serving_model(model)
+    served = task.serving_model(model, state["info"])
     value = outcome.best.value
     version, champion = tracker.register_model(
         served,

@@ -95,7 +95,13 @@ class JobTracker:
                 self.client.log_batch(run_id, tags=[RunTag("trial_status", "interrupted")])
                 self.client.set_terminated(run_id, "KILLED")
 
-    def log_summary(self, metrics: dict[str, float], params: dict[str, str], tags: dict[str, str]) -> None:
+    def log_to_parent(
+        self,
+        metrics: dict[str, float] | None = None,
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        metrics, params, tags = metrics or {}, params or {}, tags or {}
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.parent_run_id,
@@ -132,11 +138,13 @@ class JobTracker:
         rows = input_example.to_numpy(dtype="float32") if hasattr(input_example, "to_numpy") else input_example
         with torch.no_grad():
             output = model(torch.tensor(rows, dtype=torch.float32)).numpy()
-        signature = infer_signature(input_example, output)
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.parent_run_id), warnings.catch_warnings():
             # MLflow's own check of the input example trips torch's read-only-array warning.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            # Integer id columns (the recommender's) are meant: a missing id is an error anyway.
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+            signature = infer_signature(input_example, output)
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",

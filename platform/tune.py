@@ -163,6 +163,8 @@ def format_summary(outcome: Any, request: Any, top: int = 5) -> str:
         best = outcome.best
         lines.append(f"Best trial {best.trial_id}: {spec.metric}={best.value:.4f}")
         lines.append("  config: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
+    if outcome.baseline is not None:
+        lines.append(_baseline_line(outcome.baseline, outcome.best, spec.metric, spec.mode))
     lines.append(
         f"MLflow: experiment '{outcome.experiment_name}' (id {outcome.experiment_id}), "
         f"parent run {outcome.parent_run_id}"
@@ -176,6 +178,18 @@ def format_summary(outcome: Any, request: Any, top: int = 5) -> str:
     lines.extend(outcome.notes)
     lines.append(f"Browse: mlflow ui --backend-store-uri {request.tracking_uri}")
     return "\n".join(lines)
+
+
+def _baseline_line(baseline: tuple[str, dict[str, float]], best: Any, metric: str, mode: str) -> str:
+    name, metrics = baseline
+    if metric not in metrics:
+        return f"Baseline ({name}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    line = f"Baseline ({name}): {metric}={metrics[metric]:.4f}"
+    if best is not None and best.value is not None:
+        line += f"; best trial {best.value:.4f}"
+        if mode == "max" and metrics[metric] > 0:
+            line += f" ({best.value / metrics[metric]:.2f}x the baseline)"
+    return line
 
 
 def _short(value: Any) -> str:

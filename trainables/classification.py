@@ -52,7 +52,7 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def with_probabilities(model: nn.Module) -> nn.Module:
+def with_probabilities(model: nn.Module, info: dict[str, Any] | None = None) -> nn.Module:
     """The served form of a classifier: class probabilities instead of logits."""
     return nn.Sequential(model, nn.Softmax(dim=1)).eval()
 

@@ -39,6 +39,7 @@ class Dataset:
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,17 @@ class Task:
     loss_fn: Callable[[dict[str, Any]], LossFn]
     # (model, dataset, loss_fn, device) -> {"val_loss": ..., task metrics}
     evaluate: Callable[[nn.Module, Dataset, LossFn, torch.device], dict[str, float]]
-    # Wraps a trained model into what the registry serves (e.g. probabilities, not logits).
-    serving_model: Callable[[nn.Module], nn.Module]
+    # (model, info) -> what the registry serves: probabilities instead of logits, raw ids
+    # instead of indices. `info` is the checkpoint's, so the served form matches its data.
+    serving_model: Callable[[nn.Module, dict[str, Any]], nn.Module]
     # A few raw input rows in the form the served model takes.
     input_example: Callable[[Dataset], Any]
-    # Batches of one training epoch; the default shuffles (x_train, y_train).
-    train_batches: Callable[[Dataset, int, torch.Generator], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    # (data, config, generator) -> batches of one epoch; the default shuffles (x_train, y_train)
+    # in `batch_size` slices. The recommender draws fresh negatives here.
+    train_batches: Callable[[Dataset, dict[str, Any], torch.Generator], Batches] | None = None
+    # data -> (name, metrics) of a simple model the tuned ones should beat, computed once per
+    # job on the same split and logged on the parent run.
+    baseline: Callable[[Dataset], tuple[str, dict[str, float]]] | None = None
 
 
 def make_optimizer(params: Any, config: dict[str, Any]) -> torch.optim.Optimizer:
@@ -73,9 +79,7 @@ def make_optimizer(params: Any, config: dict[str, Any]) -> torch.optim.Optimizer
     raise ValueError(f"unknown optimizer {name!r}: expected sgd, adam or adamw")
 
 
-def shuffled_batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def shuffled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> Batches:
     # Slicing tensors in memory beats a DataLoader by far on datasets of this size.
     order = torch.randperm(len(x), generator=generator)
     for start in range(0, len(x), batch_size):
@@ -87,7 +91,7 @@ def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_fn: LossFn,
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    batches: Batches,
     device: torch.device,
 ) -> float:
     """One pass over the batches; returns the mean training loss per example."""
@@ -200,7 +204,7 @@ def run_trial(task: Task, config: dict[str, Any], data: Dataset | None = None) -
         # Seeded per epoch so a resumed trial sees the batches it would have seen.
         generator.manual_seed(seed * 100_003 + epoch)
         if task.train_batches is not None:
-            batches = task.train_batches(data, batch_size, generator)
+            batches = task.train_batches(data, config, generator)
         else:
             batches = shuffled_batches(data.x_train, data.y_train, batch_size, generator)
         train_loss = train_one_epoch(model, optimizer, loss_fn, batches, device)
