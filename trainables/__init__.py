@@ -3,6 +3,7 @@
 Each built-in trainable is a module exposing `train(config, data=None)` (the Ray Tune
 function), `TASK` (data, model and evaluation for the shared loop), `load_data`, `DataConfig`
 (its `data` block) and `METRICS` (what it reports).
+`TASK.baseline`, when set, is a simple reference model the job logs on its parent run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from types import ModuleType
 TRAINABLES = {
     "cnn": "trainables.cnn",
     "mlp": "trainables.mlp",
+    "recommender": "trainables.recommender",
+    "fraud": "trainables.fraud",
 }
 
 
