@@ -9,6 +9,8 @@ import pytest
 from tests.helpers import SPECS, run_cli, write_spec
 
 GOOD = (SPECS / "mlp.yaml").read_text()
+RECOMMENDER = (SPECS / "recommender.yaml").read_text()
+FRAUD = (SPECS / "fraud.yaml").read_text()
 
 
 def test_help_lists_the_options():
@@ -42,6 +44,19 @@ BAD_INPUTS = [
         "data.path: file does not exist",
     ),
     (GOOD.replace("metric: val_roc_auc", "metric: val_auc"), [], "metric: mlp does not report this metric"),
+    (
+        RECOMMENDER.replace("dataset: synthetic", "dataset: movielens"),
+        [],
+        "data.path: required for dataset 'movielens'",
+    ),
+    (
+        RECOMMENDER,
+        ["--set", "data.path=/no/ml-1m", "--set", "data.dataset=movielens"],
+        "data.path: file does not exist",
+    ),
+    (RECOMMENDER, ["--set", "metric=val_ndcg_at_5"], "did you mean 'val_ndcg_at_10'?"),
+    (FRAUD, ["--set", "data.dataset=csv", "--set", "data.path=/no/creditcard.csv"], "data.path: file does not exist"),
+    (FRAUD, ["--set", "data.fraud_rate=0.7"], "data.fraud_rate: input should be less than 0.5"),
     (GOOD, ["--set", "search.num_samples"], "--set: expected KEY=VALUE"),
     (GOOD, ["--set", "search.nm_samples=3"], "search.nm_samples: unknown key, did you mean 'num_samples'?"),
     (GOOD, ["--set", "resources.cpu=64"], "resources.cpu: a trial asks for 64 CPUs"),

@@ -9,15 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from platform.spec import load_spec
 from tests.helpers import SPECS, run_cli
+from trainables import fraud
 
 pytestmark = pytest.mark.slow
 
-SPEC_NAMES = ["cnn", "mlp"]
+SPEC_NAMES = ["cnn", "mlp", "recommender", "fraud"]
+# What the champion of a smoke run must beat: well above chance (in the comment), two epochs.
+CHAMPION_FLOOR = {
+    "cnn": 0.5,  # val_accuracy, 10 classes: 0.1
+    "mlp": 0.8,  # val_roc_auc: 0.5
+    "recommender": 0.1,  # val_ndcg_at_10 of a random ranking: 0.046
+    "fraud": 0.08,  # val_auprc: the smoke set's fraud rate, 0.05
+}
+# The reference model each trainable logs on the parent run.
+BASELINES = {"recommender": "popularity", "fraud": "logistic_regression"}
 
 
 @dataclass
@@ -34,25 +46,29 @@ class Job:
         return MlflowClient(self.uri)
 
 
-@pytest.fixture(scope="module", params=SPEC_NAMES)
-def job(request, tmp_path_factory):
-    name = request.param
-    folder = tmp_path_factory.mktemp(f"job-{name}")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    # gpu=0.5 also exercises the embedded no-GPU path: it runs on CPU with one warning, never hangs.
-    args = [
-        str(SPECS / f"{name}.yaml"),
-        "--smoke-test",
-        "--tracking-uri",
-        uri,
-        "--storage-path",
-        str(folder / "ray_results"),
-        "--set",
-        "resources.gpu=0.5",
-    ]
-    result = run_cli(*args, timeout=300)
-    spec, _, _ = load_spec(SPECS / f"{name}.yaml")
-    return Job(name, spec, uri, result.stdout, result.stderr, result.returncode)
+@pytest.fixture(scope="module")
+def smoke_job(tmp_path_factory):
+    """Runs a shipped spec with --smoke-test the first time it is asked for, then reuses it."""
+    done: dict[str, Job] = {}
+
+    def run(name: str) -> Job:
+        if name not in done:
+            folder = tmp_path_factory.mktemp(f"job-{name}")
+            uri = f"sqlite:///{folder / 'mlflow.db'}"
+            # gpu=0.5 also exercises the embedded no-GPU path: CPU with one warning, never a hang.
+            args = [str(SPECS / f"{name}.yaml"), "--smoke-test", "--tracking-uri", uri]
+            args += ["--storage-path", str(folder / "ray_results"), "--set", "resources.gpu=0.5"]
+            result = run_cli(*args, timeout=300)
+            spec, _, _ = load_spec(SPECS / f"{name}.yaml")
+            done[name] = Job(name, spec, uri, result.stdout, result.stderr, result.returncode)
+        return done[name]
+
+    return run
+
+
+@pytest.fixture(params=SPEC_NAMES)
+def job(request, smoke_job):
+    return smoke_job(request.param)
 
 
 def _runs(job: Job):
@@ -115,10 +131,47 @@ def test_champion_is_registered_and_predicts(job):
     name = job.spec.registered_model_name
     version = job.client.get_model_version_by_alias(name, "champion")
     assert version.tags["metric"] == job.spec.metric
-    assert float(version.tags["metric_value"]) > 0.5
+    assert float(version.tags["metric_value"]) > CHAMPION_FLOOR[job.name]
     mlflow.set_tracking_uri(job.uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     example = model.input_example
     predictions = model.predict(example)
     assert len(predictions) == len(example)
     assert model.metadata.signature is not None
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_baseline_is_logged_on_the_parent_run_and_compared_in_the_summary(smoke_job, name):
+    job = smoke_job(name)
+    parents, _ = _runs(job)
+    parent = parents[0]
+    assert parent.data.tags["baseline"] == BASELINES[job.name]
+    baseline = parent.data.metrics[f"baseline_{job.spec.metric}"]
+    assert 0 < baseline < 1
+    assert f"Baseline ({BASELINES[job.name]}): {job.spec.metric}={baseline:.4f}; best trial" in job.stdout
+
+
+def _champion(job: Job):
+    mlflow.set_tracking_uri(job.uri)
+    return mlflow.pyfunc.load_model(f"models:/{job.spec.registered_model_name}@champion")
+
+
+def test_recommender_champion_scores_user_item_rows_and_rejects_unknown_ids(smoke_job):
+    model = _champion(smoke_job("recommender"))
+    inputs = model.metadata.signature.inputs.input_names()
+    assert inputs == ["user_id", "item_id"]
+    example = model.input_example
+    scores = model.predict(example).to_numpy().ravel()
+    assert len(scores) == len(example) and ((scores >= 0) & (scores <= 1)).all()
+    unknown = pd.DataFrame({"user_id": [example["user_id"].iloc[0], 10**9], "item_id": example["item_id"].iloc[:2]})
+    with pytest.raises(ValueError, match="unknown user_id 1000000000: the model knows 300 user_ids"):
+        model.predict(unknown)
+
+
+def test_fraud_champion_returns_one_probability_per_transaction(smoke_job):
+    model = _champion(smoke_job("fraud"))
+    assert model.metadata.signature.inputs.input_names() == fraud.FEATURES
+    rows = pd.DataFrame(np.random.default_rng(0).normal(size=(7, len(fraud.FEATURES))), columns=fraud.FEATURES)
+    probabilities = model.predict(rows).to_numpy()
+    assert probabilities.shape in ((7,), (7, 1))
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
