@@ -67,16 +67,37 @@ class JobOutcome:
     baseline: tuple[str, dict[str, float]] | None = None
 
 
-def connect_ray(address: str | None, cpu_per_trial: float) -> None:
+# Never shipped to a cluster with the code: local records, run outputs, environments, caches.
+WORKING_DIR_EXCLUDES = [
+    ".git",
+    ".venv",
+    "venv",
+    "mlflow.db",
+    "mlruns",
+    "mlartifacts",
+    "ray_results",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".ruff_cache",
+]
+
+
+def connect_ray(
+    address: str | None, cpu_per_trial: float, storage_path: str | None = None, data_parallel: bool = False
+) -> None:
     """Join the cluster at `address`, or start an embedded Ray of all local CPUs.
 
+    On a cluster the code travels with the job: the working directory (where a user's own
+    `module:function` trainable lives) and the `trainables` package are shipped in the
+    runtime environment, so every node imports what this machine imports.
     `address="local"` makes the embedded mode start its own Ray and never attach to a stray
     cluster that happens to run on this machine.
     """
     import ray
 
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=cluster_runtime_env(storage_path))
         return
     cpus = os.cpu_count() or 1
     if cpu_per_trial > cpus:
@@ -84,7 +105,9 @@ def connect_ray(address: str | None, cpu_per_trial: float) -> None:
     ray.init(
         address="local",
         num_cpus=cpus,
-        include_dashboard=False,
+        # Ray Train V2 cleans up after a trial that ASHA stopped through the State API, which
+        # the dashboard serves (on 127.0.0.1); other jobs save its start-up time.
+        include_dashboard=data_parallel,
         logging_level=logging.WARNING,
         # Trials import `trainables` from the project, whatever the working directory.
         runtime_env={
@@ -93,22 +116,125 @@ def connect_ray(address: str | None, cpu_per_trial: float) -> None:
     )
 
 
+def cluster_runtime_env(storage_path: str | None = None) -> dict[str, Any]:
+    """The runtime environment a job ships to a cluster: the working directory, plus the
+    `trainables` package when it lives elsewhere, without local records and run outputs."""
+    cwd = Path.cwd().resolve()
+    excludes = list(WORKING_DIR_EXCLUDES)
+    if storage_path and "://" not in storage_path:
+        storage = Path(storage_path).resolve()
+        if storage.is_relative_to(cwd) and storage != cwd:
+            excludes.append(str(storage.relative_to(cwd)))
+    env: dict[str, Any] = {"working_dir": str(cwd), "excludes": excludes}
+    trainables = PROJECT_ROOT / "trainables"
+    if not trainables.resolve().is_relative_to(cwd):
+        env["py_modules"] = [str(trainables)]
+    return env
+
+
+def check_storage_shared(storage_path: str) -> list[str]:
+    """Every live node must see a local storage path: Ray keeps trial state and checkpoints
+    there from all of them. Returns notes; raises JobError when a node cannot see it.
+
+    Cloud URIs (s3://, gs://) are left to Ray. One node alone is fine, but an autoscaling
+    cluster may add nodes later, which a note says.
+    """
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if "://" in storage_path:
+        return []
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) <= 1:
+        return [
+            f"note: storage path {storage_path} is on this node; if the cluster adds nodes, "
+            "use s3://, gs:// or a shared file system (--storage-path)"
+        ]
+    folder = Path(storage_path)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".storage-check-{uuid.uuid4().hex}"
+    marker.write_text("")
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    try:
+        probes = [
+            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+                str(marker)
+            )
+            for node in nodes
+        ]
+        seen = ray.get(probes, timeout=120)
+    finally:
+        marker.unlink(missing_ok=True)
+        if created:
+            folder.rmdir()
+    blind = [node["NodeManagerAddress"] for node, ok in zip(nodes, seen, strict=True) if not ok]
+    if blind:
+        raise JobError(
+            f"storage path {storage_path} is local to this machine; nodes {', '.join(sorted(set(blind)))} "
+            "cannot see it: use s3://, gs:// or a shared file system (--storage-path)"
+        )
+    return []
+
+
 def fit_resources(spec: Spec, embedded: bool) -> tuple[dict[str, float], list[str]]:
-    """Per-trial resources the cluster can satisfy; a GPU ask without GPUs never hangs silently."""
+    """Per-worker resources the cluster can satisfy; a GPU ask without GPUs never hangs silently.
+
+    A trial has `resources.workers` workers (1: the trial process itself); the cpu and gpu
+    figures are per worker.
+    """
     import ray
 
     total = ray.cluster_resources()
     notes: list[str] = []
-    cpu, gpu = spec.resources.cpu, spec.resources.gpu
-    if cpu > total.get("CPU", 0) and not embedded:
-        raise JobError(f"resources.cpu: a trial asks for {cpu:g} CPUs; the cluster has {total.get('CPU', 0):g}")
+    cpu, gpu, workers = spec.resources.cpu, spec.resources.gpu, spec.resources.workers
+    if cpu * workers > total.get("CPU", 0) and not embedded:
+        raise JobError(
+            f"resources.cpu: a trial asks for {cpu * workers:g} CPUs ({workers} x {cpu:g}); "
+            f"the cluster has {total.get('CPU', 0):g}"
+        )
+    if embedded and cpu * workers > total.get("CPU", 0):
+        raise JobError(
+            f"resources: a trial asks for {cpu * workers:g} CPUs ({workers} workers x {cpu:g}) "
+            f"but this machine has {total.get('CPU', 0):g}"
+        )
     if gpu > 0 and total.get("GPU", 0) == 0:
         if embedded:
             notes.append(f"warning: resources.gpu={gpu:g} but this machine has no GPU; running trials on CPU")
             gpu = 0.0
         else:
             raise JobError(f"resources.gpu: trials ask for {gpu:g} GPU but the cluster has none")
+    elif gpu * workers > total.get("GPU", 0) and gpu > 0:
+        raise JobError(
+            f"resources.gpu: a trial asks for {gpu * workers:g} GPUs ({workers} x {gpu:g}); "
+            f"the cluster has {total.get('GPU', 0):g}"
+        )
     return {"cpu": cpu, "gpu": gpu}, notes
+
+
+def concurrent_groups(spec: Spec, resources: dict[str, float]) -> int | None:
+    """How many data-parallel trials can hold all their workers at once.
+
+    A Ray Train run starts only when all its workers fit; drivers beyond this count would sit
+    waiting for workers (and hold the Tune slot), so Tune launches no more than that.
+    """
+    import ray
+
+    workers = spec.resources.workers
+    if workers == 1:
+        return spec.search.max_concurrent
+    total = ray.cluster_resources()
+    fits = [int(total.get("CPU", 0) // (resources["cpu"] * workers))] if resources["cpu"] > 0 else []
+    if resources["gpu"] > 0:
+        fits.append(int(total.get("GPU", 0) // (resources["gpu"] * workers)))
+    limit = max(1, min(fits)) if fits else 1
+    return min(limit, spec.search.max_concurrent) if spec.search.max_concurrent else limit
 
 
 def build_search(spec: Spec) -> Any:
@@ -138,29 +264,26 @@ def build_scheduler(spec: Spec) -> Any:
 def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
     """Run the job; `tracker` is a `platform.tracking.JobTracker` for the tracking URI."""
     import ray
-    from ray import tune
 
     # Snapshots are forced by checkpoint retention every epoch on short trials; the warning
     # about it is noise for jobs this size.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     spec = request.spec
     started = time.time()
-    connect_ray(request.address, spec.resources.cpu)
+    connect_ray(request.address, spec.resources.cpu, request.storage_path, spec.resources.workers > 1)
     try:
         resources, notes = fit_resources(spec, embedded=not request.address)
+        if request.address:
+            notes += check_storage_shared(request.storage_path)
         for note in notes:
             print(note, flush=True)
         task = request.trainable.task
         data = dict(request.data)
         dataset = task.load_data(data) if task is not None else None
         baseline = _baseline(task, dataset)
-        trainable: Any = request.trainable.function
-        if dataset is not None:
-            # Loaded once here; Ray ships it to each node once through the object store.
-            trainable = tune.with_parameters(trainable, data=dataset)
-        trainable = tune.with_resources(trainable, resources)
-
         run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        trainable = _trainable(spec, request, resources, dataset, run_name)
+
         tracker.start(
             run_name=run_name,
             tags={
@@ -185,7 +308,7 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
             print(f"Baseline ({name}) on the same validation split: {shown}", flush=True)
         try:
-            results = _fit(spec, request, trainable, data, run_name, tracker)
+            results = _fit(spec, request, trainable, data, run_name, tracker, resources)
             outcome.experiment_path = results.experiment_path
             _summarize(spec, results, outcome)
             unfinished = _unfinished_trial_ids(results)
@@ -216,6 +339,35 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
         ray.shutdown()
 
 
+def _trainable(spec: Spec, request: JobRequest, resources: dict[str, float], dataset: Any, run_name: str) -> Any:
+    """The Tune trainable with its data and resources: the trial process itself, or for
+    `workers > 1` a small driver whose Ray Train workers hold the resources."""
+    import ray
+    from ray import tune
+
+    if spec.resources.workers == 1:
+        trainable: Any = request.trainable.function
+        if dataset is not None:
+            # Loaded once here; Ray ships it to each node once through the object store.
+            trainable = tune.with_parameters(trainable, data=dataset)
+        return tune.with_resources(trainable, resources)
+
+    from trainables.distributed import DRIVER_RESOURCES, data_parallel
+
+    trainable = data_parallel(
+        request.trainable.task,
+        workers=spec.resources.workers,
+        cpu=resources["cpu"],
+        gpu=resources["gpu"],
+        storage_path=request.storage_path,
+        run_name=run_name,
+        max_failures=spec.failure.max_failures,
+    )
+    # A reference inside a list stays a reference: the workers fetch the one stored copy.
+    trainable = tune.with_parameters(trainable, data=[ray.put(dataset)])
+    return tune.with_resources(trainable, DRIVER_RESOURCES)
+
+
 def _baseline(task: Any, dataset: Any) -> tuple[str, dict[str, float]] | None:
     """The trainable's reference model (popularity, logistic regression), once per job."""
     compute = getattr(task, "baseline", None)
@@ -225,7 +377,15 @@ def _baseline(task: Any, dataset: Any) -> tuple[str, dict[str, float]] | None:
     return name, {k: float(v) for k, v in metrics.items()}
 
 
-def _fit(spec: Spec, request: JobRequest, trainable: Any, data: dict[str, Any], run_name: str, tracker: Any) -> Any:
+def _fit(
+    spec: Spec,
+    request: JobRequest,
+    trainable: Any,
+    data: dict[str, Any],
+    run_name: str,
+    tracker: Any,
+    resources: dict[str, float],
+) -> Any:
     from ray import tune
 
     config = param_space(spec, data)
@@ -239,9 +399,10 @@ def _fit(spec: Spec, request: JobRequest, trainable: Any, data: dict[str, Any], 
             search_alg=build_search(spec),
             scheduler=build_scheduler(spec),
             num_samples=spec.search.num_samples,
-            max_concurrent_trials=spec.search.max_concurrent,
-            # Ray 2.60 defaults to False, and each fresh actor costs seconds.
-            reuse_actors=True,
+            max_concurrent_trials=concurrent_groups(spec, resources),
+            # Ray 2.60 defaults to False, and each fresh actor costs seconds. A data-parallel
+            # trial's driver is not reused: ending its actor is what ends its Train workers.
+            reuse_actors=spec.resources.workers == 1,
             time_budget_s=spec.budget.time_s,
             # Short trial folders: the default repeats every parameter in the name.
             trial_dirname_creator=_trial_dirname,
@@ -317,7 +478,10 @@ def _register(spec: Spec, request: JobRequest, results: Any, dataset: Any, track
         outcome.notes.append(f"note: {spec.trainable} exposes no TASK, so no model was registered")
         return
     best_result = next(r for r in results if str((r.metrics or {}).get("trial_id")) == outcome.best.trial_id)
-    checkpoint = best_result.get_best_checkpoint(spec.metric, spec.mode) or best_result.checkpoint
+    if best_result.best_checkpoints:
+        checkpoint = best_result.get_best_checkpoint(spec.metric, spec.mode) or best_result.checkpoint
+    else:  # a data-parallel trial: Ray Train kept its checkpoints
+        checkpoint = _train_checkpoint(best_result, spec.metric, spec.mode)
     if checkpoint is None:
         outcome.notes.append("warning: the best trial left no checkpoint, so no model was registered")
         return
@@ -337,6 +501,24 @@ def _register(spec: Spec, request: JobRequest, results: Any, dataset: Any, track
     )
     outcome.model_name, outcome.model_version = name, version
     outcome.champion_version = version if champion else tracker.champion_version(name)
+
+
+def _train_checkpoint(result: Any, metric: str, mode: str) -> Any | None:
+    """The best checkpoint a data-parallel trial's Ray Train run still keeps.
+
+    Train keeps those checkpoints itself; Tune only sees their paths in the reported metrics
+    (`checkpoint_path`, from TuneReportCallback), best epoch first.
+    """
+    from ray.train import Checkpoint
+
+    history = result.metrics_dataframe
+    if history is None or "checkpoint_path" not in history or metric not in history:
+        return None
+    rows = history.dropna(subset=["checkpoint_path", metric]).sort_values(metric, ascending=(mode == "min"))
+    for path in rows["checkpoint_path"]:
+        if "://" in str(path) or Path(str(path)).is_dir():
+            return Checkpoint(str(path))
+    return None
 
 
 def _parent_params(spec: Spec, data: dict[str, Any]) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import types
 import typing
@@ -320,10 +321,15 @@ def _check_relations(spec: Spec, file: str) -> None:
             f"must be <= the epochs a trial may train ({spec.max_t})",
             spec.scheduler.grace_period,
         )
-    if spec.resources.workers > 1:
-        # Data-parallel trials (Ray Train TorchTrainer) are not built yet: refuse rather than
-        # silently running one worker.
-        raise SpecError(file, "resources.workers", "only 1 is supported for now", spec.resources.workers)
+    if spec.resources.workers > 1 and spec.resources.gpu > 1:
+        # Each data-parallel worker drives one device; more GPUs per trial means more workers.
+        raise SpecError(
+            file,
+            "resources.gpu",
+            f"with workers > 1 it is per worker and must be <= 1 (use workers: "
+            f"{spec.resources.workers * math.ceil(spec.resources.gpu)} and gpu: 1 instead)",
+            spec.resources.gpu,
+        )
 
 
 # --- Turning pydantic errors into one line ----------------------------------------------------

@@ -194,6 +194,7 @@ class TrialRunsCallback(Callback):
         self.metric = metric
         self.max_t = max_t
         self.run_ids: dict[str, str] = {}
+        self._placed: set[str] = set()
 
     def setup(self, **info: Any) -> None:
         # Child runs already made for this parent (a resumed job) are reused, never duplicated.
@@ -225,7 +226,12 @@ class TrialRunsCallback(Callback):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         timestamp = int(float(result.get("timestamp", time.time())) * 1000)
         metrics = [Metric(k, v, timestamp, step) for k, v in result_metrics(result).items()]
-        self.client.log_batch(run_id, metrics=metrics)
+        tags = []
+        if trial.trial_id not in self._placed and result.get("node_id"):
+            # Where the trial ran (a data-parallel trial: its rank-0 worker), once per trial.
+            self._placed.add(trial.trial_id)
+            tags = [RunTag("node_id", str(result["node_id"])), RunTag("node_ip", str(result.get("node_ip", "")))]
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -20,6 +21,7 @@ from platform.spec import SpecError, load_spec, smoke_overrides
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_STORAGE_PATH = "ray_results"
 TRACKING_CHECK_TIMEOUT_S = 3.0
+RAY_ADDRESS_CHECK_TIMEOUT_S = 3.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--address",
-        default=os.environ.get("RAY_ADDRESS"),
-        help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)",
+        help="Ray cluster to join, HOST:PORT (default: $RAY_ADDRESS, else an embedded local Ray); "
+        "the working directory is shipped to the cluster with the job",
     )
     parser.add_argument(
         "--tracking-uri", help=f"MLflow tracking URI (default: spec, $MLFLOW_TRACKING_URI, then {DEFAULT_TRACKING_URI})"
@@ -91,6 +93,19 @@ def check_tracking_uri(uri: str, source: str, file: str) -> None:
             raise SpecError(file, source, "folder of the SQLite file does not exist or is not writable", uri)
 
 
+def check_ray_address(address: str | None, source: str, file: str) -> None:
+    """Fail fast on a cluster address nothing answers on (ray.init would retry for a minute)."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError(file, source, "expected HOST:PORT (or ray://HOST:PORT, auto)", address)
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_ADDRESS_CHECK_TIMEOUT_S).close()
+    except OSError as err:
+        raise SpecError(file, source, f"Ray cluster not reachable: {err.strerror or err}", address) from None
+
+
 def check_storage_path(path: str, source: str, file: str) -> None:
     if "://" in path:
         return  # s3://, gs://: Ray's pyarrow filesystem reports its own errors
@@ -113,6 +128,7 @@ def prepare(args: argparse.Namespace) -> Any:
     data = check_against_trainable(spec, trainable, args.spec)
     tracking_uri, source = resolve_tracking_uri(args.tracking_uri, spec.tracking.uri)
     check_tracking_uri(tracking_uri, source, args.spec)
+    check_ray_address(args.address, "--address" if args.address_from_cli else "RAY_ADDRESS", args.spec)
     storage = args.storage_path or spec.storage_path or DEFAULT_STORAGE_PATH
     check_storage_path(storage, "--storage-path" if args.storage_path else "storage_path", args.spec)
     if "://" not in storage:
@@ -200,6 +216,8 @@ def _short(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.address_from_cli = args.address is not None
+    args.address = args.address or os.environ.get("RAY_ADDRESS") or None
     try:
         request = prepare(args)
     except SpecError as err:

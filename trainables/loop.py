@@ -149,69 +149,141 @@ def rebuild_model(task: Task, directory: str) -> tuple[nn.Module, dict[str, Any]
     return model, state
 
 
-def select_device(gpu_ids: list[Any], gpu_share: float) -> torch.device:
-    """CUDA when Ray gave this trial a GPU that really exists; the CPU otherwise.
+def select_device(
+    gpu_ids: list[Any], gpu_share: float, cuda_device: Callable[[], torch.device] | None = None
+) -> torch.device:
+    """CUDA when Ray gave this process a GPU that really exists; the CPU otherwise.
 
     With a fractional share the process caps its own memory so trials packed onto one GPU
-    cannot starve each other.
+    cannot starve each other. `cuda_device` picks the device among the visible ones (Ray Train
+    workers on one node see all of its GPUs); by default the first, which is the one Ray
+    assigned to a plain trial.
     """
     if not gpu_ids:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         logger.warning("Ray assigned GPU %s but CUDA is not available here; training on CPU", gpu_ids)
         return torch.device("cpu")
-    device = torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU
+    device = cuda_device() if cuda_device is not None else torch.device("cuda", 0)
     if 0 < gpu_share < 1:
         torch.cuda.set_per_process_memory_fraction(max(gpu_share - GPU_MEMORY_HEADROOM, 0.01), device)
     return device
 
 
-def run_trial(task: Task, config: dict[str, Any], data: Dataset | None = None) -> None:
-    """Train for `config["epochs"]`, reporting and checkpointing once per epoch.
+# (metrics, checkpoint directory or None) -> None: Tune's report, or Ray Train's.
+Report = Callable[[dict[str, Any], str | None], None]
 
-    Resumes from the trial's last checkpoint when Tune restarts it after a failure.
-    """
-    import ray
-    from ray import tune
 
+@dataclass
+class Worker:
+    """Where the loop runs: a plain trial (rank 0 of 1), or one worker of a data-parallel group."""
+
+    device: torch.device
+    report: Report
+    checkpoint: Any | None  # the Tune or Train checkpoint to resume from
+    rank: int = 0
+    world_size: int = 1
+
+
+def quiet_ray_logs() -> None:
     # One "checkpoint created" line per epoch per trial drowns the progress table.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
+
+
+def node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def run_trial(task: Task, config: dict[str, Any], data: Dataset | None = None) -> None:
+    """A Tune trial in one process: trains for `config["epochs"]`, reporting and checkpointing
+    once per epoch, resuming from the trial's last checkpoint when Tune restarts it."""
+    import ray
+    from ray import tune
+
+    quiet_ray_logs()
     assigned = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
     device = select_device(ray.get_gpu_ids(), float(assigned.get("GPU", 0)))
     if data is None:
         data = task.load_data(config.get("data", {}))
 
+    def report(metrics: dict[str, Any], directory: str | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
+
+    train_epochs(task, config, data, Worker(device, report, tune.get_checkpoint()))
+
+
+def train_epochs(task: Task, config: dict[str, Any], data: Dataset, worker: Worker) -> None:
+    """The epoch loop every trial runs, alone or as one of `world_size` data-parallel workers.
+
+    With several workers the model is wrapped in DistributedDataParallel (the process group is
+    Ray Train's), each worker trains on its share of every epoch's batches, and rank 0
+    evaluates, checkpoints and reports the metrics.
+    """
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
-    model = task.build_model(config, data.info).to(device)
-    optimizer = make_optimizer(model.parameters(), config)
-    loss_fn = task.loss_fn(config)
-    batch_size = int(config.get("batch_size", 64))
-
-    start_epoch = 0
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+    model = task.build_model(config, data.info).to(worker.device)
+    state = None
+    if worker.checkpoint is not None:
+        with worker.checkpoint.as_directory() as directory:
             state = load_state(directory)
         model.load_state_dict(state["model"])
+    trained: nn.Module = model
+    if worker.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [worker.device.index] if worker.device.type == "cuda" else None
+        trained = DistributedDataParallel(model, device_ids=device_ids)
+    optimizer = make_optimizer(trained.parameters(), config)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
+    loss_fn = task.loss_fn(config)
+    batch_size = int(config.get("batch_size", 64))
+    here = node_id()
 
     generator = torch.Generator()
-    for epoch in range(start_epoch + 1, int(config["epochs"]) + 1):
-        # Seeded per epoch so a resumed trial sees the batches it would have seen.
+    for epoch in range((int(state["epoch"]) if state else 0) + 1, int(config["epochs"]) + 1):
+        # Seeded per epoch so a resumed trial sees the batches it would have seen; every worker
+        # draws the same batches and keeps its own share.
         generator.manual_seed(seed * 100_003 + epoch)
         if task.train_batches is not None:
             batches = task.train_batches(data, config, generator)
         else:
             batches = shuffled_batches(data.x_train, data.y_train, batch_size, generator)
-        train_loss = train_one_epoch(model, optimizer, loss_fn, batches, device)
-        metrics = task.evaluate(model, data, loss_fn, device)
-        result = {"epoch": epoch, "train_loss": train_loss, **metrics}
-        with tempfile.TemporaryDirectory() as directory:
-            save_state(directory, model, optimizer, epoch, config, data.info)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+        if worker.world_size > 1:
+            batches = worker_share(list(batches), worker.rank, worker.world_size)
+        train_loss = train_one_epoch(trained, optimizer, loss_fn, batches, worker.device)
+        if worker.world_size > 1:
+            train_loss = mean_over_workers(train_loss, worker.device)
+        result = {"epoch": epoch, "train_loss": train_loss, "node_id": here}
+        if worker.rank == 0:
+            result.update(task.evaluate(model, data, loss_fn, worker.device))
+            with tempfile.TemporaryDirectory() as directory:
+                save_state(directory, model, optimizer, epoch, config, data.info)
+                worker.report(result, directory)
+        else:
+            worker.report(result, None)
         if not math.isfinite(train_loss):
             return  # a diverged trial has nothing left to learn
+
+
+def worker_share(batches: list[Any], rank: int, world_size: int) -> list[Any]:
+    """Every `world_size`-th batch from `rank` on, the same count on every worker.
+
+    DistributedDataParallel syncs gradients at each step, so a worker with one step more would
+    wait forever; the at most `world_size - 1` batches left over are skipped this epoch (the
+    order is reshuffled every epoch, so it is never the same ones).
+    """
+    usable = len(batches) - len(batches) % world_size
+    return batches[rank:usable:world_size]
+
+
+def mean_over_workers(value: float, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item()) / dist.get_world_size()

@@ -1,0 +1,140 @@
+"""Jobs submitted with --address to a real two-node Ray cluster started by the test.
+
+`ray.cluster_utils.Cluster` starts two Ray nodes on this machine, each declaring one GPU that
+does not exist: Ray schedules fractional GPUs on them like on real ones, and the trainables
+fall back to the CPU. The job runs in its own process, as a user would run it, and ships its
+working directory (where a user's own trainable lives) to the cluster.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import SPECS, run_cli
+
+pytestmark = pytest.mark.slow
+
+# A user's own trainable, in the job's working directory: nothing but the runtime environment
+# brings it to the nodes. It reports where it ran and what Ray gave it, and runs long enough
+# (3 x 1.5 s) for every trial that fits to be running at the same time.
+SLEEPY_TRAINABLE = """
+import time
+
+import ray
+from ray import tune
+
+
+def train(config):
+    context = ray.get_runtime_context()
+    gpu = context.get_assigned_resources().get("GPU", 0.0)
+    for epoch in range(1, 4):
+        time.sleep(1.5)
+        tune.report({
+            "epoch": epoch,
+            "score": config["x"] * epoch,
+            "node_id": context.get_node_id(),
+            "gpu_share": gpu,
+            "gpu_ids": len(ray.get_gpu_ids()),
+            "started": time.time() - 1.5 * epoch,
+        })
+"""
+
+SLEEPY_SPEC = """
+name: packing
+trainable: sleepy:train
+metric: score
+mode: max
+search:
+  algorithm: random
+  num_samples: 8
+  max_concurrent: 8
+  seed: 0
+  space:
+    x: {type: uniform, low: 0.0, high: 1.0}
+  fixed: {epochs: 3}
+scheduler: {type: fifo}
+resources: {cpu: 1, gpu: 0.25, workers: 1}
+tracking: {register_model: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 1})
+    cluster.add_node(num_cpus=4, num_gpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def _children(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None
+    runs = client.search_runs([found.experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return client, parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_quarter_gpus_pack_eight_trials_at_once_across_both_nodes(cluster, tmp_path):
+    (tmp_path / "sleepy.py").write_text(textwrap.dedent(SLEEPY_TRAINABLE))
+    (tmp_path / "spec.yaml").write_text(SLEEPY_SPEC)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli(
+        "spec.yaml",
+        "--address",
+        cluster.address,
+        "--tracking-uri",
+        uri,
+        "--storage-path",
+        str(tmp_path / "ray_results"),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client, parents, children = _children(uri, "packing")
+    assert len(parents) == 1 and len(children) == 8
+    nodes = {c.data.tags["node_id"] for c in children}
+    assert len(nodes) == 2, "trials ran on both nodes"
+    for child in children:
+        assert child.data.metrics["gpu_share"] == 0.25 and child.data.metrics["gpu_ids"] == 1
+    # Every trial's training span overlaps every other's: all 8 ran at the same time.
+    spans = [(c.data.metrics["started"], c.info.end_time / 1000) for c in children]
+    assert max(start for start, _ in spans) < min(end for _, end in spans)
+
+
+def test_builtin_trainable_runs_on_both_nodes_and_is_tracked_by_the_driver(cluster, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # A trial takes a whole node (4 CPUs), so two trials at once must use both nodes.
+    result = run_cli(
+        str(SPECS / "mlp.yaml"),
+        "--smoke-test",
+        "--address",
+        cluster.address,
+        "--tracking-uri",
+        uri,
+        "--storage-path",
+        str(tmp_path / "ray_results"),
+        "--set",
+        "resources.cpu=4",
+        "--set",
+        "resources.gpu=0.5",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # The simulated GPU is assigned, then the trainable says it is not there and uses the CPU.
+    assert "CUDA is not available here; training on CPU" in result.stdout + result.stderr
+    client, parents, children = _children(uri, "mlp-breast-cancer")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4
+    assert len({c.data.tags["node_id"] for c in children}) == 2
+    for child in children:
+        epochs = int(child.data.tags["epochs_run"])
+        assert len(client.get_metric_history(child.info.run_id, "val_roc_auc")) == epochs
+    assert client.get_model_version_by_alias("mlp-breast-cancer", "champion") is not None
