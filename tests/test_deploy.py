@@ -1,0 +1,94 @@
+"""The cluster configurations, checked offline: Ray's own schema, and what the project promises."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import ray
+import yaml
+
+from tests.helpers import ROOT
+
+CLUSTER_YAML = ROOT / "cluster.yaml"
+KUBERAY = ROOT / "deploy" / "kuberay"
+
+
+@pytest.fixture(scope="module")
+def cluster_config():
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_cluster_yaml_passes_rays_own_schema(cluster_config):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    # What `ray up` does before anything else: fill in defaults, then validate.
+    validate_config(prepare_config(cluster_config))
+
+
+def test_ray_schema_check_is_real(cluster_config):
+    from jsonschema import ValidationError
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    broken = {**cluster_config, "available_node_types": {"head": {"resources": {}, "node_config": {}, "gpus": 1}}}
+    with pytest.raises(ValidationError, match="'gpus' was unexpected"):
+        validate_config(prepare_config(broken))
+
+
+def test_gpu_workers_scale_from_zero_and_the_head_has_no_gpu(cluster_config):
+    types = cluster_config["available_node_types"]
+    head = types[cluster_config["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    gpu_types = [t for name, t in types.items() if t.get("resources", {}).get("GPU", 0) >= 1]
+    assert gpu_types, "a GPU worker type"
+    assert all(t["min_workers"] == 0 for t in gpu_types)
+
+
+def test_every_node_installs_the_mounted_project(cluster_config):
+    mounted = [remote for remote, local in cluster_config["file_mounts"].items() if local == "."]
+    assert len(mounted) == 1
+    assert any("pip install" in c and mounted[0] in c for c in cluster_config["setup_commands"])
+    # One image for all nodes, with the Ray version the driver runs.
+    docker = cluster_config["docker"]
+    for image in (docker["image"], docker["head_image"]):
+        assert image.startswith(f"rayproject/ray:{ray.__version__}-py311")
+
+
+def test_head_runs_mlflow_and_nothing_listens_publicly(cluster_config):
+    commands = " ".join(cluster_config["head_start_ray_commands"])
+    mlflow = re.search(r"mlflow server .*", commands)
+    assert mlflow and "--host 127.0.0.1" in mlflow.group(0)
+    assert "--backend-store-uri sqlite:" in mlflow.group(0) and "--artifacts-destination" in mlflow.group(0)
+    assert "--dashboard-host=127.0.0.1" in commands
+    assert "0.0.0.0" not in CLUSTER_YAML.read_text()
+
+
+def _documents(path):
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_rayjob_runs_the_platform_with_gpu_workers():
+    (job,) = _documents(KUBERAY / "rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    spec = job["spec"]
+    assert "python -m platform.tune search_spaces/" in spec["entrypoint"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    gpu_groups = [
+        group
+        for group in cluster["workerGroupSpecs"]
+        if any(c["resources"]["limits"].get("nvidia.com/gpu", 0) >= 1 for c in group["template"]["spec"]["containers"])
+    ]
+    assert gpu_groups and all(g["minReplicas"] == 0 for g in gpu_groups)
+    # The image the job runs is built from this repository.
+    assert "pip install" in (KUBERAY / "Dockerfile").read_text()
+
+
+def test_mlflow_on_kubernetes_stays_inside_the_cluster():
+    documents = {d["kind"]: d for d in _documents(KUBERAY / "mlflow.yaml")}
+    assert documents["Service"]["spec"]["type"] == "ClusterIP"
+    (job,) = _documents(KUBERAY / "rayjob.yaml")
+    name, port = documents["Service"]["metadata"]["name"], documents["Service"]["spec"]["ports"][0]["port"]
+    assert f"--tracking-uri http://{name}:{port}" in job["spec"]["entrypoint"]
