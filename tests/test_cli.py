@@ -62,6 +62,8 @@ BAD_INPUTS = [
     (GOOD, ["--set", "resources.cpu=64"], "resources.cpu: a trial asks for 64 CPUs"),
     (GOOD, ["--storage-path", "{tmp}/spec.yaml/results"], "--storage-path: storage path cannot be written"),
     (GOOD, ["--tracking-uri", "http://127.0.0.1:{port}"], "--tracking-uri: MLflow tracking server not reachable"),
+    (GOOD, ["--address", "127.0.0.1:{port}"], "--address: Ray cluster not reachable"),
+    (GOOD, ["--address", "my-cluster"], "--address: expected HOST:PORT"),
     ("- just\n- a list\n", [], "top level must be a mapping"),
     ("name: [unclosed\n", [], "not valid YAML at line"),
 ]
