@@ -18,8 +18,9 @@ from tests.helpers import SPECS, run_cli
 pytestmark = pytest.mark.slow
 
 # A user's own trainable, in the job's working directory: nothing but the runtime environment
-# brings it to the nodes. It reports where it ran and what Ray gave it, and runs long enough
-# (3 x 1.5 s) for every trial that fits to be running at the same time.
+# brings it to the nodes. It reports where it ran and what Ray gave it. Each trial checks in
+# at a named actor and waits (up to two minutes) until 8 trials are running at once, so the
+# test does not depend on how fast this machine starts them.
 SLEEPY_TRAINABLE = """
 import time
 
@@ -27,18 +28,35 @@ import ray
 from ray import tune
 
 
+@ray.remote(num_cpus=0)
+class Roll:
+    def __init__(self):
+        self.present = 0
+
+    def arrive(self):
+        self.present += 1
+        return self.present
+
+    def count(self):
+        return self.present
+
+
 def train(config):
     context = ray.get_runtime_context()
-    gpu = context.get_assigned_resources().get("GPU", 0.0)
+    roll = Roll.options(name="roll", namespace="packing", get_if_exists=True, lifetime="detached").remote()
+    together = ray.get(roll.arrive.remote())
+    deadline = time.time() + 120
+    while together < 8 and time.time() < deadline:
+        time.sleep(0.2)
+        together = ray.get(roll.count.remote())
     for epoch in range(1, 4):
-        time.sleep(1.5)
         tune.report({
             "epoch": epoch,
             "score": config["x"] * epoch,
             "node_id": context.get_node_id(),
-            "gpu_share": gpu,
+            "gpu_share": context.get_assigned_resources().get("GPU", 0.0),
             "gpu_ids": len(ray.get_gpu_ids()),
-            "started": time.time() - 1.5 * epoch,
+            "together": together,
         })
 """
 
@@ -103,9 +121,8 @@ def test_quarter_gpus_pack_eight_trials_at_once_across_both_nodes(cluster, tmp_p
     assert len(nodes) == 2, "trials ran on both nodes"
     for child in children:
         assert child.data.metrics["gpu_share"] == 0.25 and child.data.metrics["gpu_ids"] == 1
-    # Every trial's training span overlaps every other's: all 8 ran at the same time.
-    spans = [(c.data.metrics["started"], c.info.end_time / 1000) for c in children]
-    assert max(start for start, _ in spans) < min(end for _, end in spans)
+    # Every trial saw all 8 running at once; with whole GPUs at most 2 could have been.
+    assert [c.data.metrics["together"] for c in children] == [8] * 8
 
 
 def test_builtin_trainable_runs_on_both_nodes_and_is_tracked_by_the_driver(cluster, tmp_path):
