@@ -65,6 +65,16 @@ BAD_INPUTS = [
     (GOOD, ["--address", "127.0.0.1:{port}"], "--address: Ray cluster not reachable"),
     (GOOD, ["--address", "my-cluster"], "--address: expected HOST:PORT"),
     ("- just\n- a list\n", [], "top level must be a mapping"),
+    ("just a scalar\n", [], "top level must be a mapping"),
+    (GOOD, ["--set", "mode=maximize"], "mode: input should be 'max' or 'min'"),
+    (GOOD, ["--set", "search.num_samples=0"], "search.num_samples: input should be greater than or equal to 1"),
+    (GOOD, ["--set", "search.num_samples=many"], "search.num_samples: input should be a valid integer"),
+    (GOOD, ["--set", "search.space.lr.low=0"], "search.space.lr.low"),
+    (GOOD, ["--set", "search.space.dropout.low=0.9"], "search.space.dropout.high"),
+    (GOOD, ["--set", "search.space.batch_size.values=[]"], "search.space.batch_size.values"),
+    (GOOD, ["--set", "scheduler.grace_period=50"], "scheduler.grace_period: must be <= the epochs"),
+    (GOOD, ["--set", "resources.cpu=0"], "resources.cpu: input should be greater than 0"),
+    (GOOD, ["--set", "resources.workers=2", "--set", "resources.gpu=2"], "resources.gpu: with workers > 1"),
     ("name: [unclosed\n", [], "not valid YAML at line"),
 ]
 
