@@ -70,7 +70,7 @@ def test_the_credit_card_csv_loads_from_a_local_path(tmp_path):
 
 def test_served_model_names_the_feature_columns():
     data = fraud.load_data({"smoke": True})
-    example = fraud.input_example(data)
+    example = fraud.TASK.input_example(data)
     assert list(example.columns) == fraud.FEATURES
     served = fraud.serving_model(fraud.build_model({}, data.info))
     probabilities = served(torch.tensor(example.to_numpy(dtype=np.float32)))

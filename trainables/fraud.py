@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
-from trainables.classification import Normalize, smoke_subset, stratified_split
+from trainables.classification import feature_frame, feedforward, smoke_subset, stratified_split
 from trainables.loop import Dataset, LossFn, Task, predict, run_trial
 from trainables.metrics import recall_at_precision
 
@@ -136,16 +136,7 @@ def load_data(data: dict[str, Any]) -> Dataset:
 
 def build_model(config: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     """Raw features in, one fraud logit per row out."""
-    width = int(config.get("hidden_size", 64))
-    dropout = float(config.get("dropout", 0.1))
-    n_features = len(info["feature_names"])
-    layers: list[nn.Module] = [Normalize(info["mean"], info["std"], (1, n_features))]
-    size = n_features
-    for _ in range(int(config.get("num_layers", 2))):
-        layers += [nn.Linear(size, width), nn.ReLU(), nn.Dropout(dropout)]
-        size = width
-    layers += [nn.Linear(size, 1), nn.Flatten(start_dim=0)]
-    return nn.Sequential(*layers)
+    return nn.Sequential(*feedforward(config, info, 1), nn.Flatten(start_dim=0))
 
 
 def imbalance_loss(config: dict[str, Any]) -> LossFn:
@@ -205,18 +196,13 @@ def serving_model(model: nn.Module, info: dict[str, Any] | None = None) -> nn.Mo
     return nn.Sequential(model, nn.Sigmoid()).eval()
 
 
-def input_example(data: Dataset) -> pd.DataFrame:
-    # Doubles, so callers with ordinary float64 frames match the signature.
-    return pd.DataFrame(data.x_val[:5].numpy().astype(np.float64), columns=data.info["feature_names"])
-
-
 TASK = Task(
     load_data=load_data,
     build_model=build_model,
     loss_fn=imbalance_loss,
     evaluate=evaluate,
     serving_model=serving_model,
-    input_example=input_example,
+    input_example=feature_frame,
     baseline=logistic_regression_baseline,
 )
 

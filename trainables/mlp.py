@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from trainables.classification import (
-    Normalize,
     cross_entropy,
     evaluate_classifier,
+    feature_frame,
+    feedforward,
     smoke_subset,
     stratified_split,
     with_probabilities,
@@ -95,21 +96,7 @@ def load_data(data: dict[str, Any]) -> Dataset:
 
 
 def build_model(config: dict[str, Any], info: dict[str, Any]) -> nn.Module:
-    width = int(config.get("hidden_size", 64))
-    dropout = float(config.get("dropout", 0.1))
-    n_features = len(info["feature_names"])
-    layers: list[nn.Module] = [Normalize(info["mean"], info["std"], (1, n_features))]
-    size = n_features
-    for _ in range(int(config.get("num_layers", 2))):
-        layers += [nn.Linear(size, width), nn.ReLU(), nn.Dropout(dropout)]
-        size = width
-    layers.append(nn.Linear(size, int(info["num_classes"])))
-    return nn.Sequential(*layers)
-
-
-def input_example(data: Dataset) -> pd.DataFrame:
-    # Doubles, so callers with ordinary float64 frames match the signature.
-    return pd.DataFrame(data.x_val[:5].numpy().astype(np.float64), columns=data.info["feature_names"])
+    return nn.Sequential(*feedforward(config, info, int(info["num_classes"])))
 
 
 TASK = Task(
@@ -118,7 +105,7 @@ TASK = Task(
     loss_fn=cross_entropy,
     evaluate=evaluate_classifier,
     serving_model=with_probabilities,
-    input_example=input_example,
+    input_example=feature_frame,
 )
 
 

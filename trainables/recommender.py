@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from trainables.loop import Batches, Dataset, LossFn, Task, predict, run_trial
+from trainables.loop import Batches, Dataset, LossFn, Task, predict, run_trial, shuffled_batches
 from trainables.metrics import ranking_metrics
 
 METRICS = ("val_ndcg_at_10", "val_hit_rate_at_10", "val_loss", "train_loss", "epoch")
@@ -244,11 +244,7 @@ def train_batches(data: Dataset, config: dict[str, Any], generator: torch.Genera
     keep = ~torch.isin(users * num_items + items, known)
     x = torch.cat([positives, torch.stack([users[keep], items[keep]], dim=1)])
     y = torch.cat([torch.ones(len(positives)), torch.zeros(int(keep.sum()))])
-    order = torch.randperm(len(x), generator=generator)
-    batch_size = int(config.get("batch_size", 256))
-    for start in range(0, len(x), batch_size):
-        index = order[start : start + batch_size]
-        yield x[index], y[index]
+    return shuffled_batches(x, y, int(config.get("batch_size", 256)), generator)
 
 
 def evaluate(model: nn.Module, data: Dataset, loss_fn: LossFn, device: torch.device) -> dict[str, float]:
