@@ -100,7 +100,7 @@ def connect_ray(
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=cluster_runtime_env(storage_path))
         return
     cpus = os.cpu_count() or 1
-    if cpu_per_trial > cpus:
+    if cpu_per_trial > cpus:  # all its workers together
         raise JobError(f"resources.cpu: a trial asks for {cpu_per_trial:g} CPUs but this machine has {cpus}")
     ray.init(
         address="local",
@@ -194,15 +194,11 @@ def fit_resources(spec: Spec, embedded: bool) -> tuple[dict[str, float], list[st
     total = ray.cluster_resources()
     notes: list[str] = []
     cpu, gpu, workers = spec.resources.cpu, spec.resources.gpu, spec.resources.workers
+    # An embedded Ray was already checked against this machine's CPUs before it started.
     if cpu * workers > total.get("CPU", 0) and not embedded:
         raise JobError(
             f"resources.cpu: a trial asks for {cpu * workers:g} CPUs ({workers} x {cpu:g}); "
             f"the cluster has {total.get('CPU', 0):g}"
-        )
-    if embedded and cpu * workers > total.get("CPU", 0):
-        raise JobError(
-            f"resources: a trial asks for {cpu * workers:g} CPUs ({workers} workers x {cpu:g}) "
-            f"but this machine has {total.get('CPU', 0):g}"
         )
     if gpu > 0 and total.get("GPU", 0) == 0:
         if embedded:
@@ -270,7 +266,12 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     spec = request.spec
     started = time.time()
-    connect_ray(request.address, spec.resources.cpu, request.storage_path, spec.resources.workers > 1)
+    connect_ray(
+        request.address,
+        spec.resources.cpu * spec.resources.workers,
+        request.storage_path,
+        spec.resources.workers > 1,
+    )
     try:
         resources, notes = fit_resources(spec, embedded=not request.address)
         if request.address:

@@ -60,6 +60,7 @@ BAD_INPUTS = [
     (GOOD, ["--set", "search.num_samples"], "--set: expected KEY=VALUE"),
     (GOOD, ["--set", "search.nm_samples=3"], "search.nm_samples: unknown key, did you mean 'num_samples'?"),
     (GOOD, ["--set", "resources.cpu=64"], "resources.cpu: a trial asks for 64 CPUs"),
+    (GOOD, ["--set", "resources.workers=64"], "resources.cpu: a trial asks for 64 CPUs"),
     (GOOD, ["--storage-path", "{tmp}/spec.yaml/results"], "--storage-path: storage path cannot be written"),
     (GOOD, ["--tracking-uri", "http://127.0.0.1:{port}"], "--tracking-uri: MLflow tracking server not reachable"),
     (GOOD, ["--address", "127.0.0.1:{port}"], "--address: Ray cluster not reachable"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from trainables.loop import Dataset, Task, Worker, quiet_ray_logs, select_device, train_epochs
+from trainables.loop import Dataset, Task, Worker, quiet_ray_logs, train_epochs, use_assigned_resources
 
 # What the Tune trial itself holds while its workers train: memory but no CPU, so a driver
 # never takes a CPU its own workers wait for (Tune refuses an empty request).
@@ -40,7 +40,7 @@ def data_parallel(
         use_gpu = gpu > 0
         trainer = TorchTrainer(
             _worker_loop,
-            train_loop_config={"task": task, "config": config, "data": data_ref, "gpu": gpu},
+            train_loop_config={"task": task, "config": config, "data": data_ref},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             scaling_config=ray_train.ScalingConfig(
                 num_workers=workers,
@@ -63,14 +63,11 @@ def data_parallel(
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray
-    import torch
     from ray import train as ray_train
 
     quiet_ray_logs()
     context = ray_train.get_context()
-    assigned = ray.get_runtime_context().get_assigned_resources()
-    torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
-    device = select_device(ray.get_gpu_ids(), float(loop_config["gpu"]), _train_cuda_device)
+    device = use_assigned_resources(_train_cuda_device)
     data: Dataset = ray.get(loop_config["data"])
 
     def report(metrics: dict[str, Any], directory: str | None) -> None:

@@ -197,16 +197,22 @@ def node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def use_assigned_resources(cuda_device: Callable[[], torch.device] | None = None) -> torch.device:
+    """Torch threads to match the CPUs Ray gave this process, and the device to train on."""
+    import ray
+
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
+    return select_device(ray.get_gpu_ids(), float(assigned.get("GPU", 0)), cuda_device)
+
+
 def run_trial(task: Task, config: dict[str, Any], data: Dataset | None = None) -> None:
     """A Tune trial in one process: trains for `config["epochs"]`, reporting and checkpointing
     once per epoch, resuming from the trial's last checkpoint when Tune restarts it."""
-    import ray
     from ray import tune
 
     quiet_ray_logs()
-    assigned = ray.get_runtime_context().get_assigned_resources()
-    torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
-    device = select_device(ray.get_gpu_ids(), float(assigned.get("GPU", 0)))
+    device = use_assigned_resources()
     if data is None:
         data = task.load_data(config.get("data", {}))
 
