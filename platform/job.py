@@ -8,7 +8,10 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,15 @@ from typing import Any
 import yaml
 
 from platform.resolve import ResolvedTrainable
+from platform.resume import (
+    RESUMED_TAG,
+    RUN_NAME_TAG,
+    SPEC_HASH_TAG,
+    STORAGE_TAG,
+    ResumeTarget,
+    driver_tags,
+    spec_fingerprint,
+)
 from platform.spec import Spec, param_space
 
 logger = logging.getLogger(__name__)
@@ -38,15 +50,20 @@ class JobRequest:
     storage_path: str
     address: str | None = None
     smoke_test: bool = False
+    # The command that resumes this job, printed at its start and on Ctrl-C.
+    resume_command: str = ""
+    # Set by `--resume`: the unfinished job to continue.
+    resume: ResumeTarget | None = None
 
 
 @dataclass
 class TrialRow:
     trial_id: str
-    status: str  # completed | early_stopped | failed
+    status: str  # completed | early_stopped | diverged | failed | interrupted
     epochs: int
-    value: float | None  # best value of the spec's metric over the trial's epochs
+    value: float | None  # best finite value of the spec's metric over the trial's epochs
     params: dict[str, Any]
+    error: str | None = None  # a failed trial's last error line
 
 
 @dataclass
@@ -258,13 +275,18 @@ def build_scheduler(spec: Spec) -> Any:
 
 
 def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
-    """Run the job; `tracker` is a `platform.tracking.JobTracker` for the tracking URI."""
+    """Run the job (or continue it, with `request.resume`); `tracker` is a
+    `platform.tracking.JobTracker` for the tracking URI."""
     import ray
 
     # Snapshots are forced by checkpoint retention every epoch on short trials; the warning
     # about it is noise for jobs this size.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A missing metric is found by `TrialGuard`, which fails that trial with a clear error
+    # instead of ending the whole job with Tune's exception.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     spec = request.spec
+    resume = request.resume
     started = time.time()
     connect_ray(
         request.address,
@@ -275,27 +297,21 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
     try:
         resources, notes = fit_resources(spec, embedded=not request.address)
         if request.address:
-            notes += check_storage_shared(request.storage_path)
+            notes += check_storage_shared(resume.storage_path if resume else request.storage_path)
         for note in notes:
             print(note, flush=True)
         task = request.trainable.task
         data = dict(request.data)
         dataset = task.load_data(data) if task is not None else None
         baseline = _baseline(task, dataset)
-        run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        trainable = _trainable(spec, request, resources, dataset, run_name)
-
-        tracker.start(
-            run_name=run_name,
-            tags={
-                "spec_file": request.spec_file,
-                "trainable": spec.trainable,
-                "ray_run_name": run_name,
-                "smoke_test": str(request.smoke_test).lower(),
-            },
-            params=_parent_params(spec, data),
-            artifacts={"spec.yaml": request.spec_text, "resolved_spec.yaml": _resolved_yaml(spec)},
-        )
+        if resume:
+            run_name, storage_path = resume.run_name, resume.storage_path
+        else:
+            # The random part keeps two jobs of one spec started in the same second apart.
+            run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+            storage_path = request.storage_path
+        trainable = _trainable(spec, request, resources, dataset, run_name, storage_path)
+        _open_parent_run(request, tracker, run_name, storage_path, data, baseline)
         outcome = JobOutcome(
             exit_code=1,
             experiment_name=tracker.experiment_name,
@@ -303,22 +319,25 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
             parent_run_id=tracker.parent_run_id,
             baseline=baseline,
         )
-        if baseline is not None:
-            name, metrics = baseline
-            tracker.log_to_parent(metrics={f"baseline_{k}": v for k, v in metrics.items()}, tags={"baseline": name})
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-            print(f"Baseline ({name}) on the same validation split: {shown}", flush=True)
         try:
-            results = _fit(spec, request, trainable, data, run_name, tracker, resources)
+            if resume:
+                results = _restore(spec, resume, trainable, data)
+            else:
+                results = _fit(spec, trainable, data, run_name, storage_path, tracker, resources)
             outcome.experiment_path = results.experiment_path
             _summarize(spec, results, outcome)
+            statuses = {row.trial_id: row.status for row in outcome.rows}
+            errors = {row.trial_id: row.error for row in outcome.rows if row.error}
             unfinished = _unfinished_trial_ids(results)
             if unfinished:  # Ctrl-C: Tune stopped the trials and saved its state
-                tracker.mark_trials_killed(unfinished)
+                for trial_id in unfinished:
+                    statuses.pop(trial_id, None)
+                tracker.close_trial_runs(statuses, errors)
                 tracker.finish("KILLED")
                 outcome.exit_code = 130
                 outcome.wall_s = time.time() - started
                 return outcome
+            tracker.close_trial_runs(statuses, errors)
             if outcome.best is not None:
                 _register(spec, request, results, dataset, tracker, outcome)
             outcome.exit_code = 0 if outcome.best is not None else 1
@@ -326,13 +345,18 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
                 metrics={f"best_{spec.metric}": outcome.best.value} if outcome.best else {},
                 params={f"best.{k}": v for k, v in (outcome.best.params if outcome.best else {}).items()},
                 tags={
-                    "trials_completed": str(sum(r.status != "failed" for r in outcome.rows)),
-                    "trials_failed": str(sum(r.status == "failed" for r in outcome.rows)),
+                    f"trials_{status}": str(sum(r.status == status for r in outcome.rows))
+                    for status in ("completed", "early_stopped", "diverged", "failed")
                 },
             )
             tracker.finish("FINISHED" if outcome.exit_code == 0 else "FAILED")
-        except BaseException:
-            tracker.finish("FAILED")
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped without saving its last state
+            tracker.close_trial_runs({})
+            tracker.finish("KILLED")
+            raise
+        except BaseException as err:
+            tracker.close_trial_runs({})
+            tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
             raise
         outcome.wall_s = time.time() - started
         return outcome
@@ -340,7 +364,47 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
         ray.shutdown()
 
 
-def _trainable(spec: Spec, request: JobRequest, resources: dict[str, float], dataset: Any, run_name: str) -> Any:
+def _open_parent_run(
+    request: JobRequest,
+    tracker: Any,
+    run_name: str,
+    storage_path: str,
+    data: dict[str, Any],
+    baseline: tuple[str, dict[str, float]] | None,
+) -> None:
+    """A new job's parent run, or the parent run of the job `--resume` continues."""
+    spec, resume = request.spec, request.resume
+    if resume:
+        tracker.reattach(resume.parent_run_id, {RESUMED_TAG: str(resume.times_resumed + 1), **driver_tags()})
+        print(f"Resuming job {run_name} (MLflow parent run {tracker.parent_run_id})", flush=True)
+    else:
+        tracker.start(
+            run_name=run_name,
+            tags={
+                "spec_file": request.spec_file,
+                "trainable": spec.trainable,
+                "smoke_test": str(request.smoke_test).lower(),
+                RUN_NAME_TAG: run_name,
+                STORAGE_TAG: storage_path,
+                SPEC_HASH_TAG: spec_fingerprint(spec),
+                **driver_tags(),
+            },
+            params=_parent_params(spec, data),
+            artifacts={"spec.yaml": request.spec_text, "resolved_spec.yaml": _resolved_yaml(spec)},
+        )
+    if request.resume_command:
+        print(f"Job {run_name}; if it stops, continue it with: {request.resume_command}", flush=True)
+    if baseline is not None:
+        name, metrics = baseline
+        if not resume:  # the parent run has it already
+            tracker.log_to_parent(metrics={f"baseline_{k}": v for k, v in metrics.items()}, tags={"baseline": name})
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        print(f"Baseline ({name}) on the same validation split: {shown}", flush=True)
+
+
+def _trainable(
+    spec: Spec, request: JobRequest, resources: dict[str, float], dataset: Any, run_name: str, storage_path: str
+) -> Any:
     """The Tune trainable with its data and resources: the trial process itself, or for
     `workers > 1` a small driver whose Ray Train workers hold the resources."""
     import ray
@@ -360,7 +424,7 @@ def _trainable(spec: Spec, request: JobRequest, resources: dict[str, float], dat
         workers=spec.resources.workers,
         cpu=resources["cpu"],
         gpu=resources["gpu"],
-        storage_path=request.storage_path,
+        storage_path=storage_path,
         run_name=run_name,
         max_failures=spec.failure.max_failures,
     )
@@ -380,14 +444,16 @@ def _baseline(task: Any, dataset: Any) -> tuple[str, dict[str, float]] | None:
 
 def _fit(
     spec: Spec,
-    request: JobRequest,
     trainable: Any,
     data: dict[str, Any],
     run_name: str,
+    storage_path: str,
     tracker: Any,
     resources: dict[str, float],
 ) -> Any:
     from ray import tune
+
+    from platform.guard import TrialGuard
 
     config = param_space(spec, data)
     config.setdefault("seed", spec.search.seed)
@@ -408,10 +474,11 @@ def _fit(
             # Short trial folders: the default repeats every parameter in the name.
             trial_dirname_creator=_trial_dirname,
         ),
+        # Tune saves this run config with the job's state; `--resume` gets the same back.
         run_config=tune.RunConfig(
             name=run_name,
-            storage_path=request.storage_path,
-            stop={"epoch": spec.max_t} if spec.max_t < spec.epochs else None,
+            storage_path=storage_path,
+            stop=TrialGuard(spec.metric, spec.mode, spec.max_t if spec.max_t < spec.epochs else None),
             callbacks=[tracker.trial_callback(spec.metric, spec.max_t)],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode
@@ -419,7 +486,42 @@ def _fit(
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         ),
     )
-    return tuner.fit()
+    with _tune_resume_hint_hidden():
+        return tuner.fit()
+
+
+def _restore(spec: Spec, resume: ResumeTarget, trainable: Any, data: dict[str, Any]) -> Any:
+    """Continue a job from Ray's saved state: its searcher, its finished trials as they were,
+    unfinished and errored trials from their last checkpoints."""
+    from ray import tune
+
+    config = param_space(spec, data)
+    config.setdefault("seed", spec.search.seed)
+    tuner = tune.Tuner.restore(
+        resume.experiment_path,
+        trainable=trainable,
+        resume_unfinished=True,
+        resume_errored=True,
+        param_space=config,
+    )
+    with _tune_resume_hint_hidden():
+        return tuner.fit()
+
+
+class _HideTuneResumeHint(logging.Filter):
+    # After Ctrl-C Tune suggests `Tuner.restore(...)`; the CLI prints its own command.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resume experiment with" not in record.getMessage()
+
+
+@contextmanager
+def _tune_resume_hint_hidden() -> Iterator[None]:
+    hint, tune_logger = _HideTuneResumeHint(), logging.getLogger("ray.tune.tune")
+    tune_logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        tune_logger.removeFilter(hint)
 
 
 def _unfinished_trial_ids(results: Any) -> list[str]:
@@ -446,22 +548,31 @@ def _trial_dirname(trial: Any) -> str:
 
 def _summarize(spec: Spec, results: Any, outcome: JobOutcome) -> None:
     # Imported here: platform.tracking loads MLflow and Ray, which input checks never need.
-    from platform.tracking import finished_status
+    from platform.guard import missing_metric_error
+    from platform.tracking import finished_status, last_error_text
 
     for result in results:
+        last = result.metrics or {}
         history = result.metrics_dataframe
-        trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1])
-        epochs = int((result.metrics or {}).get("epoch", 0) or 0)
+        trial_id = str(last.get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1])
+        epochs = int(last.get("epoch", 0) or 0)
         value = None
         if history is not None and spec.metric in history:
             series = history[spec.metric].dropna()
             series = series[series.map(math.isfinite)]
             if len(series):
                 value = float(series.max() if spec.mode == "max" else series.min())
-        status = "failed" if result.error is not None else finished_status(epochs, spec.max_t)
+        error = None
+        if result.error is not None:
+            status, error = "failed", last_error_text(str(result.error))
+        else:
+            status = finished_status(last, spec.metric, spec.max_t)
+            if status == "failed":
+                error = missing_metric_error(spec.metric, last)
         params = {k: v for k, v in (result.config or {}).items() if k in spec.search.space}
-        outcome.rows.append(TrialRow(trial_id, status, epochs, value, params))
-    scored = [row for row in outcome.rows if row.value is not None]
+        outcome.rows.append(TrialRow(trial_id, status, epochs, value, params, error))
+    # A trial that failed or diverged is never the champion: its configuration is unstable.
+    scored = [row for row in outcome.rows if row.value is not None and row.status not in ("failed", "diverged")]
     if scored:
         pick = max if spec.mode == "max" else min
         outcome.best = pick(scored, key=lambda row: row.value)

@@ -6,33 +6,66 @@ nodes never need to reach the tracking server and a SQLite store sees a single w
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import tempfile
 import time
 import warnings
 from typing import Any
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
-from ray.tune.result import AUTO_RESULT_KEYS
+
+from platform.guard import DIVERGED_KEY, TUNE_RESULT_KEYS, is_diverged, missing_metric_error
 
 logger = logging.getLogger(__name__)
 
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
 CHAMPION_ALIAS = "champion"
-# Result keys Tune adds itself; the trainable's own keys are what we log.
-_SKIPPED_RESULT_KEYS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
 _MAX_PARAM_LENGTH = 6000
+# Seconds a SQLite writer waits for another job's write to finish (sqlite3's default is 5).
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def store_uri(tracking_uri: str) -> str:
+    """The URI MLflow opens: a SQLite store gets a busy timeout, so two jobs writing to one file
+    wait for each other instead of failing with "database is locked"."""
+    if tracking_uri.startswith("sqlite:") and "?" not in tracking_uri:
+        return f"{tracking_uri}?timeout={SQLITE_BUSY_TIMEOUT_S}"
+    return tracking_uri
+
+
+def open_client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(store_uri(tracking_uri))
+
+
+def first_use_lock(tracking_uri: str) -> FileLock:
+    """Held while a job opens the store and creates its experiment.
+
+    MLflow creates the tables of a fresh SQLite file without a lock, and two jobs creating one
+    experiment race on its unique name; the lock (in the temp folder, keyed by the URI) makes
+    the second job wait and find what the first made.
+    """
+    digest = hashlib.md5(tracking_uri.encode(), usedforsecurity=False).hexdigest()
+    return FileLock(f"{tempfile.gettempdir()}/tuning-platform-store-{digest}.lock")
 
 
 def is_better(value: float, than: float, mode: str) -> bool:
     return value > than if mode == "max" else value < than
 
 
-def finished_status(epochs: int, max_t: int) -> str:
-    """A trial that ended without error: `early_stopped` when ASHA cut it before max_t."""
+def finished_status(last_result: dict[str, Any], metric: str, max_t: int) -> str:
+    """How a trial that ended without an exception ended: `diverged`, `failed` (it never
+    reported the metric), `early_stopped` (ASHA cut it before max_t) or `completed`."""
+    if last_result.get(DIVERGED_KEY):
+        return "diverged"
+    if metric not in last_result:
+        return "failed"
+    epochs = int(last_result.get("epoch", last_result.get("training_iteration", 0)) or 0)
     return "completed" if epochs >= max_t else "early_stopped"
 
 
@@ -45,7 +78,7 @@ def result_metrics(result: dict[str, Any]) -> dict[str, float]:
     return {
         key: float(value)
         for key, value in result.items()
-        if key not in _SKIPPED_RESULT_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key not in TUNE_RESULT_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
 
 
@@ -65,15 +98,16 @@ class JobTracker:
         # Made on first use: opening a SQLite store creates the file, and nothing may be
         # written before the job really starts.
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = open_client(self.tracking_uri)
         return self._client
 
     def start(self, run_name: str, tags: dict[str, str], params: dict[str, str], artifacts: dict[str, str]) -> str:
-        experiment = self.client.get_experiment_by_name(self.experiment_name)
-        if experiment is None:
-            self.experiment_id = self.client.create_experiment(self.experiment_name)
-        else:
-            self.experiment_id = experiment.experiment_id
+        with first_use_lock(self.tracking_uri):
+            experiment = self.client.get_experiment_by_name(self.experiment_name)
+            if experiment is None:
+                self.experiment_id = self.client.create_experiment(self.experiment_name)
+            else:
+                self.experiment_id = experiment.experiment_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.parent_run_id = run.info.run_id
         self.client.log_batch(
@@ -83,17 +117,43 @@ class JobTracker:
             self.client.log_text(self.parent_run_id, text, artifact_file)
         return self.parent_run_id
 
-    def trial_callback(self, metric: str, max_t: int) -> TrialRunsCallback:
-        self._callback = TrialRunsCallback(self.client, self.experiment_id, self.parent_run_id, metric, max_t)
-        return self._callback
+    def reattach(self, parent_run_id: str, tags: dict[str, str]) -> None:
+        """Continue an unfinished job's parent run (`--resume`): RUNNING again, never a new one."""
+        run = self.client.get_run(parent_run_id)
+        self.parent_run_id = parent_run_id
+        self.experiment_id = run.info.experiment_id
+        self.client.update_run(parent_run_id, status="RUNNING")
+        self.client.log_batch(parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def mark_trials_killed(self, trial_ids: list[str]) -> None:
-        """Child runs of trials an interruption left unfinished: KILLED, not RUNNING forever."""
-        for trial_id in trial_ids:
-            run_id = self._callback.run_ids.get(trial_id) if self._callback else None
-            if run_id:
-                self.client.log_batch(run_id, tags=[RunTag("trial_status", "interrupted")])
-                self.client.set_terminated(run_id, "KILLED")
+    def trial_callback(self, metric: str, max_t: int) -> TrialRunsCallback:
+        return TrialRunsCallback(self.tracking_uri, self.experiment_id, self.parent_run_id, metric, max_t)
+
+    def child_runs(self) -> list[Any]:
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_RUN_ID_TAG}` = '{self.parent_run_id}'",
+            max_results=50000,
+        )
+
+    def close_trial_runs(self, statuses: dict[str, str], errors: dict[str, str] | None = None) -> None:
+        """Every child run still RUNNING gets its trial's final status.
+
+        The Tune callback does this as trials end; what it could not (the driver was killed
+        between a trial's end and its record, or Ctrl-C stopped trials mid-epoch) is settled
+        here. A trial Tune no longer knows of (started after Ray's last saved state) and a
+        trial an interruption left unfinished are KILLED with `trial_status=interrupted`.
+        """
+        errors = errors or {}
+        for run in self.child_runs():
+            if run.info.status != "RUNNING":
+                continue
+            trial_id = run.data.tags.get("trial_id", "")
+            status = statuses.get(trial_id, "interrupted")
+            tags = [RunTag("trial_status", status)]
+            if trial_id in errors:
+                tags.append(RunTag("error", errors[trial_id][:500]))
+            self.client.log_batch(run.info.run_id, tags=tags)
+            self.client.set_terminated(run.info.run_id, RUN_STATUS[status])
 
     def log_to_parent(
         self,
@@ -110,8 +170,10 @@ class JobTracker:
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
 
-    def finish(self, status: str) -> None:
-        """status: FINISHED, FAILED or KILLED."""
+    def finish(self, status: str, error: str | None = None) -> None:
+        """status: FINISHED, FAILED or KILLED; a failed job says why in its `error` tag."""
+        if error:
+            self.client.set_tag(self.parent_run_id, "error", error[:500])
         self.client.set_terminated(self.parent_run_id, status)
 
     def register_model(
@@ -185,16 +247,33 @@ class JobTracker:
 
 
 class TrialRunsCallback(Callback):
-    """Writes each trial as a child run: params at start, one batched write per result."""
+    """Writes each trial as a child run: params at start, one batched write per result.
 
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str, max_t: int):
-        self.client = client
+    It is pickled into Tune's saved run config and comes back with `--resume`, so it keeps
+    only the tracking URI and ids, and opens its MLflow client on first use.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, metric: str, max_t: int):
+        self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.metric = metric
         self.max_t = max_t
+        self._client: MlflowClient | None = None
         self.run_ids: dict[str, str] = {}
+        # The last step already logged per trial, for child runs of a resumed job: a trial
+        # resumed from an earlier checkpoint repeats epochs MLflow already has.
+        self._logged_until: dict[str, int] = {}
         self._placed: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "run_ids": {}, "_logged_until": {}, "_placed": set()}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = open_client(self.tracking_uri)
+        return self._client
 
     def setup(self, **info: Any) -> None:
         # Child runs already made for this parent (a resumed job) are reused, never duplicated.
@@ -206,9 +285,17 @@ class TrialRunsCallback(Callback):
             trial_id = run.data.tags.get("trial_id")
             if trial_id:
                 self.run_ids[trial_id] = run.info.run_id
+                self._logged_until[trial_id] = self._last_step(run.info.run_id)
+
+    def _last_step(self, run_id: str) -> int:
+        history = self.client.get_metric_history(run_id, self.metric)
+        return max((m.step for m in history), default=0)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.run_ids:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is not None:  # resumed or retried: the same child run goes on
+            self.client.log_batch(run_id, tags=[RunTag("trial_status", "running")])
+            self.client.update_run(run_id, status="RUNNING")
             return
         run = self.client.create_run(
             self.experiment_id,
@@ -224,24 +311,32 @@ class TrialRunsCallback(Callback):
         if run_id is None:
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._logged_until.get(trial.trial_id, 0):
+            return
         timestamp = int(float(result.get("timestamp", time.time())) * 1000)
-        metrics = [Metric(k, v, timestamp, step) for k, v in result_metrics(result).items()]
+        metrics = result_metrics(result)
+        if is_diverged(result, self.metric):
+            # The search was told the worst possible value; the run keeps what the trial said.
+            metrics.pop(self.metric, None)
         tags = []
         if trial.trial_id not in self._placed and result.get("node_id"):
             # Where the trial ran (a data-parallel trial: its rank-0 worker), once per trial.
             self._placed.add(trial.trial_id)
             tags = [RunTag("node_id", str(result["node_id"])), RunTag("node_ip", str(result.get("node_ip", "")))]
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, timestamp, step) for k, v in metrics.items()], tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id)
         if run_id is None:
             return
         last = trial.last_result or {}
-        epochs = int(last.get("epoch", last.get("training_iteration", 0)))
-        status = finished_status(epochs, self.max_t)
-        self.client.log_batch(run_id, tags=[RunTag("trial_status", status), RunTag("epochs_run", str(epochs))])
-        self.client.set_terminated(run_id, "FINISHED")
+        epochs = int(last.get("epoch", last.get("training_iteration", 0)) or 0)
+        status = finished_status(last, self.metric, self.max_t)
+        tags = [RunTag("trial_status", status), RunTag("epochs_run", str(epochs))]
+        if status == "failed":
+            tags.append(RunTag("error", missing_metric_error(self.metric, last)))
+        self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, RUN_STATUS[status])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_ids.get(trial.trial_id)
@@ -252,8 +347,18 @@ class TrialRunsCallback(Callback):
         self.client.set_terminated(run_id, "FAILED")
 
 
+# MLflow run status of each trial_status.
+RUN_STATUS = {
+    "completed": "FINISHED",
+    "early_stopped": "FINISHED",
+    "diverged": "FINISHED",
+    "failed": "FAILED",
+    "interrupted": "KILLED",
+}
+
+
 def last_error_line(trial: Any) -> str:
-    """The last non-empty line of a failed trial's error, as a user would quote it."""
+    """The last line of a failed trial's error, as a user would quote it."""
     path = getattr(trial, "error_file", None)
     text = ""
     if path:
@@ -262,5 +367,9 @@ def last_error_line(trial: Any) -> str:
                 text = handle.read()
         except OSError:
             text = ""
+    return last_error_text(text)
+
+
+def last_error_text(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:500] if lines else "unknown error"

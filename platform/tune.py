@@ -1,8 +1,8 @@
 """Command line: `python -m platform.tune SPEC [options]` runs one tuning job.
 
-Exit codes: 0 the job finished with a best trial, 1 the job failed (no trial produced the
-metric), 2 bad input (spec, options, unreachable tracking server, impossible resources),
-130 interrupted.
+Exit codes: 0 the job finished with a best trial (some trials may have failed: a warning
+says how many), 1 the job failed (no trial produced the metric), 2 bad input (spec, options,
+unreachable tracking server, impossible resources, nothing to `--resume`), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: spec's storage_path, else ./{DEFAULT_STORAGE_PATH})",
     )
     parser.add_argument("--name", help="job name: MLflow experiment and Ray run name (default: the spec's name)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest unfinished job (killed or interrupted) run with these same options: "
+        "finished trials are kept, unfinished ones go on from their last checkpoint, in the same MLflow runs",
+    )
     return parser
 
 
@@ -116,10 +122,12 @@ def check_storage_path(path: str, source: str, file: str) -> None:
         raise SpecError(file, source, "storage path cannot be written", path)
 
 
-def prepare(args: argparse.Namespace) -> Any:
-    """Everything checked before anything starts: spec, trainable, data, tracking, storage."""
+def prepare(args: argparse.Namespace, argv: list[str]) -> Any:
+    """Everything checked before anything starts: spec, trainable, data, tracking, storage,
+    and with `--resume` the job to continue."""
     from platform.job import JobRequest
     from platform.resolve import check_against_trainable, resolve_trainable
+    from platform.resume import find_unfinished_job, resume_command
 
     spec, _, text = load_spec(args.spec, args.overrides, name=args.name)
     if args.smoke_test:
@@ -133,6 +141,7 @@ def prepare(args: argparse.Namespace) -> Any:
     check_storage_path(storage, "--storage-path" if args.storage_path else "storage_path", args.spec)
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
+    resume = find_unfinished_job(tracking_uri, spec, args.spec) if args.resume else None
     return JobRequest(
         spec=spec,
         spec_file=args.spec,
@@ -143,6 +152,8 @@ def prepare(args: argparse.Namespace) -> Any:
         storage_path=storage,
         address=args.address,
         smoke_test=args.smoke_test,
+        resume_command=resume_command(argv),
+        resume=resume,
     )
 
 
@@ -152,11 +163,12 @@ def format_summary(outcome: Any, request: Any, top: int = 5) -> str:
     rows = sorted(
         outcome.rows, key=lambda r: (r.value is None, -(r.value or 0) if spec.mode == "max" else (r.value or 0))
     )
+    counts = {status: sum(r.status == status for r in rows) for status in ("completed", "early_stopped", "diverged")}
     failed = sum(r.status == "failed" for r in rows)
-    stopped = sum(r.status == "early_stopped" for r in rows)
     lines.append(
-        f"{len(rows)} trials in {outcome.wall_s:.0f}s: {len(rows) - failed - stopped} completed, "
-        f"{stopped} stopped early by {spec.scheduler.type.upper()}, {failed} failed"
+        f"{len(rows)} trials in {outcome.wall_s:.0f}s: {counts['completed']} completed, "
+        f"{counts['early_stopped']} stopped early by {spec.scheduler.type.upper()}, "
+        f"{counts['diverged']} diverged, {failed} failed"
     )
     if rows:
         params = list(spec.search.space)
@@ -215,11 +227,12 @@ def _short(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.address_from_cli = args.address is not None
     args.address = args.address or os.environ.get("RAY_ADDRESS") or None
     try:
-        request = prepare(args)
+        request = prepare(args, argv)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -234,18 +247,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {request.spec_file}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted; continue with: {request.resume_command}", file=sys.stderr)
         return 130
     print(format_summary(outcome, request), flush=True)
+    failed = [row for row in outcome.rows if row.status == "failed"]
     if outcome.exit_code == 130:
         print(
-            f"interrupted: Ray saved the job's state under {outcome.experiment_path}; "
-            "its MLflow runs are marked KILLED",
+            f"interrupted: Ray saved the job's state under {outcome.experiment_path} and its MLflow runs "
+            f"are marked KILLED; continue with: {request.resume_command}",
             file=sys.stderr,
         )
     elif outcome.exit_code != 0:
+        reason = f": {failed[0].error}" if failed and failed[0].error else "; see the trial errors above"
+        print(f"error: no trial produced the metric {request.spec.metric!r}{reason}", file=sys.stderr)
+    elif failed:
         print(
-            f"error: no trial produced the metric {request.spec.metric!r}; see the trial errors above", file=sys.stderr
+            f"warning: {len(failed)} of {len(outcome.rows)} trials failed (first: {failed[0].error}); "
+            "their MLflow runs have the tag `error`",
+            file=sys.stderr,
         )
     return outcome.exit_code
 

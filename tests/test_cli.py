@@ -16,7 +16,7 @@ FRAUD = (SPECS / "fraud.yaml").read_text()
 def test_help_lists_the_options():
     result = run_cli("--help")
     assert result.returncode == 0
-    for option in ("--set", "--smoke-test", "--address", "--tracking-uri", "--storage-path", "--name"):
+    for option in ("--set", "--smoke-test", "--address", "--tracking-uri", "--storage-path", "--name", "--resume"):
         assert option in result.stdout
 
 
@@ -77,6 +77,7 @@ BAD_INPUTS = [
     (GOOD, ["--set", "resources.cpu=0"], "resources.cpu: input should be greater than 0"),
     (GOOD, ["--set", "resources.workers=2", "--set", "resources.gpu=2"], "resources.gpu: with workers > 1"),
     ("name: [unclosed\n", [], "not valid YAML at line"),
+    (GOOD, ["--resume"], "--resume: nothing to resume: no MLflow store at sqlite:///mlflow.db"),
 ]
 
 

@@ -72,3 +72,38 @@ def test_is_better(value, than, mode, better):
     from platform.tracking import is_better
 
     assert is_better(value, than, mode) is better
+
+
+# Four jobs reaching a fresh store at the same instant: MLflow creates a SQLite store's tables
+# without a lock, and all four would create the one experiment.
+_OPEN_AT_ONCE = """
+import sys, time
+from platform.tracking import JobTracker
+uri, at = sys.argv[1], float(sys.argv[2])
+tracker = JobTracker(uri, "shared")
+while time.time() < at:
+    pass
+tracker.start(run_name="job", tags={}, params={"a": "1"}, artifacts={})
+tracker.finish("FINISHED")
+"""
+
+
+def test_jobs_opening_a_fresh_sqlite_store_at_once_all_get_their_parent_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    at = str(time.time() + 8)  # every process imported MLflow by then
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    jobs = [
+        subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, uri, at], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [job.communicate(timeout=120)[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 4, "\n".join(errors)[-3000:]
+    client = mlflow.tracking.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("shared")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 4 and all(run.info.status == "FINISHED" for run in runs)

@@ -1,0 +1,122 @@
+"""`--resume`: find the latest unfinished job of a spec and what Ray saved of it.
+
+A job is found through its MLflow parent run, which carries the Ray run name, the storage path
+and a fingerprint of the resolved spec. Only a job run with the same settings (spec file,
+`--set`, `--smoke-test`, `--name`) is resumed: Tune restores its searcher and trials as they
+were, so different settings would silently not apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from platform.spec import Spec, SpecError
+
+# Tags on the parent run that `--resume` reads back.
+SPEC_HASH_TAG = "spec_hash"
+RUN_NAME_TAG = "ray_run_name"
+STORAGE_TAG = "ray_storage_path"
+HOST_TAG = "driver_host"
+PID_TAG = "driver_pid"
+RESUMED_TAG = "resumed"
+
+
+@dataclass(frozen=True)
+class ResumeTarget:
+    parent_run_id: str
+    run_name: str
+    storage_path: str
+    times_resumed: int
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.run_name}"
+
+
+def spec_fingerprint(spec: Spec) -> str:
+    text = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def driver_tags() -> dict[str, str]:
+    """Who runs the job, so `--resume` never takes over a job that is still alive."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def resume_command(argv: list[str]) -> str:
+    """The exact command that resumes the job this command line started."""
+    args = [arg for arg in argv if arg != "--resume"]
+    return "python -m platform.tune " + shlex.join([*args, "--resume"])
+
+
+def _driver_alive(tags: dict[str, str]) -> bool:
+    """True only when the run's driver is certainly a live tuning process on this machine."""
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return False
+    try:
+        cmdline = Path(f"/proc/{tags[PID_TAG]}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"platform.tune" in cmdline
+
+
+def find_unfinished_job(tracking_uri: str, spec: Spec, spec_file: str) -> ResumeTarget:
+    """The newest parent run of this spec's experiment that is RUNNING (its driver died) or
+    KILLED (Ctrl-C), whose settings match and whose Ray state still exists.
+
+    Raises SpecError (exit 2) when there is nothing to resume; reads only, writes nothing.
+    """
+    from platform.tracking import PARENT_RUN_ID_TAG, open_client
+
+    def nothing(reason: str) -> SpecError:
+        return SpecError(spec_file, "--resume", f"nothing to resume: {reason}", has_got=False)
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        raise nothing(f"no MLflow store at {tracking_uri}")
+    client = open_client(tracking_uri)
+    experiment = client.get_experiment_by_name(spec.name)
+    if experiment is None:
+        raise nothing(f"no job of experiment {spec.name!r} in {tracking_uri}")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="attributes.status != 'FINISHED' and attributes.status != 'FAILED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=200,
+    )
+    parents = [run for run in runs if PARENT_RUN_ID_TAG not in run.data.tags and RUN_NAME_TAG in run.data.tags]
+    if not parents:
+        raise nothing(f"every job of experiment {spec.name!r} in {tracking_uri} has finished")
+    fingerprint = spec_fingerprint(spec)
+    matching = [run for run in parents if run.data.tags.get(SPEC_HASH_TAG) == fingerprint]
+    if not matching:
+        latest = parents[0]
+        raise nothing(
+            f"the unfinished job {latest.data.tags[RUN_NAME_TAG]} ran with other settings; "
+            "repeat its command line (same --set, --smoke-test, --name) with --resume"
+        )
+    run = matching[0]
+    tags = run.data.tags
+    if run.info.status == "RUNNING" and _driver_alive(tags):
+        raise SpecError(
+            spec_file,
+            "--resume",
+            f"job {tags[RUN_NAME_TAG]} is still running (process {tags[PID_TAG]}); stop it first",
+            has_got=False,
+        )
+    target = ResumeTarget(
+        parent_run_id=run.info.run_id,
+        run_name=tags[RUN_NAME_TAG],
+        storage_path=tags.get(STORAGE_TAG, ""),
+        times_resumed=int(tags.get(RESUMED_TAG, "0") or 0),
+    )
+    from ray import tune
+
+    if not target.storage_path or not tune.Tuner.can_restore(target.experiment_path):
+        raise nothing(f"Ray's saved state of job {target.run_name} is gone from {target.experiment_path}")
+    return target

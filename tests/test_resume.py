@@ -1,0 +1,193 @@
+"""A real driver killed (SIGKILL) or interrupted (SIGINT), then `--resume`d: finished trials
+kept, unfinished ones continued from their checkpoints, one MLflow run each."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import ROOT, run_cli, write_spec
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 8
+SAMPLES = 5
+
+# The built-in MLP and its shared loop, slowed down so a job can be stopped mid-way, and
+# noting the epoch each trial (re)starts from.
+TRAINABLE = """
+import dataclasses
+import time
+from pathlib import Path
+
+from ray import tune
+
+from trainables import mlp
+from trainables.loop import load_state, run_trial
+from trainables.mlp import DataConfig  # noqa: F401 - the data block's schema
+
+
+def _slow_evaluate(*args):
+    time.sleep(0.4)
+    return mlp.TASK.evaluate(*args)
+
+
+TASK = dataclasses.replace(mlp.TASK, evaluate=_slow_evaluate)
+
+
+def train(config, data=None):
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            start = load_state(folder)["epoch"]
+    with open(Path(config["log_dir"]) / "starts.txt", "a") as handle:
+        handle.write(f"{tune.get_context().get_trial_id()} {start}\\n")
+    run_trial(TASK, config, data)
+"""
+
+SPEC = f"""
+name: resumable
+trainable: slow_mlp:train
+metric: val_accuracy
+mode: max
+search:
+  num_samples: {SAMPLES}
+  seed: 1
+  space:
+    lr: {{{{type: loguniform, low: 1.0e-3, high: 1.0e-1}}}}
+  fixed: {{{{epochs: {EPOCHS}, batch_size: 64, log_dir: "{{log_dir}}"}}}}
+scheduler: {{{{type: fifo}}}}
+"""
+
+
+def _start_job(tmp_path: Path, uri: str) -> tuple[subprocess.Popen, list[str]]:
+    (tmp_path / "slow_mlp.py").write_text(TRAINABLE)
+    (tmp_path / "log").mkdir()
+    spec = write_spec(tmp_path, SPEC.format(log_dir=tmp_path / "log"))
+    args = [str(spec.name), "--tracking-uri", uri]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = str(ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "platform.tune", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # so the test can clean up whatever the killed driver left
+    )
+    return process, args
+
+
+def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen) -> str:
+    """Until one trial has finished and another has trained two epochs but not all; returns
+    the id of that unfinished trial."""
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        experiment = client.get_experiment_by_name("resumable")
+        children = [] if experiment is None else client.search_runs([experiment.experiment_id], "tags.trial_id != ''")
+        finished = [r for r in children if r.info.status == "FINISHED"]
+        running = [r for r in children if r.info.status == "RUNNING" and 2 <= r.data.metrics.get("epoch", 0) < EPOCHS]
+        if finished and running:
+            return running[0].data.tags["trial_id"]
+        time.sleep(0.3)
+    process.kill()
+    raise AssertionError("the job never reached the middle:\n" + process.communicate()[0][-3000:])
+
+
+def _starts(tmp_path: Path) -> dict[str, list[int]]:
+    starts: dict[str, list[int]] = {}
+    for line in (tmp_path / "log" / "starts.txt").read_text().splitlines():
+        trial_id, epoch = line.split()
+        starts.setdefault(trial_id, []).append(int(epoch))
+    return starts
+
+
+def _check_one_complete_record(client: MlflowClient, tmp_path: Path, mid_trial: str) -> None:
+    """One FINISHED parent; one run per trial, every epoch logged once; the trial stopped
+    mid-way went on from a checkpoint; the champion registered."""
+    experiment = client.get_experiment_by_name("resumable")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["resumed"] == "1"
+    trial_ids = [c.data.tags["trial_id"] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)), "a trial has two child runs"
+    assert all(c.info.status != "RUNNING" for c in children)
+    completed = [c for c in children if c.data.tags["trial_status"] == "completed"]
+    # A trial Ray had not yet saved when the driver died is run again under a new id; its first
+    # run is marked interrupted, never left RUNNING.
+    assert len(completed) == SAMPLES
+    assert all(c.data.tags["trial_status"] == "interrupted" for c in children if c not in completed)
+    for child in completed:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+        assert steps == list(range(1, EPOCHS + 1)), (child.data.tags["trial_id"], steps)
+    starts = _starts(tmp_path)
+    # It had two epochs or more when stopped: it goes on from a checkpoint, not from scratch.
+    # (A trial stopped before its first checkpoint starts again at 0, as it must.)
+    assert starts[mid_trial][0] == 0 and starts[mid_trial][-1] > 0, starts
+    champion = client.get_model_version_by_alias("resumable", "champion")
+    assert champion.tags["parent_run_id"] == parents[0].info.run_id
+
+
+def test_a_killed_driver_is_resumed_without_losing_or_duplicating_anything(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    process, args = _start_job(tmp_path, uri)
+    try:
+        mid_trial = _wait_until_mid_job(client, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:  # Ray's processes share the driver's fate; anything left goes too
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.stdout.close()
+    experiment = client.get_experiment_by_name("resumable")
+    assert [r.info.status for r in client.search_runs([experiment.experiment_id], "tags.ray_run_name != ''")] == [
+        "RUNNING"
+    ]
+
+    result = run_cli(*args, "--resume", cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Resuming job resumable-" in result.stdout
+    _check_one_complete_record(client, tmp_path, mid_trial)
+
+
+def test_ctrl_c_prints_the_resume_command_and_that_command_finishes_the_job(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    process, args = _start_job(tmp_path, uri)
+    mid_trial = _wait_until_mid_job(client, process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 130, output[-3000:]
+    experiment = client.get_experiment_by_name("resumable")
+    runs = client.search_runs([experiment.experiment_id])
+    assert all(run.info.status != "RUNNING" for run in runs)
+    assert [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["KILLED"]
+    assert any(r.data.tags.get("trial_status") == "interrupted" for r in runs)
+
+    command = output.rsplit("continue with: ", 1)[1].splitlines()[0]
+    expected = "python -m platform.tune " + shlex.join([*args, "--resume"])
+    assert command == expected
+    result = run_cli(*shlex.split(command)[3:], cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _check_one_complete_record(client, tmp_path, mid_trial)
+
+    again = run_cli(*args, "--resume", cwd=tmp_path, timeout=120)
+    assert again.returncode == 2
+    assert again.stderr.strip() == (
+        f"error: spec.yaml: --resume: nothing to resume: every job of experiment 'resumable' in {uri} has finished"
+    )
