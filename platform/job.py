@@ -326,12 +326,13 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
                 results = _fit(spec, trainable, data, run_name, storage_path, tracker, resources)
             outcome.experiment_path = results.experiment_path
             _summarize(spec, results, outcome)
+            unfinished = _unfinished_trial_ids(results)
+            for row in outcome.rows:
+                if row.trial_id in unfinished:  # Ctrl-C: Tune stopped them and saved its state
+                    row.status = "interrupted"
             statuses = {row.trial_id: row.status for row in outcome.rows}
             errors = {row.trial_id: row.error for row in outcome.rows if row.error}
-            unfinished = _unfinished_trial_ids(results)
-            if unfinished:  # Ctrl-C: Tune stopped the trials and saved its state
-                for trial_id in unfinished:
-                    statuses.pop(trial_id, None)
+            if unfinished:
                 tracker.close_trial_runs(statuses, errors)
                 tracker.finish("KILLED")
                 outcome.exit_code = 130

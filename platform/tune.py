@@ -158,18 +158,20 @@ def prepare(args: argparse.Namespace, argv: list[str]) -> Any:
 
 
 def format_summary(outcome: Any, request: Any, top: int = 5) -> str:
+    from platform.tracking import RUN_STATUS
+
     spec = request.spec
     lines = [""]
     rows = sorted(
         outcome.rows, key=lambda r: (r.value is None, -(r.value or 0) if spec.mode == "max" else (r.value or 0))
     )
-    counts = {status: sum(r.status == status for r in rows) for status in ("completed", "early_stopped", "diverged")}
-    failed = sum(r.status == "failed" for r in rows)
-    lines.append(
-        f"{len(rows)} trials in {outcome.wall_s:.0f}s: {counts['completed']} completed, "
-        f"{counts['early_stopped']} stopped early by {spec.scheduler.type.upper()}, "
-        f"{counts['diverged']} diverged, {failed} failed"
+    count = {status: sum(r.status == status for r in rows) for status in RUN_STATUS}
+    line = (
+        f"{len(rows)} trials in {outcome.wall_s:.0f}s: {count['completed']} completed, "
+        f"{count['early_stopped']} stopped early by {spec.scheduler.type.upper()}, "
+        f"{count['diverged']} diverged, {count['failed']} failed"
     )
+    lines.append(line + (f", {count['interrupted']} interrupted" if count["interrupted"] else ""))
     if rows:
         params = list(spec.search.space)
         header = ["trial", "status", "epochs", spec.metric, *params]

@@ -4,6 +4,7 @@ kept, unfinished ones continued from their checkpoints, one MLflow run each."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -173,6 +174,7 @@ def test_ctrl_c_prints_the_resume_command_and_that_command_finishes_the_job(tmp_
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=180)
     assert process.returncode == 130, output[-3000:]
+    assert re.search(r"trials in \d+s: .*, [1-9] interrupted\n", output), output[-3000:]
     experiment = client.get_experiment_by_name("resumable")
     runs = client.search_runs([experiment.experiment_id])
     assert all(run.info.status != "RUNNING" for run in runs)
