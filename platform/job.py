@@ -330,15 +330,15 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
             for row in outcome.rows:
                 if row.trial_id in unfinished:  # Ctrl-C: Tune stopped them and saved its state
                     row.status = "interrupted"
-            statuses = {row.trial_id: row.status for row in outcome.rows}
-            errors = {row.trial_id: row.error for row in outcome.rows if row.error}
+            tracker.close_trial_runs(
+                {row.trial_id: row.status for row in outcome.rows},
+                {row.trial_id: row.error for row in outcome.rows if row.error},
+            )
             if unfinished:
-                tracker.close_trial_runs(statuses, errors)
                 tracker.finish("KILLED")
                 outcome.exit_code = 130
                 outcome.wall_s = time.time() - started
                 return outcome
-            tracker.close_trial_runs(statuses, errors)
             if outcome.best is not None:
                 _register(spec, request, results, dataset, tracker, outcome)
             outcome.exit_code = 0 if outcome.best is not None else 1
@@ -456,11 +456,9 @@ def _fit(
 
     from platform.guard import TrialGuard
 
-    config = param_space(spec, data)
-    config.setdefault("seed", spec.search.seed)
     tuner = tune.Tuner(
         trainable,
-        param_space=config,
+        param_space=_trial_config(spec, data),
         tune_config=tune.TuneConfig(
             metric=spec.metric,
             mode=spec.mode,
@@ -491,19 +489,24 @@ def _fit(
         return tuner.fit()
 
 
+def _trial_config(spec: Spec, data: dict[str, Any]) -> dict[str, Any]:
+    """Tune's param space: the search domains, the fixed values, the data block and the seed."""
+    config = param_space(spec, data)
+    config.setdefault("seed", spec.search.seed)
+    return config
+
+
 def _restore(spec: Spec, resume: ResumeTarget, trainable: Any, data: dict[str, Any]) -> Any:
     """Continue a job from Ray's saved state: its searcher, its finished trials as they were,
     unfinished and errored trials from their last checkpoints."""
     from ray import tune
 
-    config = param_space(spec, data)
-    config.setdefault("seed", spec.search.seed)
     tuner = tune.Tuner.restore(
         resume.experiment_path,
         trainable=trainable,
         resume_unfinished=True,
         resume_errored=True,
-        param_space=config,
+        param_space=_trial_config(spec, data),
     )
     with _tune_resume_hint_hidden():
         return tuner.fit()

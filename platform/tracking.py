@@ -82,6 +82,13 @@ def result_metrics(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """The trial runs of one job."""
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PARENT_RUN_ID_TAG}` = '{parent_run_id}'", max_results=50000
+    )
+
+
 class JobTracker:
     """The parent run of one tuning job and everything logged around it."""
 
@@ -128,13 +135,6 @@ class JobTracker:
     def trial_callback(self, metric: str, max_t: int) -> TrialRunsCallback:
         return TrialRunsCallback(self.tracking_uri, self.experiment_id, self.parent_run_id, metric, max_t)
 
-    def child_runs(self) -> list[Any]:
-        return self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_RUN_ID_TAG}` = '{self.parent_run_id}'",
-            max_results=50000,
-        )
-
     def close_trial_runs(self, statuses: dict[str, str], errors: dict[str, str] | None = None) -> None:
         """Every child run still RUNNING gets its trial's final status.
 
@@ -144,7 +144,7 @@ class JobTracker:
         trial an interruption left unfinished are KILLED with `trial_status=interrupted`.
         """
         errors = errors or {}
-        for run in self.child_runs():
+        for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
             if run.info.status != "RUNNING":
                 continue
             trial_id = run.data.tags.get("trial_id", "")
@@ -277,15 +277,12 @@ class TrialRunsCallback(Callback):
 
     def setup(self, **info: Any) -> None:
         # Child runs already made for this parent (a resumed job) are reused, never duplicated.
-        for run in self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_RUN_ID_TAG}` = '{self.parent_run_id}'",
-            max_results=50000,
-        ):
+        for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
             trial_id = run.data.tags.get("trial_id")
             if trial_id:
                 self.run_ids[trial_id] = run.info.run_id
-                self._logged_until[trial_id] = self._last_step(run.info.run_id)
+                if run.info.status != "FINISHED":  # only these can get results again
+                    self._logged_until[trial_id] = self._last_step(run.info.run_id)
 
     def _last_step(self, run_id: str) -> int:
         history = self.client.get_metric_history(run_id, self.metric)
