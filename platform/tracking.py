@@ -9,9 +9,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import queue
+import sys
 import tempfile
+import threading
 import time
 import warnings
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from filelock import FileLock
@@ -95,7 +100,6 @@ class JobTracker:
     def __init__(self, tracking_uri: str, experiment_name: str):
         self.tracking_uri = tracking_uri
         self._client: MlflowClient | None = None
-        self._callback: TrialRunsCallback | None = None
         self.experiment_name = experiment_name
         self.experiment_id = ""
         self.parent_run_id = ""
@@ -144,6 +148,7 @@ class JobTracker:
         trial an interruption left unfinished are KILLED with `trial_status=interrupted`.
         """
         errors = errors or {}
+        flush_run_writers()  # the trial callback's writes still queued
         for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
             if run.info.status != "RUNNING":
                 continue
@@ -246,11 +251,141 @@ class JobTracker:
         return None if champion is None else str(champion.version)
 
 
-class TrialRunsCallback(Callback):
-    """Writes each trial as a child run: params at start, one batched write per result.
+class RunWriter:
+    """The MLflow writes of a job's trial runs, done in order by one background thread.
 
-    It is pickled into Tune's saved run config and comes back with `--resume`, so it keeps
-    only the tracking URI and ids, and opens its MLflow client on first use.
+    Tune calls its callbacks on its event loop, between scheduling decisions, so a write done
+    there (a SQLite commit, an HTTP round trip: 10-20 ms each) delays every trial's next step.
+    Here a write is queued in microseconds, and the thread merges what queued up while it was
+    busy: all waiting results of one run become one `log_batch`. Writes for one trial keep
+    their order; `flush` returns once everything queued before it is written.
+
+    MLflow's own `log_batch(synchronous=False)` was not enough: creating and ending a run stay
+    synchronous there, and a failed write is only logged. Here failures are counted and the
+    job names them at its end.
+    """
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri = tracking_uri
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._client: MlflowClient | None = None
+        # trial id -> run id. Only the thread reads and writes it once it runs.
+        self.run_ids: dict[str, str] = {}
+        self.failures: list[str] = []
+        _OPEN_WRITERS.add(self)
+
+    def create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
+        """Queue `make(client) -> run id`: the trial's run is made (or found) in the thread."""
+        self._put(trial_id, _CREATE, make)
+
+    def update(self, trial_id: str, change: Callable[[MlflowClient, str], None]) -> None:
+        """Queue `change(client, run_id)` for the trial's run."""
+        self._put(trial_id, _UPDATE, change)
+
+    def log(self, trial_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
+        """Queue one result; waiting results of a run are written together."""
+        self._put(trial_id, _LOG, (metrics, tags))
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is written."""
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._put("", _FLUSH, done)
+        while not done.wait(timeout=1.0):
+            if not self._thread.is_alive():
+                return
+
+    def close(self) -> None:
+        """Flush and stop the thread; a later write starts a new one."""
+        self.flush()
+        if self._thread is not None:
+            self._put("", _STOP, None)
+            self._thread.join()
+            self._thread = None
+
+    def _put(self, trial_id: str, kind: str, payload: Any) -> None:
+        if self._thread is None and kind not in (_FLUSH, _STOP):
+            self._thread = threading.Thread(target=self._run, name="mlflow-run-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((trial_id, kind, payload))
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while True:  # everything that queued up while the last writes ran
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            pending: dict[str, tuple[list[Metric], list[RunTag]]] = {}
+            for trial_id, kind, payload in items:
+                if kind == _LOG:
+                    metrics, tags = pending.setdefault(trial_id, ([], []))
+                    metrics.extend(payload[0])
+                    tags.extend(payload[1])
+                    continue
+                if trial_id in pending:  # this trial's results first: its writes keep their order
+                    self._write(trial_id, *pending.pop(trial_id))
+                if kind == _CREATE:
+                    self._attempt(self._create, trial_id, payload)
+                elif kind == _UPDATE and trial_id in self.run_ids:
+                    self._attempt(payload, self.client, self.run_ids[trial_id])
+                elif kind in (_FLUSH, _STOP):
+                    for waiting, batch in pending.items():
+                        self._write(waiting, *batch)
+                    pending.clear()
+                    if kind == _STOP:
+                        return
+                    payload.set()
+            for trial_id, batch in pending.items():
+                self._write(trial_id, *batch)
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = open_client(self.tracking_uri)
+        return self._client
+
+    def _create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
+        self.run_ids[trial_id] = make(self.client)
+
+    def _write(self, trial_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
+        run_id = self.run_ids.get(trial_id)
+        if run_id is None:  # its run could not be made; that failure is counted already
+            return
+        # MLflow takes at most 1000 metrics and 100 tags in one batch.
+        for start in range(0, max(len(metrics), 1), 1000):
+            chunk_tags = tags if start == 0 else []
+            self._attempt(self.client.log_batch, run_id, metrics=metrics[start : start + 1000], tags=chunk_tags)
+
+    def _attempt(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            write(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the job goes on; `failures` names it at the end
+            if not self.failures:
+                logger.warning("an MLflow write failed: %s: %s", type(err).__name__, err)
+            self.failures.append(f"{type(err).__name__}: {err}")
+
+
+_CREATE, _UPDATE, _LOG, _FLUSH, _STOP = "create", "update", "log", "flush", "stop"
+# Writers of this process, so the job can flush them before reading its runs back. The Tune
+# callback that owns one is out of the job's reach after `--resume` (Tune unpickles it).
+_OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
+
+
+def flush_run_writers() -> None:
+    for writer in list(_OPEN_WRITERS):
+        writer.flush()
+
+
+class TrialRunsCallback(Callback):
+    """Writes each trial as a child run: params at start, its results, its end status.
+
+    The writes go through a `RunWriter`, off Tune's event loop; `on_experiment_end` (the end of
+    `fit`, also after Ctrl-C) waits for them. The callback is pickled into Tune's saved run
+    config and comes back with `--resume`, so it keeps only the tracking URI and ids.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, metric: str, max_t: int):
@@ -259,53 +394,53 @@ class TrialRunsCallback(Callback):
         self.parent_run_id = parent_run_id
         self.metric = metric
         self.max_t = max_t
-        self._client: MlflowClient | None = None
-        self.run_ids: dict[str, str] = {}
+        self._writer: RunWriter | None = None
+        # Trials that have a child run (made by this callback, or by the job it resumes).
+        self._known: set[str] = set()
         # The last step already logged per trial, for child runs of a resumed job: a trial
         # resumed from an earlier checkpoint repeats epochs MLflow already has.
         self._logged_until: dict[str, int] = {}
         self._placed: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "run_ids": {}, "_logged_until": {}, "_placed": set()}
+        return {**self.__dict__, "_writer": None, "_known": set(), "_logged_until": {}, "_placed": set()}
 
     @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = open_client(self.tracking_uri)
-        return self._client
+    def writer(self) -> RunWriter:
+        if self._writer is None:
+            self._writer = RunWriter(self.tracking_uri)
+        return self._writer
 
     def setup(self, **info: Any) -> None:
         # Child runs already made for this parent (a resumed job) are reused, never duplicated.
-        for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
+        client = self.writer.client  # the thread has not started yet
+        for run in child_runs(client, self.experiment_id, self.parent_run_id):
             trial_id = run.data.tags.get("trial_id")
             if trial_id:
-                self.run_ids[trial_id] = run.info.run_id
+                self.writer.run_ids[trial_id] = run.info.run_id
+                self._known.add(trial_id)
                 if run.info.status != "FINISHED":  # only these can get results again
-                    self._logged_until[trial_id] = self._last_step(run.info.run_id)
-
-    def _last_step(self, run_id: str) -> int:
-        history = self.client.get_metric_history(run_id, self.metric)
-        return max((m.step for m in history), default=0)
+                    history = client.get_metric_history(run.info.run_id, self.metric)
+                    self._logged_until[trial_id] = max((m.step for m in history), default=0)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is not None:  # resumed or retried: the same child run goes on
-            self.client.log_batch(run_id, tags=[RunTag("trial_status", "running")])
-            self.client.update_run(run_id, status="RUNNING")
+        if trial.trial_id in self._known:  # resumed or retried: the same child run goes on
+            self.writer.update(trial.trial_id, _mark_running)
             return
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=str(trial),
-            tags={PARENT_RUN_ID_TAG: self.parent_run_id, "trial_id": trial.trial_id, "trial_status": "running"},
-        )
-        self.run_ids[trial.trial_id] = run.info.run_id
-        params = trial_params(trial.config)
-        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        self._known.add(trial.trial_id)
+        experiment_id, run_name = self.experiment_id, str(trial)
+        tags = {PARENT_RUN_ID_TAG: self.parent_run_id, "trial_id": trial.trial_id, "trial_status": "running"}
+        params = [Param(k, v) for k, v in trial_params(trial.config).items()]
+
+        def make(client: MlflowClient) -> str:
+            run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            client.log_batch(run_id, params=params)
+            return run_id
+
+        self.writer.create(trial.trial_id, make)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
+        if trial.trial_id not in self._known:
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if step <= self._logged_until.get(trial.trial_id, 0):
@@ -320,28 +455,44 @@ class TrialRunsCallback(Callback):
             # Where the trial ran (a data-parallel trial: its rank-0 worker), once per trial.
             self._placed.add(trial.trial_id)
             tags = [RunTag("node_id", str(result["node_id"])), RunTag("node_ip", str(result.get("node_ip", "")))]
-        self.client.log_batch(run_id, metrics=[Metric(k, v, timestamp, step) for k, v in metrics.items()], tags=tags)
+        self.writer.log(trial.trial_id, [Metric(k, v, timestamp, step) for k, v in metrics.items()], tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            return
         last = trial.last_result or {}
         epochs = int(last.get("epoch", last.get("training_iteration", 0)) or 0)
         status = finished_status(last, self.metric, self.max_t)
         tags = [RunTag("trial_status", status), RunTag("epochs_run", str(epochs))]
         if status == "failed":
             tags.append(RunTag("error", missing_metric_error(self.metric, last)))
-        self.client.log_batch(run_id, tags=tags)
-        self.client.set_terminated(run_id, RUN_STATUS[status])
+        self.writer.update(trial.trial_id, _terminate(tags, RUN_STATUS[status]))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.run_ids.get(trial.trial_id)
-        if run_id is None:
-            return
         tags = [RunTag("trial_status", "failed"), RunTag("error", last_error_line(trial))]
-        self.client.log_batch(run_id, tags=tags)
-        self.client.set_terminated(run_id, "FAILED")
+        self.writer.update(trial.trial_id, _terminate(tags, "FAILED"))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        writer = self.writer
+        writer.close()
+        if writer.failures:
+            print(
+                f"warning: {len(writer.failures)} MLflow writes failed (first: {writer.failures[0]}); "
+                "the trial runs may miss some records",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _mark_running(client: MlflowClient, run_id: str) -> None:
+    client.log_batch(run_id, tags=[RunTag("trial_status", "running")])
+    client.update_run(run_id, status="RUNNING")
+
+
+def _terminate(tags: list[RunTag], status: str) -> Callable[[MlflowClient, str], None]:
+    def change(client: MlflowClient, run_id: str) -> None:
+        client.log_batch(run_id, tags=tags)
+        client.set_terminated(run_id, status)
+
+    return change
 
 
 # MLflow run status of each trial_status.

@@ -1,0 +1,133 @@
+"""The trial callback's MLflow writes, off Tune's event loop: nothing lost, order kept, batched.
+
+The callback is driven here as Tune drives it (start, results, complete, experiment end) on a
+real SQLite store; a slow store is a real client whose writes are made to wait.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from types import SimpleNamespace
+
+from mlflow.tracking import MlflowClient
+
+from platform.tracking import JobTracker, TrialRunsCallback
+
+
+class FakeTrial(SimpleNamespace):
+    def __str__(self) -> str:
+        return f"train_{self.trial_id}"
+
+
+def _job(tmp_path) -> tuple[JobTracker, TrialRunsCallback]:
+    tracker = JobTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "writer-test")
+    tracker.start(run_name="job", tags={}, params={}, artifacts={})
+    callback = tracker.trial_callback("score", max_t=3)
+    callback.setup()
+    return tracker, callback
+
+
+def _run_trial(callback: TrialRunsCallback, trial_id: str, epochs: int = 3) -> None:
+    trial = FakeTrial(trial_id=trial_id, config={"lr": 0.1, "data": {"x": 1}}, last_result={})
+    callback.on_trial_start(0, [], trial)
+    for epoch in range(1, epochs + 1):
+        result = {"epoch": epoch, "score": epoch / 10, "loss": 1.0 / epoch, "timestamp": time.time()}
+        callback.on_trial_result(0, [], trial, result)
+        trial.last_result = result
+    callback.on_trial_complete(0, [], trial)
+
+
+def _slow_writes(client: MlflowClient, seconds: float, calls: list[str]) -> None:
+    """Every write of this client waits `seconds`, as over a slow network, and is counted."""
+    for name in ("create_run", "log_batch", "set_terminated"):
+        original = getattr(client, name)
+
+        def slow(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            time.sleep(seconds)
+            return _original(*args, **kwargs)
+
+        setattr(client, name, slow)
+
+
+def test_every_result_lands_in_order_after_the_experiment_ends(tmp_path):
+    tracker, callback = _job(tmp_path)
+    for trial_id in ("a", "b", "c"):
+        _run_trial(callback, trial_id)
+    callback.on_experiment_end([])
+    client = MlflowClient(tracker.tracking_uri)
+    runs = client.search_runs([tracker.experiment_id], filter_string="tags.trial_id != ''")
+    children = {run.data.tags["trial_id"]: run for run in runs}
+    assert sorted(children) == ["a", "b", "c"]
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["trial_status"] == "completed" and run.data.tags["epochs_run"] == "3"
+        assert run.data.params == {"lr": "0.1"}
+        history = client.get_metric_history(run.info.run_id, "score")
+        assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+
+
+def test_a_slow_store_does_not_hold_up_the_callback_and_results_are_merged(tmp_path):
+    tracker, callback = _job(tmp_path)
+    calls: list[str] = []
+    _slow_writes(callback.writer.client, 0.2, calls)
+
+    started = time.perf_counter()
+    _run_trial(callback, "slow", epochs=20)
+    queued_s = time.perf_counter() - started
+    # 23 writes of 0.2 s each if done in line: about 4.6 s
+    assert queued_s < 0.5, queued_s
+
+    callback.on_experiment_end([])
+    # create_run + params, then the 20 results waiting behind it in one batch, then the end.
+    assert calls.count("log_batch") <= 4, calls
+    run = MlflowClient(tracker.tracking_uri).search_runs(
+        [tracker.experiment_id], filter_string="tags.trial_id = 'slow'"
+    )[0]
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in MlflowClient(tracker.tracking_uri).get_metric_history(run.info.run_id, "score")]
+    assert sorted(steps) == list(range(1, 21))
+
+
+def test_the_job_sees_every_queued_write_before_it_closes_the_trial_runs(tmp_path):
+    # A second Ctrl-C: Tune never calls on_experiment_end, the job closes the runs itself.
+    tracker, callback = _job(tmp_path)
+    _slow_writes(callback.writer.client, 0.1, [])
+    trial = FakeTrial(trial_id="cut", config={"lr": 0.1}, last_result={})
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {"epoch": 1, "score": 0.5})
+    tracker.close_trial_runs({})
+    run = MlflowClient(tracker.tracking_uri).search_runs(
+        [tracker.experiment_id], filter_string="tags.trial_id = 'cut'"
+    )[0]
+    assert run.info.status == "KILLED" and run.data.tags["trial_status"] == "interrupted"
+    assert run.data.metrics["score"] == 0.5
+
+
+def test_failed_writes_are_counted_and_named_at_the_end(tmp_path, capsys):
+    tracker, callback = _job(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("tracking server went away")
+
+    callback.writer.client.log_batch = refuse
+    _run_trial(callback, "lost")
+    callback.on_experiment_end([])
+    assert callback.writer.failures and "ConnectionError: tracking server went away" in callback.writer.failures[0]
+    err = capsys.readouterr().err
+    assert "MLflow writes failed (first: ConnectionError: tracking server went away)" in err
+
+
+def test_the_callback_pickles_without_its_thread_after_use(tmp_path):
+    # Tune saves the callback with the job's state while trials run, and --resume loads it.
+    _, callback = _job(tmp_path)
+    _run_trial(callback, "p")
+    writers = sum(t.name == "mlflow-run-writer" for t in threading.enumerate())
+    assert writers >= 1
+    copy = pickle.loads(pickle.dumps(callback))
+    assert copy._writer is None and copy._known == set()
+    assert (copy.tracking_uri, copy.parent_run_id) == (callback.tracking_uri, callback.parent_run_id)
+    callback.on_experiment_end([])  # the thread ends with the experiment
+    assert sum(t.name == "mlflow-run-writer" for t in threading.enumerate()) == writers - 1
