@@ -102,8 +102,9 @@ WORKING_DIR_EXCLUDES = [
 
 def connect_ray(
     address: str | None, cpu_per_trial: float, storage_path: str | None = None, data_parallel: bool = False
-) -> None:
-    """Join the cluster at `address`, or start an embedded Ray of all local CPUs.
+) -> bool:
+    """Join the cluster at `address`, or start an embedded Ray of all local CPUs; returns
+    whether this job started the connection (and so shuts it down at its end).
 
     On a cluster the code travels with the job: the working directory (where a user's own
     `module:function` trainable lives) and the `trainables` package are shipped in the
@@ -113,18 +114,28 @@ def connect_ray(
     """
     import ray
 
+    if ray.is_initialized():  # a caller's Ray (a notebook, the benchmarks): used as it is, left running
+        return False
     if address:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=cluster_runtime_env(storage_path))
-        return
+        return True
     cpus = os.cpu_count() or 1
     if cpu_per_trial > cpus:  # all its workers together
         raise JobError(f"resources.cpu: a trial asks for {cpu_per_trial:g} CPUs but this machine has {cpus}")
+    start_local_ray(cpus, dashboard=data_parallel)
+    return True
+
+
+def start_local_ray(cpus: int, dashboard: bool = False) -> None:
+    """The embedded Ray of a job without `--address`: this machine only, never a stray cluster."""
+    import ray
+
     ray.init(
         address="local",
         num_cpus=cpus,
         # Ray Train V2 cleans up after a trial that ASHA stopped through the State API, which
         # the dashboard serves (on 127.0.0.1); other jobs save its start-up time.
-        include_dashboard=data_parallel,
+        include_dashboard=dashboard,
         logging_level=logging.WARNING,
         # Trials import `trainables` from the project, whatever the working directory.
         runtime_env={
@@ -288,7 +299,7 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
     spec = request.spec
     resume = request.resume
     started = time.time()
-    connect_ray(
+    owns_ray = connect_ray(
         request.address,
         spec.resources.cpu * spec.resources.workers,
         request.storage_path,
@@ -362,7 +373,8 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
         outcome.wall_s = time.time() - started
         return outcome
     finally:
-        ray.shutdown()
+        if owns_ray:
+            ray.shutdown()
 
 
 def _open_parent_run(

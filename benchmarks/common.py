@@ -1,0 +1,140 @@
+"""What the benchmark scripts share: one embedded Ray for all variants of a run, the platform's
+job as the CLI would run it, the same trials through plain Ray Tune, and the verdict lines.
+
+Every variant of a benchmark runs in the same process, on the same Ray, one after the other,
+so the ratios compare like with like on a noisy shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "search_spaces"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--cpus", type=int, default=2, help="CPUs the embedded Ray gets (default 2, as in the targets)")
+    p.add_argument("--smoke", action="store_true", help="a few trials only: checks the script works, not the targets")
+    p.add_argument("--workdir", help="where stores and Ray results go (default: a temporary folder, removed)")
+    return p
+
+
+@contextmanager
+def workdir(path: str | None) -> Iterator[Path]:
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path).resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        yield Path(tmp)
+
+
+@contextmanager
+def ray_running(cpus: int) -> Iterator[None]:
+    """One embedded Ray, started the way a job starts it, shared by every variant."""
+    import ray
+
+    from platform.job import start_local_ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    start_local_ray(cpus)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def job_request(spec: str | Path, overrides: Sequence[str], folder: Path, name: str) -> Any:
+    """The request `python -m platform.tune SPEC --set ... --tracking-uri ... --name NAME` makes."""
+    from platform.tune import build_parser, prepare
+
+    argv = [str(spec), *[arg for key in overrides for arg in ("--set", key)]]
+    argv += ["--tracking-uri", f"sqlite:///{folder / name}.db", "--storage-path", str(folder / "ray_results")]
+    argv += ["--name", name]
+    args = build_parser().parse_args(argv)
+    args.address, args.address_from_cli = None, False
+    return prepare(args, argv)
+
+
+def run_platform(request: Any) -> tuple[Any, float]:
+    """The whole job on the running Ray: parent run, trials with full tracking, summary, registry."""
+    from platform.job import run_job
+    from platform.tracking import JobTracker
+
+    started = time.perf_counter()
+    outcome = run_job(request, JobTracker(request.tracking_uri, request.spec.name))
+    return outcome, time.perf_counter() - started
+
+
+def run_plain_tune(request: Any, callbacks: Sequence[Any] = ()) -> tuple[Any, float]:
+    """The same trials through Ray Tune alone: the job's trainable, data, searcher, scheduler,
+    concurrency, actor reuse and checkpointing, and no tracking besides `callbacks`."""
+    from ray import tune
+
+    from platform.job import _trainable, _trial_config, build_scheduler, build_search, concurrent_groups
+
+    spec = request.spec
+    started = time.perf_counter()
+    task = request.trainable.task
+    dataset = task.load_data(dict(request.data)) if task is not None else None
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    run_name = f"{spec.name}-plain-{time.time_ns()}"
+    trainable = _trainable(spec, request, resources, dataset, run_name, request.storage_path)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=_trial_config(spec, request.data),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            search_alg=build_search(spec),
+            scheduler=build_scheduler(spec),
+            num_samples=spec.search.num_samples,
+            max_concurrent_trials=concurrent_groups(spec, resources),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=request.storage_path,
+            callbacks=list(callbacks),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode
+            ),
+        ),
+    )
+    results = tuner.fit()
+    return results, time.perf_counter() - started
+
+
+def spread(values: Sequence[float]) -> str:
+    """`mean (min..max)` of a few measurements."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ({min(values):.3f}..{max(values):.3f})"
+
+
+def verdict(label: str, value: float, target: float, at_most: bool, unit: str = "", smoke: bool = False) -> bool:
+    """One line per target: PASS or FALLS SHORT, the measured value and the target."""
+    ok = value <= target if at_most else value >= target
+    word = "PASS" if ok else "FALLS SHORT"
+    if smoke:
+        word = f"smoke, not a measurement: {word.lower()}"
+    print(f"{word}: {label} {value:.3f}{unit} (target {'<=' if at_most else '>='} {target:g}{unit})", flush=True)
+    return ok
+
+
+def quiet() -> None:
+    """Tune's progress table and per-trial lines would bury the figures."""
+    import logging
+
+    for name in ("ray", "ray.tune", "ray.train", "mlflow", "optuna"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,107 @@
+"""Tracking overhead: the platform with full MLflow tracking against plain Ray Tune on the same
+short trials, and Ray's own MLflowLoggerCallback for comparison.
+
+    python -m benchmarks.overhead            # 60 trials per variant, 3 rounds
+    python -m benchmarks.overhead --smoke    # 6 trials, 1 round
+
+Each round runs the three variants back to back on one embedded Ray, each with its own SQLite
+store (created before the clock starts); the ratio is the median platform (or
+MLflowLoggerCallback) time over the median plain time.
+Target: the platform at most 1.15 x plain Ray Tune.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from benchmarks.common import (
+    SPECS,
+    job_request,
+    parser,
+    quiet,
+    ray_running,
+    run_plain_tune,
+    run_platform,
+    verdict,
+    workdir,
+)
+
+TARGET = 1.15
+
+
+def create_store(tracking_uri: str) -> float:
+    """Creates the tables of a fresh SQLite store, as a user's first job does once; returns seconds.
+
+    Done outside the timed runs: it is the same one-time cost for any MLflow user of the store,
+    not a cost per job.
+    """
+    from platform.tracking import open_client
+
+    started = time.perf_counter()
+    open_client(tracking_uri).search_experiments()
+    return time.perf_counter() - started
+
+
+def trial_settings(trials: int, epochs: int) -> list[str]:
+    """The MLP on breast cancer, seeded random search (the same configs in every variant), no
+    early stopping (the same epochs in every variant), no model registration (not tracking)."""
+    return [
+        f"search.num_samples={trials}",
+        "search.algorithm=random",
+        f"search.fixed.epochs={epochs}",
+        "scheduler.type=fifo",
+        "tracking.register_model=false",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.trials, args.rounds = 6, 1
+    quiet()
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    store_s: list[float] = []
+    times: dict[str, list[float]] = {"plain Ray Tune": [], "platform (full MLflow)": [], "MLflowLoggerCallback": []}
+    with workdir(args.workdir) as folder, ray_running(args.cpus):
+        for round_no in range(args.rounds):
+            overrides = trial_settings(args.trials, args.epochs)
+            plain = job_request(SPECS / "mlp.yaml", overrides, folder, f"plain-{round_no}")
+            _, seconds = run_plain_tune(plain)
+            times["plain Ray Tune"].append(seconds)
+
+            request = job_request(SPECS / "mlp.yaml", overrides, folder, f"platform-{round_no}")
+            store_s.append(create_store(request.tracking_uri))
+            outcome, seconds = run_platform(request)
+            if outcome.exit_code != 0 or len(outcome.rows) != args.trials:
+                print(f"error: the platform job ended with exit {outcome.exit_code}", file=sys.stderr)
+                return 1
+            times["platform (full MLflow)"].append(seconds)
+
+            ray_logger = job_request(SPECS / "mlp.yaml", overrides, folder, f"mlflowlogger-{round_no}")
+            store_s.append(create_store(ray_logger.tracking_uri))
+            callback = MLflowLoggerCallback(tracking_uri=ray_logger.tracking_uri, experiment_name="mlflowlogger")
+            _, seconds = run_plain_tune(ray_logger, [callback])
+            times["MLflowLoggerCallback"].append(seconds)
+
+    plain_s = statistics.median(times["plain Ray Tune"])
+    print(f"\nTracking overhead: {args.trials} trials of {args.epochs} epochs (MLP, breast cancer), {args.cpus} CPUs")
+    print(f"{'variant':<24} {'median wall s':>13} {'x plain':>8}   rounds")
+    for variant, values in times.items():
+        median = statistics.median(values)
+        rounds = ", ".join(f"{v:.1f}" for v in values)
+        print(f"{variant:<24} {median:13.1f} {median / plain_s:8.2f}   {rounds}")
+    print(f"(not counted: creating each fresh SQLite store, once per store, took {statistics.median(store_s):.1f} s)")
+    ratio = statistics.median(times["platform (full MLflow)"]) / plain_s
+    ok = verdict("platform / plain Ray Tune wall time", ratio, TARGET, at_most=True, unit="x", smoke=args.smoke)
+    return 0 if ok or args.smoke else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
