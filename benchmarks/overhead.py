@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 from benchmarks.common import (
     SPECS,
+    create_store,
     job_request,
     parser,
     quiet,
@@ -29,19 +29,6 @@ from benchmarks.common import (
 )
 
 TARGET = 1.15
-
-
-def create_store(tracking_uri: str) -> float:
-    """Creates the tables of a fresh SQLite store, as a user's first job does once; returns seconds.
-
-    Done outside the timed runs: it is the same one-time cost for any MLflow user of the store,
-    not a cost per job.
-    """
-    from platform.tracking import open_client
-
-    started = time.perf_counter()
-    open_client(tracking_uri).search_experiments()
-    return time.perf_counter() - started
 
 
 def trial_settings(trials: int, epochs: int) -> list[str]:

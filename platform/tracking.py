@@ -445,7 +445,8 @@ class TrialRunsCallback(Callback):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if step <= self._logged_until.get(trial.trial_id, 0):
             return
-        timestamp = int(float(result.get("timestamp", time.time())) * 1000)
+        # When the driver got it, in ms: Tune's own `timestamp` is whole seconds.
+        timestamp = int(time.time() * 1000)
         metrics = result_metrics(result)
         if is_diverged(result, self.metric):
             # The search was told the worst possible value; the run keeps what the trial said.
