@@ -3,6 +3,7 @@ same trainable, number of trials and seeds.
 
     python -m benchmarks.search             # mlp spec, 30 trials, seeds 0 1 2
     python -m benchmarks.search --smoke     # 6 trials, seed 0
+    python -m benchmarks.search --set scheduler.grace_period=1   # other ASHA settings
 
 Both run through the platform (spec `search_spaces/mlp.yaml`: the MLP on breast cancer,
 val_roc_auc, ASHA grace 3 / reduction 3 up to 20 epochs), only `search.algorithm` and
@@ -49,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a spec override for both strategies, as the CLI's --set: scheduler.grace_period=1",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.trials, args.seeds = 6, [0]
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"search.algorithm={algorithm}",
                     f"scheduler.type={scheduler}",
                     "tracking.register_model=false",
+                    *args.overrides,
                 ]
                 name = f"search-{algorithm}-{scheduler}-{seed}"
                 request = job_request(SPECS / "mlp.yaml", overrides, folder, name)
@@ -82,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
 
     print(f"\nSearch efficiency: MLP on breast cancer, {args.trials} trials, metric {metric} (max), {args.cpus} CPUs")
+    if args.overrides:
+        print("with " + " ".join(f"--set {item}" for item in args.overrides))
     print(f"{'seed':>4} {'strategy':<12} {'epochs':>6} {'wall s':>7} {'best':>8} {'s to 99% of random best':>24}")
     shares, gaps, speedups = [], [], []
     for seed, runs in measured.items():
