@@ -54,6 +54,18 @@ def ray_running(cpus: int) -> Iterator[None]:
         ray.shutdown()
 
 
+def same_trials(trials: int) -> list[str]:
+    """Spec overrides that make every run of a benchmark train the same trials: seeded random
+    search (the same configurations), FIFO (every epoch of every trial), and no model
+    registration (a one-off at the job's end, not what these measure)."""
+    return [
+        f"search.num_samples={trials}",
+        "search.algorithm=random",
+        "scheduler.type=fifo",
+        "tracking.register_model=false",
+    ]
+
+
 def job_request(spec: str | Path, overrides: Sequence[str], folder: Path, name: str) -> Any:
     """The request `python -m platform.tune SPEC --set ... --tracking-uri ... --name NAME` makes."""
     from platform.tune import build_parser, prepare
@@ -90,11 +102,11 @@ def run_platform(request: Any) -> tuple[Any, float]:
 
 
 def run_plain_tune(request: Any, callbacks: Sequence[Any] = ()) -> tuple[Any, float]:
-    """The same trials through Ray Tune alone: the job's trainable, data, searcher, scheduler,
-    concurrency, actor reuse and checkpointing, and no tracking besides `callbacks`."""
+    """The same trials through Ray Tune alone: the job's trainable, data and Tune settings
+    (`job.tune_config`, `job.checkpoint_config`), and no tracking besides `callbacks`."""
     from ray import tune
 
-    from platform.job import _trainable, _trial_config, build_scheduler, build_search, concurrent_groups
+    from platform.job import _trainable, _trial_config, checkpoint_config, tune_config
 
     spec = request.spec
     started = time.perf_counter()
@@ -106,22 +118,12 @@ def run_plain_tune(request: Any, callbacks: Sequence[Any] = ()) -> tuple[Any, fl
     tuner = tune.Tuner(
         trainable,
         param_space=_trial_config(spec, request.data),
-        tune_config=tune.TuneConfig(
-            metric=spec.metric,
-            mode=spec.mode,
-            search_alg=build_search(spec),
-            scheduler=build_scheduler(spec),
-            num_samples=spec.search.num_samples,
-            max_concurrent_trials=concurrent_groups(spec, resources),
-            reuse_actors=True,
-        ),
+        tune_config=tune_config(spec, resources),
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=request.storage_path,
             callbacks=list(callbacks),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode
-            ),
+            checkpoint_config=checkpoint_config(spec),
         ),
     )
     results = tuner.fit()

@@ -471,34 +471,51 @@ def _fit(
     tuner = tune.Tuner(
         trainable,
         param_space=_trial_config(spec, data),
-        tune_config=tune.TuneConfig(
-            metric=spec.metric,
-            mode=spec.mode,
-            search_alg=build_search(spec),
-            scheduler=build_scheduler(spec),
-            num_samples=spec.search.num_samples,
-            max_concurrent_trials=concurrent_groups(spec, resources),
-            # Ray 2.60 defaults to False, and each fresh actor costs seconds. A data-parallel
-            # trial's driver is not reused: ending its actor is what ends its Train workers.
-            reuse_actors=spec.resources.workers == 1,
-            time_budget_s=spec.budget.time_s,
-            # Short trial folders: the default repeats every parameter in the name.
-            trial_dirname_creator=_trial_dirname,
-        ),
+        tune_config=tune_config(spec, resources),
         # Tune saves this run config with the job's state; `--resume` gets the same back.
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=storage_path,
             stop=TrialGuard(spec.metric, spec.mode, spec.max_t if spec.max_t < spec.epochs else None),
             callbacks=[tracker.trial_callback(spec.metric, spec.max_t)],
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode
-            ),
+            checkpoint_config=checkpoint_config(spec),
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         ),
     )
     with _tune_resume_hint_hidden():
         return tuner.fit()
+
+
+def tune_config(spec: Spec, resources: dict[str, float]) -> Any:
+    """How Tune runs the job's trials: metric, searcher, scheduler, samples, concurrency, actors.
+
+    The benchmarks' plain Ray Tune run of the same trials uses it too, so both share every setting.
+    """
+    from ray import tune
+
+    return tune.TuneConfig(
+        metric=spec.metric,
+        mode=spec.mode,
+        search_alg=build_search(spec),
+        scheduler=build_scheduler(spec),
+        num_samples=spec.search.num_samples,
+        max_concurrent_trials=concurrent_groups(spec, resources),
+        # Ray 2.60 defaults to False, and each fresh actor costs seconds. A data-parallel
+        # trial's driver is not reused: ending its actor is what ends its Train workers.
+        reuse_actors=spec.resources.workers == 1,
+        time_budget_s=spec.budget.time_s,
+        # Short trial folders: the default repeats every parameter in the name.
+        trial_dirname_creator=_trial_dirname,
+    )
+
+
+def checkpoint_config(spec: Spec) -> Any:
+    """At most 2 checkpoints per trial: the best by the metric, which registration rebuilds."""
+    from ray import tune
+
+    return tune.CheckpointConfig(
+        num_to_keep=2, checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode
+    )
 
 
 def _trial_config(spec: Spec, data: dict[str, Any]) -> dict[str, Any]:
