@@ -15,7 +15,17 @@ from __future__ import annotations
 import os
 import sys
 
-from benchmarks.common import SPECS, job_request, parser, quiet, ray_running, run_platform, verdict, workdir
+from benchmarks.common import (
+    SPECS,
+    job_request,
+    parser,
+    quiet,
+    ray_running,
+    run_platform,
+    same_trials,
+    verdict,
+    workdir,
+)
 
 TARGET = 2.5
 
@@ -38,14 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     with workdir(args.workdir) as folder, ray_running(args.cpus):
         for gpu in (1.0, 0.25):
             overrides = [
-                f"search.num_samples={args.trials}",
-                "search.algorithm=random",
+                *same_trials(args.trials),
                 "search.max_concurrent=null",
                 f"search.fixed.epochs={args.epochs}",
-                "scheduler.type=fifo",
                 f"resources.gpu={gpu}",
                 "resources.cpu=1",
-                "tracking.register_model=false",
             ]
             request = job_request(SPECS / "cnn.yaml", overrides, folder, f"gpu-{gpu}")
             outcome, wall_s = run_platform(request)

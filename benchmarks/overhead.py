@@ -24,6 +24,7 @@ from benchmarks.common import (
     ray_running,
     run_plain_tune,
     run_platform,
+    same_trials,
     verdict,
     workdir,
 )
@@ -32,15 +33,8 @@ TARGET = 1.15
 
 
 def trial_settings(trials: int, epochs: int) -> list[str]:
-    """The MLP on breast cancer, seeded random search (the same configs in every variant), no
-    early stopping (the same epochs in every variant), no model registration (not tracking)."""
-    return [
-        f"search.num_samples={trials}",
-        "search.algorithm=random",
-        f"search.fixed.epochs={epochs}",
-        "scheduler.type=fifo",
-        "tracking.register_model=false",
-    ]
+    """The MLP on breast cancer, the same trials in every variant."""
+    return [*same_trials(trials), f"search.fixed.epochs={epochs}"]
 
 
 def main(argv: list[str] | None = None) -> int:

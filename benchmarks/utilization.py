@@ -27,6 +27,7 @@ from benchmarks.common import (
     ray_running,
     run_plain_tune,
     run_platform,
+    same_trials,
     verdict,
     workdir,
 )
@@ -37,12 +38,9 @@ TARGET = 0.85
 
 def trial_settings(trials: int, epochs: int) -> list[str]:
     return [
-        f"search.num_samples={trials}",
-        "search.algorithm=random",
+        *same_trials(trials),
         "search.space={lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}",
         f"search.fixed={{epochs: {epochs}, batch_size: 256, hidden_size: 64, num_layers: 2, optimizer: adam}}",
-        "scheduler.type=fifo",
-        "tracking.register_model=false",
     ]
 
 
