@@ -6,6 +6,7 @@ nodes never need to reach the tracking server and a SQLite store sees a single w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -157,8 +158,7 @@ class JobTracker:
             tags = [RunTag("trial_status", status)]
             if trial_id in errors:
                 tags.append(RunTag("error", errors[trial_id][:500]))
-            self.client.log_batch(run.info.run_id, tags=tags)
-            self.client.set_terminated(run.info.run_id, RUN_STATUS[status])
+            end_run(self.client, run.info.run_id, tags, RUN_STATUS[status])
 
     def log_to_parent(
         self,
@@ -465,11 +465,11 @@ class TrialRunsCallback(Callback):
         tags = [RunTag("trial_status", status), RunTag("epochs_run", str(epochs))]
         if status == "failed":
             tags.append(RunTag("error", missing_metric_error(self.metric, last)))
-        self.writer.update(trial.trial_id, _terminate(tags, RUN_STATUS[status]))
+        self.writer.update(trial.trial_id, functools.partial(end_run, tags=tags, status=RUN_STATUS[status]))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tags = [RunTag("trial_status", "failed"), RunTag("error", last_error_line(trial))]
-        self.writer.update(trial.trial_id, _terminate(tags, "FAILED"))
+        self.writer.update(trial.trial_id, functools.partial(end_run, tags=tags, status="FAILED"))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         writer = self.writer
@@ -488,12 +488,10 @@ def _mark_running(client: MlflowClient, run_id: str) -> None:
     client.update_run(run_id, status="RUNNING")
 
 
-def _terminate(tags: list[RunTag], status: str) -> Callable[[MlflowClient, str], None]:
-    def change(client: MlflowClient, run_id: str) -> None:
-        client.log_batch(run_id, tags=tags)
-        client.set_terminated(run_id, status)
-
-    return change
+def end_run(client: MlflowClient, run_id: str, tags: list[RunTag], status: str) -> None:
+    """A trial run's last record: its outcome tags, then its MLflow status."""
+    client.log_batch(run_id, tags=tags)
+    client.set_terminated(run_id, status)
 
 
 # MLflow run status of each trial_status.
