@@ -43,7 +43,11 @@ class Roll:
 
 def train(config):
     context = ray.get_runtime_context()
-    roll = Roll.options(name="roll", namespace="packing", get_if_exists=True, lifetime="detached").remote()
+    # "DEFAULT" keeps the roll out of this trial's placement group, which Tune removes (and
+    # every actor in it) when the trial ends, while the others may still be asking.
+    roll = Roll.options(
+        name="roll", namespace="packing", get_if_exists=True, lifetime="detached", scheduling_strategy="DEFAULT"
+    ).remote()
     together = ray.get(roll.arrive.remote())
     deadline = time.time() + 120
     while together < 8 and time.time() < deadline:
