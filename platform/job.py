@@ -562,16 +562,24 @@ def _unfinished_trial_ids(results: Any) -> list[str]:
 
     After a Ctrl-C Tune stops the trials and `fit()` returns normally; only the saved experiment
     state still says which trials were running. Remote storage is not read here.
+
+    That state can be stale for a trial whose last attempt died with an actor (its own, a helper
+    actor's, a lost node's): Tune drops the dead actor before it handles the failure and then
+    never snapshots the trial again, so the file still says RUNNING. The trials Tune holds in
+    memory say ERROR, and Ctrl-C never leaves one ERROR, so those are never unfinished.
     """
     folder = Path(str(results.experiment_path))
     states = sorted(folder.glob("experiment_state-*.json")) if folder.is_dir() else []
     if not states:
         return []
+    analysis = getattr(results, "_experiment_analysis", None)  # Ray 2.60 exposes no public view
+    errored = {str(trial.trial_id) for trial in getattr(analysis, "trials", None) or [] if trial.status == "ERROR"}
     unfinished = []
     for entry in json.loads(states[-1].read_text()).get("trial_data", []):
         trial = json.loads(entry[0])
-        if trial.get("status") not in ("TERMINATED", "ERROR"):
-            unfinished.append(str(trial.get("trial_id")))
+        trial_id = str(trial.get("trial_id"))
+        if trial.get("status") not in ("TERMINATED", "ERROR") and trial_id not in errored:
+            unfinished.append(trial_id)
     return unfinished
 
 

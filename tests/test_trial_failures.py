@@ -55,6 +55,24 @@ def fragile(config):
             )
 
 
+def lost_helper(config):
+    """x < 0.7: every attempt loses the helper actor it depends on, a crash that is an actor's
+    death (as when a node goes); the rest complete."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Helper:
+        def die(self):
+            os._exit(1)
+
+    tune.report({"epoch": 1, "loss": 1.0, "score": config["x"]})
+    if config["x"] < 0.7:
+        ray.get(Helper.remote().die.remote())
+    tune.report({"epoch": 2, "loss": 0.5, "score": config["x"]})
+
+
 def no_score(config):
     for epoch in range(1, config["epochs"] + 1):
         tune.report({"epoch": epoch, "loss": 1.0 / epoch})
@@ -71,17 +89,17 @@ search:
   seed: 3
   space:
     x: {{type: uniform, low: 0.0, high: 1.0}}
-  fixed: {{epochs: 4, log_dir: "{log_dir}"}}
+  fixed: {{epochs: {epochs}, log_dir: "{log_dir}"}}
 scheduler: {{type: fifo}}
 failure: {{max_failures: 1}}
 """
 
 
-def _job(tmp_path: Path, function: str, samples: int):
+def _job(tmp_path: Path, function: str, samples: int, epochs: int = 4):
     (tmp_path / "my_trainables.py").write_text(TRAINABLE)
     log_dir = tmp_path / "log"
     log_dir.mkdir()
-    spec = write_spec(tmp_path, SPEC.format(function=function, samples=samples, log_dir=log_dir))
+    spec = write_spec(tmp_path, SPEC.format(function=function, samples=samples, epochs=epochs, log_dir=log_dir))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_cli(str(spec), "--tracking-uri", uri, cwd=tmp_path, timeout=400)
     client = MlflowClient(uri)
@@ -141,6 +159,22 @@ def test_crashes_retries_and_divergence_are_told_apart(tmp_path):
     best = max(by_fate["completed"], key=lambda run: run.data.metrics["score"])
     assert f"Best trial {best.data.tags['trial_id']}:" in result.stdout
     assert f"{len(by_fate['diverged'])} diverged, {failed} failed" in result.stdout
+
+
+def test_trials_whose_last_attempt_dies_with_an_actor_are_failed_not_interrupted(tmp_path):
+    # Tune's last saved state can still say RUNNING for such a trial: it drops the dead actor
+    # before it handles the failure, and then does not snapshot the trial again.
+    result, client, parents, children, _ = _job(tmp_path, "lost_helper", samples=6, epochs=2)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "interrupted" not in output
+    lost = [child for child in children if float(child.data.params["x"]) < 0.7]
+    assert 0 < len(lost) < 6, "the seed gives both fates"
+    assert f"warning: {len(lost)} of 6 trials failed (first: " in result.stderr
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    for child in children:
+        expected = ("FAILED", "failed") if child in lost else ("FINISHED", "completed")
+        assert (child.info.status, child.data.tags["trial_status"]) == expected
 
 
 def test_a_trainable_that_never_reports_the_metric_is_stopped_after_one_result(tmp_path):
