@@ -355,7 +355,8 @@ class RunWriter:
         run_id = self.run_ids.get(trial_id)
         if run_id is None:  # its run could not be made; that failure is counted already
             return
-        # MLflow takes at most 1000 metrics and 100 tags in one batch.
+        # MLflow takes at most 1000 metrics in one batch. The tags are a trial's two placement
+        # tags at most (sent once per trial), well under its 100, so they go with the first chunk.
         for start in range(0, max(len(metrics), 1), 1000):
             chunk_tags = tags if start == 0 else []
             self._attempt(self.client.log_batch, run_id, metrics=metrics[start : start + 1000], tags=chunk_tags)
