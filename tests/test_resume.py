@@ -90,17 +90,40 @@ def _start_job(tmp_path: Path, uri: str) -> tuple[subprocess.Popen, list[str]]:
 
 
 def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen) -> str:
-    """Until one trial has finished and another has trained two epochs but not all; returns
-    the id of that unfinished trial."""
+    """Until one trial has finished and another is mid-way with a checkpoint in the state Ray
+    saved; returns the id of that unfinished trial.
+
+    The saved state is what `--resume` restores, and Ray writes it at most every 10 s or after
+    a trial's second checkpoint since the last write: a trial MLflow shows at epoch 2 may not
+    have a checkpoint there yet, and would rightly start again from scratch.
+    """
+    from ray.tune import ExperimentAnalysis
+
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        experiment = client.get_experiment_by_name("resumable")
-        children = [] if experiment is None else client.search_runs([experiment.experiment_id], "tags.trial_id != ''")
-        finished = [r for r in children if r.info.status == "FINISHED"]
-        running = [r for r in children if r.info.status == "RUNNING" and 2 <= r.data.metrics.get("epoch", 0) < EPOCHS]
-        if finished and running:
-            return running[0].data.tags["trial_id"]
         time.sleep(0.3)
+        experiment = client.get_experiment_by_name("resumable")
+        if experiment is None:
+            continue
+        runs = client.search_runs([experiment.experiment_id])
+        parent = next((r for r in runs if "mlflow.parentRunId" not in r.data.tags), None)
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        # Three epochs left, so that a Ctrl-C lands before the trial ends on its own.
+        mid_way = {
+            r.data.tags["trial_id"]
+            for r in children
+            if r.info.status == "RUNNING" and 1 <= r.data.metrics.get("epoch", 0) <= EPOCHS - 3
+        }
+        if parent is None or not mid_way or not any(r.info.status == "FINISHED" for r in children):
+            continue
+        tags = parent.data.tags
+        try:  # no snapshot yet, or one being copied into place
+            saved = ExperimentAnalysis(Path(tags["ray_storage_path"]) / tags["ray_run_name"]).trials
+        except ValueError:
+            continue
+        for trial in saved:  # a trial loaded from the saved state is PENDING until it runs again
+            if trial.trial_id in mid_way and trial.status == "PENDING" and trial.checkpoint is not None:
+                return trial.trial_id
     process.kill()
     raise AssertionError("the job never reached the middle:\n" + process.communicate()[0][-3000:])
 
@@ -113,9 +136,8 @@ def _starts(tmp_path: Path) -> dict[str, list[int]]:
     return starts
 
 
-def _check_one_complete_record(client: MlflowClient, tmp_path: Path, mid_trial: str) -> None:
-    """One FINISHED parent; one run per trial, every epoch logged once; the trial stopped
-    mid-way went on from a checkpoint; the champion registered."""
+def _check_one_complete_record(client: MlflowClient) -> None:
+    """One FINISHED parent; one run per trial, every epoch logged once; the champion registered."""
     experiment = client.get_experiment_by_name("resumable")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -133,16 +155,12 @@ def _check_one_complete_record(client: MlflowClient, tmp_path: Path, mid_trial: 
     for child in completed:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
         assert steps == list(range(1, EPOCHS + 1)), (child.data.tags["trial_id"], steps)
-    starts = _starts(tmp_path)
-    # It had two epochs or more when stopped: it goes on from a checkpoint, not from scratch.
-    # (A trial stopped before its first checkpoint starts again at 0, as it must.)
-    assert starts[mid_trial][0] == 0 and starts[mid_trial][-1] > 0, starts
     champion = client.get_model_version_by_alias("resumable", "champion")
     assert champion.tags["parent_run_id"] == parents[0].info.run_id
 
 
-def test_a_killed_driver_is_resumed_without_losing_or_duplicating_anything(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _kill_mid_job(tmp_path: Path, uri: str) -> tuple[list[str], str]:
+    """Start a job, SIGKILL its driver mid-way; the job's arguments and the mid-way trial."""
     client = MlflowClient(uri)
     process, args = _start_job(tmp_path, uri)
     try:
@@ -159,11 +177,20 @@ def test_a_killed_driver_is_resumed_without_losing_or_duplicating_anything(tmp_p
     assert [r.info.status for r in client.search_runs([experiment.experiment_id], "tags.ray_run_name != ''")] == [
         "RUNNING"
     ]
+    return args, mid_trial
+
+
+def test_a_killed_driver_is_resumed_without_losing_or_duplicating_anything(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args, mid_trial = _kill_mid_job(tmp_path, uri)
 
     result = run_cli(*args, "--resume", cwd=tmp_path, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Resuming job resumable-" in result.stdout
-    _check_one_complete_record(client, tmp_path, mid_trial)
+    _check_one_complete_record(MlflowClient(uri))
+    # Ray had saved a checkpoint of it when stopped: it goes on from there, not from scratch.
+    starts = _starts(tmp_path)
+    assert starts[mid_trial][0] == 0 and starts[mid_trial][-1] > 0, starts
 
 
 def test_ctrl_c_prints_the_resume_command_and_that_command_finishes_the_job(tmp_path):
@@ -186,7 +213,9 @@ def test_ctrl_c_prints_the_resume_command_and_that_command_finishes_the_job(tmp_
     assert command == expected
     result = run_cli(*shlex.split(command)[3:], cwd=tmp_path, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    _check_one_complete_record(client, tmp_path, mid_trial)
+    _check_one_complete_record(client)
+    starts = _starts(tmp_path)
+    assert starts[mid_trial][0] == 0 and starts[mid_trial][-1] > 0, starts
 
     again = run_cli(*args, "--resume", cwd=tmp_path, timeout=120)
     assert again.returncode == 2
