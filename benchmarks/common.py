@@ -103,10 +103,11 @@ def run_platform(request: Any) -> tuple[Any, float]:
 
 def run_plain_tune(request: Any, callbacks: Sequence[Any] = ()) -> tuple[Any, float]:
     """The same trials through Ray Tune alone: the job's trainable, data and Tune settings
-    (`job.tune_config`, `job.checkpoint_config`), and no tracking besides `callbacks`."""
+    (`job.tune_config`, `checkpoints.checkpoint_config`), and no tracking besides `callbacks`."""
     from ray import tune
 
-    from platform.job import _trainable, _trial_config, checkpoint_config, tune_config
+    from platform.checkpoints import checkpoint_config
+    from platform.job import _trainable, _trial_config, tune_config
 
     spec = request.spec
     started = time.perf_counter()

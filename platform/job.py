@@ -466,6 +466,7 @@ def _fit(
 ) -> Any:
     from ray import tune
 
+    from platform.checkpoints import SurvivingCheckpoints, checkpoint_config
     from platform.guard import TrialGuard
 
     tuner = tune.Tuner(
@@ -477,7 +478,7 @@ def _fit(
             name=run_name,
             storage_path=storage_path,
             stop=TrialGuard(spec.metric, spec.mode, spec.max_t if spec.max_t < spec.epochs else None),
-            callbacks=[tracker.trial_callback(spec.metric, spec.max_t)],
+            callbacks=[SurvivingCheckpoints(), tracker.trial_callback(spec.metric, spec.max_t)],
             checkpoint_config=checkpoint_config(spec),
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         ),
@@ -506,15 +507,6 @@ def tune_config(spec: Spec, resources: dict[str, float]) -> Any:
         time_budget_s=spec.budget.time_s,
         # Short trial folders: the default repeats every parameter in the name.
         trial_dirname_creator=_trial_dirname,
-    )
-
-
-def checkpoint_config(spec: Spec) -> Any:
-    """At most 2 checkpoints per trial: the best by the metric, which registration rebuilds."""
-    from ray import tune
-
-    return tune.CheckpointConfig(
-        num_to_keep=2, checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode
     )
 
 

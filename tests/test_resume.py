@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,17 @@ def _starts(tmp_path: Path) -> dict[str, list[int]]:
     return starts
 
 
+def _saved_checkpoint(client: MlflowClient, trial_id: str) -> Path:
+    """The checkpoint that Ray's saved state names as the trial's latest."""
+    from ray.tune import ExperimentAnalysis
+
+    experiment = client.get_experiment_by_name("resumable")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.ray_run_name != ''")
+    tags = parent.data.tags
+    saved = ExperimentAnalysis(Path(tags["ray_storage_path"]) / tags["ray_run_name"]).trials
+    return Path(next(trial for trial in saved if trial.trial_id == trial_id).checkpoint.path)
+
+
 def _check_one_complete_record(client: MlflowClient) -> None:
     """One FINISHED parent; one run per trial, every epoch logged once; the champion registered."""
     experiment = client.get_experiment_by_name("resumable")
@@ -191,6 +203,25 @@ def test_a_killed_driver_is_resumed_without_losing_or_duplicating_anything(tmp_p
     # Ray had saved a checkpoint of it when stopped: it goes on from there, not from scratch.
     starts = _starts(tmp_path)
     assert starts[mid_trial][0] == 0 and starts[mid_trial][-1] > 0, starts
+
+
+def test_a_trial_whose_saved_checkpoint_was_deleted_goes_on_from_one_that_exists(tmp_path):
+    """Retention deletes a trial's older checkpoints at once, Ray saves its state every few
+    seconds: a driver killed in between leaves a state naming a deleted checkpoint."""
+    from trainables.loop import load_state
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args, mid_trial = _kill_mid_job(tmp_path, uri)
+    named = _saved_checkpoint(MlflowClient(uri), mid_trial)
+    deleted_epoch = load_state(str(named))["epoch"]
+    shutil.rmtree(named)
+
+    result = run_cli(*args, "--resume", cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"note: trial {mid_trial}: its last checkpoint was deleted before the driver stopped" in result.stderr
+    _check_one_complete_record(MlflowClient(uri))  # the trial completed instead of failing
+    starts = _starts(tmp_path)
+    assert starts[mid_trial][-1] < deleted_epoch, starts
 
 
 def test_ctrl_c_prints_the_resume_command_and_that_command_finishes_the_job(tmp_path):
