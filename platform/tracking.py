@@ -420,9 +420,10 @@ class TrialRunsCallback(Callback):
             if trial_id:
                 self.writer.run_ids[trial_id] = run.info.run_id
                 self._known.add(trial_id)
-                if run.info.status != "FINISHED":  # only these can get results again
-                    history = client.get_metric_history(run.info.run_id, self.metric)
-                    self._logged_until[trial_id] = max((m.step for m in history), default=0)
+                # Finished runs too: after a kill, the state Ray saved last can be older than the
+                # trial's end, and then the trial runs its last epochs again.
+                history = client.get_metric_history(run.info.run_id, self.metric)
+                self._logged_until[trial_id] = max((m.step for m in history), default=0)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self._known:  # resumed or retried: the same child run goes on

@@ -29,10 +29,10 @@ def _job(tmp_path) -> tuple[JobTracker, TrialRunsCallback]:
     return tracker, callback
 
 
-def _run_trial(callback: TrialRunsCallback, trial_id: str, epochs: int = 3) -> None:
+def _run_trial(callback: TrialRunsCallback, trial_id: str, epochs: int = 3, first: int = 1) -> None:
     trial = FakeTrial(trial_id=trial_id, config={"lr": 0.1, "data": {"x": 1}}, last_result={})
     callback.on_trial_start(0, [], trial)
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first, epochs + 1):
         result = {"epoch": epoch, "score": epoch / 10, "loss": 1.0 / epoch, "timestamp": time.time()}
         callback.on_trial_result(0, [], trial, result)
         trial.last_result = result
@@ -67,6 +67,22 @@ def test_every_result_lands_in_order_after_the_experiment_ends(tmp_path):
         assert run.data.params == {"lr": "0.1"}
         history = client.get_metric_history(run.info.run_id, "score")
         assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+
+
+def test_a_resumed_trial_that_mlflow_saw_finish_logs_each_epoch_once(tmp_path):
+    """After a kill, the state Ray saved last can be older than a trial's end: the resumed job
+    runs the trial's last epochs again, from its checkpoint of epoch 1."""
+    tracker, callback = _job(tmp_path)
+    _run_trial(callback, "a")
+    callback.on_experiment_end([])
+    resumed = tracker.trial_callback("score", max_t=3)
+    resumed.setup()
+    _run_trial(resumed, "a", first=2)
+    resumed.on_experiment_end([])
+    client = MlflowClient(tracker.tracking_uri)
+    (run,) = client.search_runs([tracker.experiment_id], filter_string="tags.trial_id != ''")
+    assert run.info.status == "FINISHED" and run.data.tags["trial_status"] == "completed"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "score")) == [1, 2, 3]
 
 
 def test_a_slow_store_does_not_hold_up_the_callback_and_results_are_merged(tmp_path):
