@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from platform.resume import RUN_NAME_TAG, STORAGE_TAG
 from tests.helpers import ROOT, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
@@ -98,8 +100,6 @@ def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen) -> str:
     a trial's second checkpoint since the last write: a trial MLflow shows at epoch 2 may not
     have a checkpoint there yet, and would rightly start again from scratch.
     """
-    from ray.tune import ExperimentAnalysis
-
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         time.sleep(0.3)
@@ -117,9 +117,8 @@ def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen) -> str:
         }
         if parent is None or not mid_way or not any(r.info.status == "FINISHED" for r in children):
             continue
-        tags = parent.data.tags
         try:  # no snapshot yet, or one being copied into place
-            saved = ExperimentAnalysis(Path(tags["ray_storage_path"]) / tags["ray_run_name"]).trials
+            saved = _saved_trials(parent)
         except ValueError:
             continue
         for trial in saved:  # a trial loaded from the saved state is PENDING until it runs again
@@ -137,15 +136,19 @@ def _starts(tmp_path: Path) -> dict[str, list[int]]:
     return starts
 
 
-def _saved_checkpoint(client: MlflowClient, trial_id: str) -> Path:
-    """The checkpoint that Ray's saved state names as the trial's latest."""
+def _saved_trials(parent: Run) -> list:
+    """The trials as Ray's saved state of the job has them: what `--resume` restores."""
     from ray.tune import ExperimentAnalysis
 
-    experiment = client.get_experiment_by_name("resumable")
-    (parent,) = client.search_runs([experiment.experiment_id], "tags.ray_run_name != ''")
     tags = parent.data.tags
-    saved = ExperimentAnalysis(Path(tags["ray_storage_path"]) / tags["ray_run_name"]).trials
-    return Path(next(trial for trial in saved if trial.trial_id == trial_id).checkpoint.path)
+    return ExperimentAnalysis(Path(tags[STORAGE_TAG]) / tags[RUN_NAME_TAG]).trials
+
+
+def _saved_checkpoint(client: MlflowClient, trial_id: str) -> Path:
+    """The checkpoint that Ray's saved state names as the trial's latest."""
+    experiment = client.get_experiment_by_name("resumable")
+    (parent,) = client.search_runs([experiment.experiment_id], f"tags.{RUN_NAME_TAG} != ''")
+    return Path(next(trial for trial in _saved_trials(parent) if trial.trial_id == trial_id).checkpoint.path)
 
 
 def _check_one_complete_record(client: MlflowClient) -> None:
