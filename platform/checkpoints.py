@@ -20,9 +20,6 @@ from ray.tune import Callback
 
 from platform.spec import Spec
 
-# Trials Tune will start or restore when a restored experiment runs.
-_TO_RESTORE = ("PENDING", "PAUSED", "RUNNING", "ERROR")
-
 
 def checkpoint_config(spec: Spec) -> Any:
     """The best 2 checkpoints per trial by the metric (registration rebuilds the best), plus
@@ -54,7 +51,7 @@ class SurvivingCheckpoints(Callback):
             return
         self._looked = True
         for trial in trials:
-            if trial.status in _TO_RESTORE:
+            if trial.status != "TERMINATED":  # every other trial will be started or restored
                 self._repoint(trial)
 
     @staticmethod
