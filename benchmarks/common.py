@@ -44,7 +44,7 @@ def ray_running(cpus: int) -> Iterator[None]:
     """One embedded Ray, started the way a job starts it, shared by every variant."""
     import ray
 
-    from platform.job import start_local_ray
+    from platform.cluster import start_local_ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     start_local_ray(cpus)

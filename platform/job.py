@@ -4,7 +4,6 @@ register the best model. The CLI in `platform.tune` is a thin layer over `run_jo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -18,6 +17,14 @@ from typing import Any
 
 import yaml
 
+from platform.cluster import (
+    Capacity,
+    JobError,
+    check_storage_shared,
+    concurrent_groups,
+    connect_ray,
+    fit_resources,
+)
 from platform.resolve import ResolvedTrainable
 from platform.resume import (
     RESUMED_TAG,
@@ -34,9 +41,7 @@ logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-
-class JobError(Exception):
-    """A problem found once Ray is up (resources that can never be met, ...): exit 2."""
+__all__ = ["JobError", "JobOutcome", "JobRequest", "TrialRow", "run_job", "tune_config"]
 
 
 @dataclass
@@ -84,183 +89,6 @@ class JobOutcome:
     baseline: tuple[str, dict[str, float]] | None = None
 
 
-# Never shipped to a cluster with the code: local records, run outputs, environments, caches.
-WORKING_DIR_EXCLUDES = [
-    ".git",
-    ".venv",
-    "venv",
-    "mlflow.db",
-    "mlruns",
-    "mlartifacts",
-    "ray_results",
-    "__pycache__",
-    "*.pyc",
-    ".pytest_cache",
-    ".ruff_cache",
-]
-
-
-def connect_ray(
-    address: str | None, cpu_per_trial: float, storage_path: str | None = None, data_parallel: bool = False
-) -> bool:
-    """Join the cluster at `address`, or start an embedded Ray of all local CPUs; returns
-    whether this job started the connection (and so shuts it down at its end).
-
-    On a cluster the code travels with the job: the working directory (where a user's own
-    `module:function` trainable lives) and the `trainables` package are shipped in the
-    runtime environment, so every node imports what this machine imports.
-    `address="local"` makes the embedded mode start its own Ray and never attach to a stray
-    cluster that happens to run on this machine.
-    """
-    import ray
-
-    if ray.is_initialized():  # a caller's Ray (a notebook, the benchmarks): used as it is, left running
-        return False
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, runtime_env=cluster_runtime_env(storage_path))
-        return True
-    cpus = os.cpu_count() or 1
-    if cpu_per_trial > cpus:  # all its workers together
-        raise JobError(f"resources.cpu: a trial asks for {cpu_per_trial:g} CPUs but this machine has {cpus}")
-    start_local_ray(cpus, dashboard=data_parallel)
-    return True
-
-
-def start_local_ray(cpus: int, dashboard: bool = False) -> None:
-    """The embedded Ray of a job without `--address`: this machine only, never a stray cluster."""
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=cpus,
-        # Ray Train V2 cleans up after a trial that ASHA stopped through the State API, which
-        # the dashboard serves (on 127.0.0.1); other jobs save its start-up time.
-        include_dashboard=dashboard,
-        logging_level=logging.WARNING,
-        # Trials import `trainables` from the project, whatever the working directory.
-        runtime_env={
-            "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-        },
-    )
-
-
-def cluster_runtime_env(storage_path: str | None = None) -> dict[str, Any]:
-    """The runtime environment a job ships to a cluster: the working directory, plus the
-    `trainables` package when it lives elsewhere, without local records and run outputs."""
-    cwd = Path.cwd().resolve()
-    excludes = list(WORKING_DIR_EXCLUDES)
-    if storage_path and "://" not in storage_path:
-        storage = Path(storage_path).resolve()
-        if storage.is_relative_to(cwd) and storage != cwd:
-            excludes.append(str(storage.relative_to(cwd)))
-    env: dict[str, Any] = {"working_dir": str(cwd), "excludes": excludes}
-    trainables = PROJECT_ROOT / "trainables"
-    if not trainables.resolve().is_relative_to(cwd):
-        env["py_modules"] = [str(trainables)]
-    return env
-
-
-def check_storage_shared(storage_path: str) -> list[str]:
-    """Every live node must see a local storage path: Ray keeps trial state and checkpoints
-    there from all of them. Returns notes; raises JobError when a node cannot see it.
-
-    Cloud URIs (s3://, gs://) are left to Ray. One node alone is fine, but an autoscaling
-    cluster may add nodes later, which a note says.
-    """
-    import uuid
-
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    if "://" in storage_path:
-        return []
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    if len(nodes) <= 1:
-        return [
-            f"note: storage path {storage_path} is on this node; if the cluster adds nodes, "
-            "use s3://, gs:// or a shared file system (--storage-path)"
-        ]
-    folder = Path(storage_path)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / f".storage-check-{uuid.uuid4().hex}"
-    marker.write_text("")
-
-    @ray.remote(num_cpus=0)
-    def sees(path: str) -> bool:
-        return os.path.exists(path)
-
-    try:
-        probes = [
-            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
-                str(marker)
-            )
-            for node in nodes
-        ]
-        seen = ray.get(probes, timeout=120)
-    finally:
-        marker.unlink(missing_ok=True)
-        if created:
-            folder.rmdir()
-    blind = [node["NodeManagerAddress"] for node, ok in zip(nodes, seen, strict=True) if not ok]
-    if blind:
-        raise JobError(
-            f"storage path {storage_path} is local to this machine; nodes {', '.join(sorted(set(blind)))} "
-            "cannot see it: use s3://, gs:// or a shared file system (--storage-path)"
-        )
-    return []
-
-
-def fit_resources(spec: Spec, embedded: bool) -> tuple[dict[str, float], list[str]]:
-    """Per-worker resources the cluster can satisfy; a GPU ask without GPUs never hangs silently.
-
-    A trial has `resources.workers` workers (1: the trial process itself); the cpu and gpu
-    figures are per worker.
-    """
-    import ray
-
-    total = ray.cluster_resources()
-    notes: list[str] = []
-    cpu, gpu, workers = spec.resources.cpu, spec.resources.gpu, spec.resources.workers
-    # An embedded Ray was already checked against this machine's CPUs before it started.
-    if cpu * workers > total.get("CPU", 0) and not embedded:
-        raise JobError(
-            f"resources.cpu: a trial asks for {cpu * workers:g} CPUs ({workers} x {cpu:g}); "
-            f"the cluster has {total.get('CPU', 0):g}"
-        )
-    if gpu > 0 and total.get("GPU", 0) == 0:
-        if embedded:
-            notes.append(f"warning: resources.gpu={gpu:g} but this machine has no GPU; running trials on CPU")
-            gpu = 0.0
-        else:
-            raise JobError(f"resources.gpu: trials ask for {gpu:g} GPU but the cluster has none")
-    elif gpu * workers > total.get("GPU", 0) and gpu > 0:
-        raise JobError(
-            f"resources.gpu: a trial asks for {gpu * workers:g} GPUs ({workers} x {gpu:g}); "
-            f"the cluster has {total.get('GPU', 0):g}"
-        )
-    return {"cpu": cpu, "gpu": gpu}, notes
-
-
-def concurrent_groups(spec: Spec, resources: dict[str, float]) -> int | None:
-    """How many data-parallel trials can hold all their workers at once.
-
-    A Ray Train run starts only when all its workers fit; drivers beyond this count would sit
-    waiting for workers (and hold the Tune slot), so Tune launches no more than that.
-    """
-    import ray
-
-    workers = spec.resources.workers
-    if workers == 1:
-        return spec.search.max_concurrent
-    total = ray.cluster_resources()
-    fits = [int(total.get("CPU", 0) // (resources["cpu"] * workers))] if resources["cpu"] > 0 else []
-    if resources["gpu"] > 0:
-        fits.append(int(total.get("GPU", 0) // (resources["gpu"] * workers)))
-    limit = max(1, min(fits)) if fits else 1
-    return min(limit, spec.search.max_concurrent) if spec.search.max_concurrent else limit
-
-
 def build_search(spec: Spec) -> Any:
     if spec.search.algorithm == "optuna":
         import optuna
@@ -290,6 +118,8 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
     `platform.tracking.JobTracker` for the tracking URI."""
     import ray
 
+    from platform.interrupt import EXIT_INTERRUPTED, unfinished_trials
+
     # Snapshots are forced by checkpoint retention every epoch on short trials; the warning
     # about it is noise for jobs this size.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -306,7 +136,7 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
         spec.resources.workers > 1,
     )
     try:
-        resources, notes = fit_resources(spec, embedded=not request.address)
+        resources, notes, capacity = fit_resources(spec, embedded=not request.address)
         if request.address:
             notes += check_storage_shared(resume.storage_path if resume else request.storage_path)
         for note in notes:
@@ -334,12 +164,12 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
             if resume:
                 results = _restore(spec, resume, trainable, data)
             else:
-                results = _fit(spec, trainable, data, run_name, storage_path, tracker, resources)
+                results = _fit(spec, trainable, data, run_name, storage_path, tracker, resources, capacity)
             outcome.experiment_path = results.experiment_path
             _summarize(spec, results, outcome)
-            unfinished = _unfinished_trial_ids(results)
+            unfinished = unfinished_trials(run_name)
             for row in outcome.rows:
-                if row.trial_id in unfinished:  # Ctrl-C: Tune stopped them and saved its state
+                if row.trial_id in unfinished:  # Ctrl-C or SIGTERM: Tune stopped them and saved its state
                     row.status = "interrupted"
             tracker.close_trial_runs(
                 {row.trial_id: row.status for row in outcome.rows},
@@ -347,7 +177,7 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
             )
             if unfinished:
                 tracker.finish("KILLED")
-                outcome.exit_code = 130
+                outcome.exit_code = EXIT_INTERRUPTED
                 outcome.wall_s = time.time() - started
                 return outcome
             if outcome.best is not None:
@@ -440,6 +270,8 @@ def _trainable(
         storage_path=storage_path,
         run_name=run_name,
         max_failures=spec.failure.max_failures,
+        metric=spec.metric,
+        mode=spec.mode,
     )
     # A reference inside a list stays a reference: the workers fetch the one stored copy.
     trainable = tune.with_parameters(trainable, data=[ray.put(dataset)])
@@ -463,22 +295,29 @@ def _fit(
     storage_path: str,
     tracker: Any,
     resources: dict[str, float],
+    capacity: Capacity,
 ) -> Any:
     from ray import tune
 
     from platform.checkpoints import SurvivingCheckpoints, checkpoint_config
     from platform.guard import TrialGuard
+    from platform.interrupt import TrialOutcomes
+    from platform.waiting import WaitingForNodes
+
+    callbacks = [SurvivingCheckpoints(), TrialOutcomes(run_name), tracker.trial_callback(spec.metric, spec.max_t)]
+    if capacity.autoscaling:
+        callbacks.append(WaitingForNodes())
 
     tuner = tune.Tuner(
         trainable,
         param_space=_trial_config(spec, data),
-        tune_config=tune_config(spec, resources),
+        tune_config=tune_config(spec, resources, capacity),
         # Tune saves this run config with the job's state; `--resume` gets the same back.
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=storage_path,
             stop=TrialGuard(spec.metric, spec.mode, spec.max_t if spec.max_t < spec.epochs else None),
-            callbacks=[SurvivingCheckpoints(), tracker.trial_callback(spec.metric, spec.max_t)],
+            callbacks=callbacks,
             checkpoint_config=checkpoint_config(spec),
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         ),
@@ -487,7 +326,7 @@ def _fit(
         return tuner.fit()
 
 
-def tune_config(spec: Spec, resources: dict[str, float]) -> Any:
+def tune_config(spec: Spec, resources: dict[str, float], capacity: Capacity | None = None) -> Any:
     """How Tune runs the job's trials: metric, searcher, scheduler, samples, concurrency, actors.
 
     The benchmarks' plain Ray Tune run of the same trials uses it too, so both share every setting.
@@ -500,7 +339,7 @@ def tune_config(spec: Spec, resources: dict[str, float]) -> Any:
         search_alg=build_search(spec),
         scheduler=build_scheduler(spec),
         num_samples=spec.search.num_samples,
-        max_concurrent_trials=concurrent_groups(spec, resources),
+        max_concurrent_trials=concurrent_groups(spec, resources, capacity),
         # Ray 2.60 defaults to False, and each fresh actor costs seconds. A data-parallel
         # trial's driver is not reused: ending its actor is what ends its Train workers.
         reuse_actors=spec.resources.workers == 1,
@@ -547,32 +386,6 @@ def _tune_resume_hint_hidden() -> Iterator[None]:
         yield
     finally:
         tune_logger.removeFilter(hint)
-
-
-def _unfinished_trial_ids(results: Any) -> list[str]:
-    """Trials an interruption (Ctrl-C) left unfinished, from the state Tune saved last.
-
-    After a Ctrl-C Tune stops the trials and `fit()` returns normally; only the saved experiment
-    state still says which trials were running. Remote storage is not read here.
-
-    That state can be stale for a trial whose last attempt died with an actor (its own, a helper
-    actor's, a lost node's): Tune drops the dead actor before it handles the failure and then
-    never snapshots the trial again, so the file still says RUNNING. The trials Tune holds in
-    memory say ERROR, and Ctrl-C never leaves one ERROR, so those are never unfinished.
-    """
-    folder = Path(str(results.experiment_path))
-    states = sorted(folder.glob("experiment_state-*.json")) if folder.is_dir() else []
-    if not states:
-        return []
-    analysis = getattr(results, "_experiment_analysis", None)  # Ray 2.60 exposes no public view
-    errored = {str(trial.trial_id) for trial in getattr(analysis, "trials", None) or [] if trial.status == "ERROR"}
-    unfinished = []
-    for entry in json.loads(states[-1].read_text()).get("trial_data", []):
-        trial = json.loads(entry[0])
-        trial_id = str(trial.get("trial_id"))
-        if trial.get("status") not in ("TERMINATED", "ERROR") and trial_id not in errored:
-            unfinished.append(trial_id)
-    return unfinished
 
 
 def _trial_dirname(trial: Any) -> str:

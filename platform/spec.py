@@ -330,6 +330,15 @@ def _check_relations(spec: Spec, file: str) -> None:
             f"{spec.resources.workers * math.ceil(spec.resources.gpu)} and gpu: 1 instead)",
             spec.resources.gpu,
         )
+    if spec.resources.workers > 1 and 0 < spec.resources.gpu < 1:
+        # Workers of one trial would share a GPU, which NCCL refuses ("Duplicate GPU detected").
+        raise SpecError(
+            file,
+            "resources.gpu",
+            "with workers > 1 each worker needs a whole GPU (gpu: 1): NCCL refuses two ranks on one GPU; "
+            "share GPUs between trials with workers: 1 instead",
+            spec.resources.gpu,
+        )
 
 
 # --- Turning pydantic errors into one line ----------------------------------------------------

@@ -251,6 +251,25 @@ class JobTracker:
         return None if champion is None else str(champion.version)
 
 
+# A tracking server that does not answer: how long one write may stall before the job says so,
+# how long the writer keeps retrying a write, and how long the end of a job waits for the rest.
+STALL_WARNING_S = 10.0
+RETRY_FOR_S = 600.0
+FINAL_FLUSH_TIMEOUT_S = 120.0
+# Writes queued at most; past that Tune's event loop waits for the writer (memory stays bounded).
+MAX_QUEUED_WRITES = 20000
+# MLflow errors that no retry mends: the request itself is wrong.
+_PERMANENT_ERRORS = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+}
+
+
 class RunWriter:
     """The MLflow writes of a job's trial runs, done in order by one background thread.
 
@@ -260,6 +279,13 @@ class RunWriter:
     busy: all waiting results of one run become one `log_batch`. Writes for one trial keep
     their order; `flush` returns once everything queued before it is written.
 
+    A tracking server that goes away for a while loses nothing: MLflow's client retries a
+    request with backoff, and a write that still fails is tried again, with backoff, for up to
+    RETRY_FOR_S. While a write stalls longer than STALL_WARNING_S the job prints a `warning:`
+    line, and a `note:` when the server answers again. The queue holds at most
+    MAX_QUEUED_WRITES; the final flush waits at most FINAL_FLUSH_TIMEOUT_S and then names what
+    was not written.
+
     MLflow's own `log_batch(synchronous=False)` was not enough: creating and ending a run stay
     synchronous there, and a failed write is only logged. Here failures are counted and the
     job names them at its end.
@@ -267,12 +293,17 @@ class RunWriter:
 
     def __init__(self, tracking_uri: str):
         self.tracking_uri = tracking_uri
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED_WRITES)
         self._thread: threading.Thread | None = None
         self._client: MlflowClient | None = None
         # trial id -> run id. Only the thread reads and writes it once it runs.
         self.run_ids: dict[str, str] = {}
         self.failures: list[str] = []
+        # Writes queued and not yet done, by (trial id, kind): what a bounded flush reports.
+        self._outstanding: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._busy_since: float | None = None  # when the write in progress began
+        self._stall_reported: float | None = None  # when the stall warning was printed
         _OPEN_WRITERS.add(self)
 
     def create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
@@ -287,29 +318,82 @@ class RunWriter:
         """Queue one result; waiting results of a run are written together."""
         self._put(trial_id, _LOG, (metrics, tags))
 
-    def flush(self) -> None:
-        """Wait until everything queued so far is written."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is written, or `timeout` seconds; whether it was."""
         if self._thread is None:
-            return
+            return True
         done = threading.Event()
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._put("", _FLUSH, done)
         while not done.wait(timeout=1.0):
+            self.report_stall()
             if not self._thread.is_alive():
-                return
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+        self.report_stall()
+        return True
 
-    def close(self) -> None:
-        """Flush and stop the thread; a later write starts a new one."""
-        self.flush()
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush and stop the thread; a later write starts a new one. With `timeout`, gives up
+        on a thread still waiting for the store then, and returns False."""
+        if not self.flush(timeout):
+            self._thread = None  # a daemon, stuck in a request: left to end with the process
+            return False
         if self._thread is not None:
             self._put("", _STOP, None)
             self._thread.join()
             self._thread = None
+        return True
+
+    def not_written(self) -> str:
+        """What is still queued or in progress, for a user: `12 results of trials a, b; 2 run endings`."""
+        with self._lock:
+            outstanding = {key: count for key, count in self._outstanding.items() if count > 0}
+        parts = []
+        for kind, what in ((_LOG, "results"), (_CREATE, "run creations"), (_UPDATE, "run updates")):
+            trials = sorted({trial for (trial, k) in outstanding if k == kind})
+            count = sum(n for (_, k), n in outstanding.items() if k == kind)
+            if count:
+                parts.append(f"{count} {what} of trials {', '.join(trials)}")
+        return "; ".join(parts)
+
+    def report_stall(self) -> None:
+        """Say so when a write has waited for the store longer than STALL_WARNING_S, and when
+        the store answers again. Called from Tune's loop (each queued write) and from flush."""
+        busy_since = self._busy_since
+        now = time.monotonic()
+        if busy_since is not None and now - busy_since > STALL_WARNING_S and self._stall_reported is None:
+            self._stall_reported = now
+            print(
+                f"warning: the MLflow tracking store {self.tracking_uri} has not answered for "
+                f"{now - busy_since:.0f}s; trial results are kept and written when it answers "
+                f"(retried for up to {RETRY_FOR_S:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif busy_since is None and self._stall_reported is not None:
+            print(
+                f"note: the MLflow tracking store answers again; writes resumed after "
+                f"{now - self._stall_reported + STALL_WARNING_S:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._stall_reported = None
 
     def _put(self, trial_id: str, kind: str, payload: Any) -> None:
         if self._thread is None and kind not in (_FLUSH, _STOP):
             self._thread = threading.Thread(target=self._run, name="mlflow-run-writer", daemon=True)
             self._thread.start()
+        if kind in (_CREATE, _UPDATE, _LOG):
+            with self._lock:
+                self._outstanding[(trial_id, kind)] = self._outstanding.get((trial_id, kind), 0) + 1
+            self.report_stall()
         self._queue.put((trial_id, kind, payload))
+
+    def _done(self, trial_id: str, kind: str, count: int = 1) -> None:
+        with self._lock:
+            self._outstanding[(trial_id, kind)] = self._outstanding.get((trial_id, kind), 0) - count
 
     def _run(self) -> None:
         while True:
@@ -319,19 +403,23 @@ class RunWriter:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            pending: dict[str, tuple[list[Metric], list[RunTag]]] = {}
+            pending: dict[str, tuple[list[Metric], list[RunTag], int]] = {}
             for trial_id, kind, payload in items:
                 if kind == _LOG:
-                    metrics, tags = pending.setdefault(trial_id, ([], []))
+                    metrics, tags, count = pending.get(trial_id, ([], [], 0))
                     metrics.extend(payload[0])
                     tags.extend(payload[1])
+                    pending[trial_id] = (metrics, tags, count + 1)
                     continue
                 if trial_id in pending:  # this trial's results first: its writes keep their order
                     self._write(trial_id, *pending.pop(trial_id))
                 if kind == _CREATE:
                     self._attempt(self._create, trial_id, payload)
-                elif kind == _UPDATE and trial_id in self.run_ids:
-                    self._attempt(payload, self.client, self.run_ids[trial_id])
+                    self._done(trial_id, kind)
+                elif kind == _UPDATE:
+                    if trial_id in self.run_ids:
+                        self._attempt(payload, self.client, self.run_ids[trial_id])
+                    self._done(trial_id, kind)
                 elif kind in (_FLUSH, _STOP):
                     for waiting, batch in pending.items():
                         self._write(waiting, *batch)
@@ -351,23 +439,36 @@ class RunWriter:
     def _create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
         self.run_ids[trial_id] = make(self.client)
 
-    def _write(self, trial_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
+    def _write(self, trial_id: str, metrics: list[Metric], tags: list[RunTag], results: int) -> None:
         run_id = self.run_ids.get(trial_id)
-        if run_id is None:  # its run could not be made; that failure is counted already
-            return
-        # MLflow takes at most 1000 metrics in one batch. The tags are a trial's two placement
-        # tags at most (sent once per trial), well under its 100, so they go with the first chunk.
-        for start in range(0, max(len(metrics), 1), 1000):
-            chunk_tags = tags if start == 0 else []
-            self._attempt(self.client.log_batch, run_id, metrics=metrics[start : start + 1000], tags=chunk_tags)
+        if run_id is not None:  # else its run could not be made; that failure is counted already
+            # MLflow takes at most 1000 metrics in one batch. The tags are a trial's two placement
+            # tags at most (sent once per trial), well under its 100, so they go with the first chunk.
+            for start in range(0, max(len(metrics), 1), 1000):
+                chunk_tags = tags if start == 0 else []
+                self._attempt(self.client.log_batch, run_id, metrics=metrics[start : start + 1000], tags=chunk_tags)
+        self._done(trial_id, _LOG, results)
 
     def _attempt(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """One write, retried with backoff while the store is unreachable (up to RETRY_FOR_S)."""
+        self._busy_since = started = time.monotonic()
+        delay = 1.0
         try:
-            write(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - the job goes on; `failures` names it at the end
-            if not self.failures:
-                logger.warning("an MLflow write failed: %s: %s", type(err).__name__, err)
-            self.failures.append(f"{type(err).__name__}: {err}")
+            while True:
+                try:
+                    write(*args, **kwargs)
+                    return
+                except Exception as err:  # noqa: BLE001 - the job goes on; `failures` names it at the end
+                    permanent = isinstance(err, MlflowException) and err.error_code in _PERMANENT_ERRORS
+                    if permanent or time.monotonic() - started > RETRY_FOR_S:
+                        if not self.failures:
+                            logger.warning("an MLflow write failed: %s: %s", type(err).__name__, err)
+                        self.failures.append(f"{type(err).__name__}: {err}")
+                        return
+                    time.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+        finally:
+            self._busy_since = None
 
 
 _CREATE, _UPDATE, _LOG, _FLUSH, _STOP = "create", "update", "log", "flush", "stop"
@@ -376,9 +477,10 @@ _CREATE, _UPDATE, _LOG, _FLUSH, _STOP = "create", "update", "log", "flush", "sto
 _OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 
 
-def flush_run_writers() -> None:
+def flush_run_writers(timeout: float | None = FINAL_FLUSH_TIMEOUT_S) -> None:
     for writer in list(_OPEN_WRITERS):
-        writer.flush()
+        if not writer.flush(timeout):
+            print(f"warning: not written to MLflow: {writer.not_written() or 'a write in progress'}", file=sys.stderr)
 
 
 class TrialRunsCallback(Callback):
@@ -430,16 +532,22 @@ class TrialRunsCallback(Callback):
             self.writer.update(trial.trial_id, _mark_running)
             return
         self._known.add(trial.trial_id)
-        experiment_id, run_name = self.experiment_id, str(trial)
-        tags = {PARENT_RUN_ID_TAG: self.parent_run_id, "trial_id": trial.trial_id, "trial_status": "running"}
+        experiment_id, run_name, trial_id = self.experiment_id, str(trial), trial.trial_id
+        tags = {PARENT_RUN_ID_TAG: self.parent_run_id, "trial_id": trial_id, "trial_status": "running"}
         params = [Param(k, v) for k, v in trial_params(trial.config).items()]
+        tries: list[int] = []
+        this_run = f"tags.trial_id = '{trial_id}' and tags.`{PARENT_RUN_ID_TAG}` = '{self.parent_run_id}'"
 
         def make(client: MlflowClient) -> str:
-            run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-            client.log_batch(run_id, params=params)
-            return run_id
+            if tries:  # a retry: the store may have made the run before it stopped answering
+                made = client.search_runs([experiment_id], filter_string=this_run)
+                if made:
+                    return made[0].info.run_id
+            tries.append(1)
+            return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
-        self.writer.create(trial.trial_id, make)
+        self.writer.create(trial_id, make)
+        self.writer.update(trial_id, lambda client, run_id: client.log_batch(run_id, params=params))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if trial.trial_id not in self._known:
@@ -475,7 +583,14 @@ class TrialRunsCallback(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         writer = self.writer
-        writer.close()
+        if not writer.close(FINAL_FLUSH_TIMEOUT_S):
+            print(
+                f"warning: the MLflow tracking store {self.tracking_uri} took no writes for "
+                f"{FINAL_FLUSH_TIMEOUT_S:.0f}s at the end of the job; not written: "
+                f"{writer.not_written() or 'a write in progress'}",
+                file=sys.stderr,
+                flush=True,
+            )
         if writer.failures:
             print(
                 f"warning: {len(writer.failures)} MLflow writes failed (first: {writer.failures[0]}); "

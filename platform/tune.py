@@ -2,7 +2,8 @@
 
 Exit codes: 0 the job finished with a best trial (some trials may have failed: a warning
 says how many), 1 the job failed (no trial produced the metric), 2 bad input (spec, options,
-unreachable tracking server, impossible resources, nothing to `--resume`), 130 interrupted.
+unreachable tracking server or cluster, a cluster's token missing, impossible resources, nothing
+to `--resume`), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (`ray job stop`, `kill`).
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def check_tracking_uri(uri: str, source: str, file: str) -> None:
 
 
 def check_ray_address(address: str | None, source: str, file: str) -> None:
-    """Fail fast on a cluster address nothing answers on (ray.init would retry for a minute)."""
+    """Fail fast on a cluster address nothing answers on (ray.init would retry for a minute),
+    and on a cluster that refuses this machine's token (Ray would retry for 20 s, then fail
+    with a traceback)."""
     if not address or address in ("auto", "local"):
         return
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -110,6 +113,11 @@ def check_ray_address(address: str | None, source: str, file: str) -> None:
         socket.create_connection((host, int(port)), timeout=RAY_ADDRESS_CHECK_TIMEOUT_S).close()
     except OSError as err:
         raise SpecError(file, source, f"Ray cluster not reachable: {err.strerror or err}", address) from None
+    from platform.cluster import probe_cluster
+
+    problem = probe_cluster(address)
+    if problem:
+        raise SpecError(file, source, problem, address)
 
 
 def check_storage_path(path: str, source: str, file: str) -> None:
@@ -228,6 +236,10 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def _stop_word(terminated: bool) -> str:
+    return "stopped by SIGTERM" if terminated else "interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -239,26 +251,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    from platform.interrupt import EXIT_INTERRUPTED, EXIT_TERMINATED, sigterm_as_interrupt
     from platform.job import JobError, run_job
     from platform.tracking import JobTracker
 
     tracker = JobTracker(request.tracking_uri, request.spec.name)
-    try:
-        outcome = run_job(request, tracker)
-    except JobError as err:
-        print(f"error: {request.spec_file}: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with: {request.resume_command}", file=sys.stderr)
-        return 130
+    with sigterm_as_interrupt() as terminated:
+        try:
+            outcome = run_job(request, tracker)
+        except JobError as err:
+            print(f"error: {request.spec_file}: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{_stop_word(terminated())}; continue with: {request.resume_command}", file=sys.stderr)
+            return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     print(format_summary(outcome, request), flush=True)
     failed = [row for row in outcome.rows if row.status == "failed"]
-    if outcome.exit_code == 130:
+    if outcome.exit_code == EXIT_INTERRUPTED:
         print(
-            f"interrupted: Ray saved the job's state under {outcome.experiment_path} and its MLflow runs "
-            f"are marked KILLED; continue with: {request.resume_command}",
+            f"{_stop_word(terminated())}: Ray saved the job's state under {outcome.experiment_path} and its MLflow "
+            f"runs are marked KILLED; continue with: {request.resume_command}",
             file=sys.stderr,
         )
+        return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     elif outcome.exit_code != 0:
         reason = f": {failed[0].error}" if failed and failed[0].error else "; see the trial errors above"
         print(f"error: no trial produced the metric {request.spec.metric!r}{reason}", file=sys.stderr)

@@ -11,8 +11,11 @@ import threading
 import time
 from types import SimpleNamespace
 
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
+from platform import tracking
 from platform.tracking import JobTracker, TrialRunsCallback
 
 
@@ -122,18 +125,62 @@ def test_the_job_sees_every_queued_write_before_it_closes_the_trial_runs(tmp_pat
     assert run.data.metrics["score"] == 0.5
 
 
-def test_failed_writes_are_counted_and_named_at_the_end(tmp_path, capsys):
+def test_refused_writes_are_counted_and_named_at_the_end(tmp_path, capsys):
     tracker, callback = _job(tmp_path)
 
     def refuse(*args, **kwargs):
-        raise ConnectionError("tracking server went away")
+        raise MlflowException("metric value too long", error_code=INVALID_PARAMETER_VALUE)
 
     callback.writer.client.log_batch = refuse
     _run_trial(callback, "lost")
     callback.on_experiment_end([])
-    assert callback.writer.failures and "ConnectionError: tracking server went away" in callback.writer.failures[0]
+    assert callback.writer.failures and "metric value too long" in callback.writer.failures[0]
     err = capsys.readouterr().err
-    assert "MLflow writes failed (first: ConnectionError: tracking server went away)" in err
+    assert "MLflow writes failed (first: MlflowException: metric value too long)" in err
+
+
+def test_writes_wait_out_a_store_that_is_away_and_say_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tracking, "STALL_WARNING_S", 0.5)
+    tracker, callback = _job(tmp_path)
+    client = callback.writer.client
+    back_at = time.monotonic() + 3
+    original = client.log_batch
+
+    def away_for_a_while(*args, **kwargs):
+        if time.monotonic() < back_at:
+            raise ConnectionError("connection refused")
+        return original(*args, **kwargs)
+
+    client.log_batch = away_for_a_while
+    _run_trial(callback, "patient")
+    time.sleep(1)
+    _run_trial(callback, "late", epochs=1)  # queued while the store is away: Tune's loop notices
+    callback.on_experiment_end([])
+    assert callback.writer.failures == []
+    err = capsys.readouterr().err
+    assert "warning: the MLflow tracking store" in err and "has not answered for" in err
+    assert "note: the MLflow tracking store answers again" in err
+    mlflow = MlflowClient(tracker.tracking_uri)
+    for trial_id, epochs in (("patient", 3), ("late", 1)):
+        (run,) = mlflow.search_runs([tracker.experiment_id], filter_string=f"tags.trial_id = '{trial_id}'")
+        assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "score")] == list(range(1, epochs + 1))
+        assert run.info.status == "FINISHED"
+
+
+def test_the_final_flush_is_bounded_and_names_what_was_not_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tracking, "FINAL_FLUSH_TIMEOUT_S", 1.0)
+    _, callback = _job(tmp_path)
+
+    def never(*args, **kwargs):
+        raise ConnectionError("connection refused")
+
+    callback.writer.client.log_batch = never
+    _run_trial(callback, "stuck")
+    started = time.monotonic()
+    callback.on_experiment_end([])
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert "took no writes for 1s at the end of the job; not written: 3 results of trials stuck" in err
 
 
 def test_the_callback_pickles_without_its_thread_after_use(tmp_path):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -177,18 +175,6 @@ def test_trials_whose_last_attempt_dies_with_an_actor_are_failed_not_interrupted
     for child in children:
         expected = ("FAILED", "failed") if child in lost else ("FINISHED", "completed")
         assert (child.info.status, child.data.tags["trial_status"]) == expected
-
-
-def test_a_stale_running_state_of_an_errored_trial_is_not_an_interruption(tmp_path):
-    # The same rule without the race: the saved state says RUNNING for two trials, and Tune's
-    # trials in memory say one of them ended ERROR; only the other one was interrupted.
-    from platform.job import _unfinished_trial_ids
-
-    state = {"trial_data": [[json.dumps({"trial_id": t, "status": "RUNNING"}), "{}"] for t in ("a", "b")]}
-    (tmp_path / "experiment_state-2026-11-22_15-16-31.json").write_text(json.dumps(state))
-    trials = [SimpleNamespace(trial_id="a", status="ERROR"), SimpleNamespace(trial_id="b", status="TERMINATED")]
-    results = SimpleNamespace(experiment_path=str(tmp_path), _experiment_analysis=SimpleNamespace(trials=trials))
-    assert _unfinished_trial_ids(results) == ["b"]
 
 
 def test_a_trainable_that_never_reports_the_metric_is_stopped_after_one_result(tmp_path):

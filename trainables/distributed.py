@@ -21,10 +21,19 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024**2}
 
 
 def data_parallel(
-    task: Task, workers: int, cpu: float, gpu: float, storage_path: str, run_name: str, max_failures: int
+    task: Task,
+    workers: int,
+    cpu: float,
+    gpu: float,
+    storage_path: str,
+    run_name: str,
+    max_failures: int,
+    metric: str,
+    mode: str,
 ) -> Callable[..., None]:
     """A Tune function trainable that trains each trial on `workers` Ray Train workers with
-    `cpu` and `gpu` each; Train's run state goes under `storage_path/run_name/train`."""
+    `cpu` and `gpu` each; Train's run state goes under `storage_path/run_name/train`, where it
+    keeps the two checkpoints best by `metric` (and the latest, to resume from)."""
 
     def train(config: dict[str, Any], data: Any = None) -> None:
         import ray
@@ -52,7 +61,11 @@ def data_parallel(
                 name=f"{run_name}-{tune.get_context().get_trial_id()}",
                 storage_path=f"{storage_path.rstrip('/')}/{run_name}/train",
                 callbacks=[TuneReportCallback()],
-                checkpoint_config=ray_train.CheckpointConfig(num_to_keep=2),
+                # Ranked by the metric, as Tune keeps a single-process trial's: the registered
+                # model is then the epoch its version is tagged with.
+                checkpoint_config=ray_train.CheckpointConfig(
+                    num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+                ),
                 failure_config=ray_train.FailureConfig(max_failures=max_failures),
             ),
         )

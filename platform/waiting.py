@@ -1,0 +1,71 @@
+"""Saying so while trials wait for the nodes an autoscaler is launching.
+
+On an autoscaling cluster a job's first trials can wait minutes for a GPU node; Tune's table
+shows them PENDING and nothing says why. This callback adds one line when that changes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from platform.cluster import autoscaler_status
+
+# How often, at most, the job looks at what the autoscaler is launching.
+WAITING_REPORT_INTERVAL_S = 10.0
+
+
+class WaitingForNodes(Callback):
+    """Prints `waiting for nodes: 1 gpu_worker (autoscaler); 0 of 4 trials running` while trials
+    are pending and the autoscaler is launching nodes, when that line changes."""
+
+    def __init__(self) -> None:
+        self._last_check = 0.0
+        self._last_line = ""
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_check < WAITING_REPORT_INTERVAL_S:
+            return
+        self._last_check = now
+        pending = sum(trial.status == "PENDING" for trial in trials)
+        if not pending:
+            return
+        launching = nodes_launching()
+        if not launching:
+            return
+        running = sum(trial.status == "RUNNING" for trial in trials)
+        line = f"waiting for nodes: {launching} (autoscaler); {running} of {running + pending} trials running"
+        if line != self._last_line:
+            self._last_line = line
+            print(line, flush=True)
+
+
+def nodes_launching() -> str:
+    """The nodes the autoscaler is launching, as `1 gpu_worker`; empty when none.
+
+    Autoscaler v1 (the cluster launcher's) puts them in its status (`autoscaler_report`:
+    `pending_launches` by type, `pending_nodes` as (ip, type, status); written by
+    ray/autoscaler/_private/monitor.py); v2 answers through `ray.autoscaler.v2.sdk.get_cluster_status`.
+    """
+    counts: dict[str, int] = {}
+    report = (autoscaler_status() or {}).get("autoscaler_report") or {}
+    for name, count in (report.get("pending_launches") or {}).items():
+        counts[name] = counts.get(name, 0) + int(count)
+    for entry in report.get("pending_nodes") or []:
+        counts[entry[1]] = counts.get(entry[1], 0) + 1
+    if not counts:
+        try:
+            import ray
+            from ray.autoscaler.v2.sdk import get_cluster_status
+
+            status = get_cluster_status(ray.get_runtime_context().gcs_address, timeout=5)
+            for launch in status.pending_launches:
+                counts[launch.ray_node_type_name] = counts.get(launch.ray_node_type_name, 0) + launch.count
+            for node in status.pending_nodes:
+                counts[node.ray_node_type_name] = counts.get(node.ray_node_type_name, 0) + 1
+        except Exception:  # noqa: BLE001 - nothing to say then
+            pass
+    return ", ".join(f"{count} {name}" for name, count in sorted(counts.items()))

@@ -1,0 +1,58 @@
+"""Stopping a job: SIGTERM does what Ctrl-C does, and the trials a stop left unfinished are
+known from what Tune did in memory, whatever the storage."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from platform.interrupt import TrialOutcomes, sigterm_as_interrupt, unfinished_trials
+
+
+def _trial(trial_id: str, status: str) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, status=status)
+
+
+def test_sigterm_raises_what_ctrl_c_raises_and_is_remembered():
+    with sigterm_as_interrupt() as terminated:
+        assert not terminated()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here, in the main thread
+        assert terminated()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_trials_a_stop_cut_short_are_unfinished_though_tune_marks_them_terminated():
+    outcomes = pickle.loads(pickle.dumps(TrialOutcomes("job-1")))  # as Tune restores it
+    # A resumed job: "old" finished before the driver stopped, the others are still to run.
+    trials = [
+        _trial("old", "TERMINATED"),
+        _trial("done", "PENDING"),
+        _trial("bad", "PENDING"),
+        _trial("cut", "PENDING"),
+    ]
+    outcomes.on_step_begin(0, trials)
+    outcomes.on_trial_complete(1, trials, trials[1])  # finished, or stopped by ASHA
+    outcomes.on_trial_error(2, trials, trials[2])  # failed with no retries left
+    # Ctrl-C: Tune's cleanup stops the running trial and marks it TERMINATED, then ends.
+    for trial in trials:
+        trial.status = "ERROR" if trial.trial_id == "bad" else "TERMINATED"
+    outcomes.on_experiment_end(trials)
+    assert unfinished_trials("job-1") == ["cut"]
+    assert unfinished_trials("job-1") == [], "read once"
+
+
+def test_a_job_that_ran_to_its_end_has_no_unfinished_trials():
+    outcomes = TrialOutcomes("job-2")
+    trials = [_trial("a", "PENDING"), _trial("b", "PENDING")]
+    outcomes.on_step_begin(0, trials)
+    for trial in trials:
+        outcomes.on_trial_complete(1, trials, trial)
+    outcomes.on_experiment_end(trials)
+    assert unfinished_trials("job-2") == []
