@@ -15,6 +15,8 @@ import logging
 import os
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,8 @@ def probe_cluster(address: str) -> str | None:
     from ray.exceptions import AuthenticationError
 
     def ask() -> None:
-        GcsClient(address=address).internal_kv_get(b"tuning-platform-probe", None, timeout=GCS_PROBE_TIMEOUT_S)
+        with _native_stderr_hidden():  # Ray's C++ client logs each refusal there as well
+            GcsClient(address=address).internal_kv_get(b"tuning-platform-probe", None, timeout=GCS_PROBE_TIMEOUT_S)
 
     try:
         ask()
@@ -74,12 +77,12 @@ def probe_cluster(address: str) -> str | None:
         pass
     except Exception as err:  # noqa: BLE001 - any other answer means no usable Ray there
         return f"Ray cluster not reachable: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        return (
+            f"the Ray cluster requires an authentication token: set {TOKEN_SOURCES} "
+            "(`ray get-auth-token` on the head prints it)"
+        )
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-        if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
-            return (
-                f"the Ray cluster requires an authentication token: set {TOKEN_SOURCES} "
-                "(`ray get-auth-token` on the head prints it)"
-            )
         _use_token_auth()
         try:
             ask()
@@ -87,6 +90,19 @@ def probe_cluster(address: str) -> str | None:
         except AuthenticationError:
             pass
     return f"the Ray cluster refused the authentication token from {TOKEN_SOURCES}: it is not this cluster's"
+
+
+@contextmanager
+def _native_stderr_hidden() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _use_token_auth() -> None:

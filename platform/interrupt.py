@@ -22,6 +22,10 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
+# The SIGTERM handler of the innermost `sigterm_as_interrupt`, for `reclaim_sigterm`.
+_HANDLERS: list[Callable[[int, Any], None]] = []
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[Callable[[], bool]]:
     """While inside, SIGTERM does what Ctrl-C does; yields whether a SIGTERM came."""
@@ -35,10 +39,19 @@ def sigterm_as_interrupt() -> Iterator[Callable[[], bool]]:
         signal.raise_signal(signal.SIGINT)  # handled by whatever SIGINT handler is in force
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    _HANDLERS.append(on_sigterm)
     try:
         yield lambda: bool(received)
     finally:
+        _HANDLERS.remove(on_sigterm)
         signal.signal(signal.SIGTERM, previous)
+
+
+def reclaim_sigterm() -> None:
+    """Take SIGTERM back after `ray.init`, which sets its own handler, `sys.exit(15)`, in the
+    driver (ray/_private/worker.py, `init`: "terminate any signal before connecting driver")."""
+    if _HANDLERS and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _HANDLERS[-1])
 
 
 # run name -> trials the last `fit` of that run left unfinished

@@ -118,7 +118,7 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
     `platform.tracking.JobTracker` for the tracking URI."""
     import ray
 
-    from platform.interrupt import EXIT_INTERRUPTED, unfinished_trials
+    from platform.interrupt import EXIT_INTERRUPTED, reclaim_sigterm, unfinished_trials
 
     # Snapshots are forced by checkpoint retention every epoch on short trials; the warning
     # about it is noise for jobs this size.
@@ -135,6 +135,7 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
         request.storage_path,
         spec.resources.workers > 1,
     )
+    reclaim_sigterm()
     try:
         resources, notes, capacity = fit_resources(spec, embedded=not request.address)
         if request.address:

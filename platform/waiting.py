@@ -13,13 +13,14 @@ from ray.tune import Callback
 
 from platform.cluster import autoscaler_status
 
-# How often, at most, the job looks at what the autoscaler is launching.
-WAITING_REPORT_INTERVAL_S = 10.0
+# How often, at most, the job looks at what the autoscaler is launching (one GCS read).
+WAITING_REPORT_INTERVAL_S = 2.0
 
 
 class WaitingForNodes(Callback):
-    """Prints `waiting for nodes: 1 gpu_worker (autoscaler); 0 of 4 trials running` while trials
-    are pending and the autoscaler is launching nodes, when that line changes."""
+    """Prints `waiting for nodes: launching 1 gpu_worker; 0 of 4 trials running` while trials
+    are pending and the cluster lacks resources for them (the autoscaler reports unmet demand
+    or nodes it is launching), each time that line changes."""
 
     def __init__(self) -> None:
         self._last_check = 0.0
@@ -33,14 +34,23 @@ class WaitingForNodes(Callback):
         pending = sum(trial.status == "PENDING" for trial in trials)
         if not pending:
             return
-        launching = nodes_launching()
-        if not launching:
+        launching, unmet = nodes_launching(), unmet_demand()
+        if not launching and not unmet:
             return
         running = sum(trial.status == "RUNNING" for trial in trials)
-        line = f"waiting for nodes: {launching} (autoscaler); {running} of {running + pending} trials running"
+        doing = f"launching {launching}" if launching else "the autoscaler has unmet requests"
+        line = f"waiting for nodes: {doing}; {running} of {running + pending} trials running"
         if line != self._last_line:
             self._last_line = line
             print(line, flush=True)
+
+
+def unmet_demand() -> bool:
+    """Whether the autoscaler reports resource requests no live node can take now (v1's status:
+    `load_metrics_report`, `resource_demand` for tasks and actors, `pg_demand` for Tune's
+    placement groups)."""
+    report = (autoscaler_status() or {}).get("load_metrics_report") or {}
+    return bool(report.get("resource_demand") or report.get("pg_demand"))
 
 
 def nodes_launching() -> str:

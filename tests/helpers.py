@@ -12,12 +12,17 @@ SPECS = ROOT / "search_spaces"
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
+    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str | None] | None = None
 ) -> subprocess.CompletedProcess:
-    """`python -m platform.tune ARGS` from `cwd` (the project is found through PYTHONPATH)."""
+    """`python -m platform.tune ARGS` from `cwd` (the project is found through PYTHONPATH);
+    `env` adds variables, and removes those given as None."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     full_env["PYTHONPATH"] = str(ROOT)
-    full_env.update(env or {})
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     return subprocess.run(
         [sys.executable, "-m", "platform.tune", *args],
         cwd=cwd or ROOT,

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from platform.interrupt import TrialOutcomes, sigterm_as_interrupt, unfinished_trials
+from platform.interrupt import TrialOutcomes, reclaim_sigterm, sigterm_as_interrupt, unfinished_trials
 
 
 def _trial(trial_id: str, status: str) -> SimpleNamespace:
@@ -26,6 +26,21 @@ def test_sigterm_raises_what_ctrl_c_raises_and_is_remembered():
             time.sleep(1)  # the handler runs here, in the main thread
         assert terminated()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_sigterm_is_taken_back_from_ray_init():
+    import ray
+
+    with sigterm_as_interrupt() as terminated:
+        ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
+        try:
+            reclaim_sigterm()
+            with pytest.raises(KeyboardInterrupt):  # without it: SystemExit(15), Ray's handler
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            assert terminated()
+        finally:
+            ray.shutdown()
 
 
 def test_trials_a_stop_cut_short_are_unfinished_though_tune_marks_them_terminated():

@@ -1,0 +1,214 @@
+"""Real servers on 127.0.0.1 that tests start and stop by their own process groups: an MLflow
+tracking server, an S3-compatible object store (moto), and a Ray head with an autoscaler."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 15) -> None:
+    """SIGTERM the process group the test started, then SIGKILL what is left of it."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):  # children of an exited leader
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_for_http(
+    url: str, process: subprocess.Popen, log: Path, timeout: float = 90, headers: dict[str, str] | None = None
+) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{url} never answered:\n{log.read_text()[-3000:]}") from None
+            time.sleep(0.3)
+
+
+@dataclass
+class MlflowServer:
+    folder: Path
+    port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """`mlflow server` with a SQLite store and an artifact folder it serves; the same
+        store and port again after `stop`, as a restarted server."""
+        log = self.folder / "server.log"
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+                "--workers", "1",
+                "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+                "--artifacts-destination", str(self.folder / "artifacts"),
+            ],
+            stdout=log.open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its worker processes go down with it
+        )  # fmt: skip
+        _wait_for_http(f"{self.uri}/health", self.process, log)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[MlflowServer]:
+    server = MlflowServer(folder, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def s3_server(folder: Path) -> Iterator[dict[str, str]]:
+    """moto's S3 server on 127.0.0.1 with one bucket, `tuning`; yields the environment a client
+    needs (pyarrow, and so Ray, read the endpoint from AWS_ENDPOINT_URL)."""
+    port = free_port()
+    log = folder / "s3.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        _wait_for_http(f"{env['AWS_ENDPOINT_URL']}/moto-api/", process, log)
+        request = urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/tuning", method="PUT")
+        urllib.request.urlopen(request, timeout=10).close()  # create the bucket
+        yield env
+    finally:
+        stop_group(process)
+
+
+@dataclass
+class RayHead:
+    address: str  # the GCS, HOST:PORT
+    dashboard: str  # http://127.0.0.1:PORT, where `ray job submit` goes
+    env: dict[str, str]  # what a client needs: the token and its mode
+
+
+@contextlib.contextmanager
+def autoscaling_ray_head(folder: Path, worker_types: dict, head_cpus: int, env: dict[str, str]) -> Iterator[RayHead]:
+    """`ray start --head` with Ray's fake multi-node autoscaler, which launches each "node" as
+    real raylet processes on this machine, and with token authentication.
+
+    The provider joins its nodes to the GCS named in `provider.gcs_address`, so the head may
+    listen on any free port (without it, the provider assumes 6379). Nodes are never removed for
+    idleness: a removed fake node deletes files its siblings on this machine share (Ray's
+    runtime_resources folder, holding a submitted job's working directory).
+    """
+    import ray._private.services
+
+    ip = ray._private.services.get_node_ip_address()
+    port, dashboard = free_port(), free_port()
+    token = folder / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    config = {
+        "cluster_name": "fake",
+        "max_workers": sum(t["max_workers"] for t in worker_types.values()),
+        "idle_timeout_minutes": 60,
+        "upscaling_speed": 1.0,
+        "provider": {
+            "type": "fake_multinode",
+            "gcs_address": f"{ip}:{port}",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
+            **worker_types,
+        },
+        "head_node_type": "ray.head.default",  # the provider tags its head with this type
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+    (folder / "autoscaling.json").write_text(json.dumps(config))
+    client_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    head_env = {
+        **{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")},
+        **client_env,
+        **env,
+        "RAY_FAKE_CLUSTER": "1",
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+    }
+    log = folder / "head.log"
+    process = subprocess.Popen(
+        [
+            RAY, "start", "--head", "--block",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            f"--autoscaling-config={folder / 'autoscaling.json'}",
+            f"--num-cpus={head_cpus}", "--num-gpus=0",
+            "--disable-usage-stats",
+            f"--temp-dir={folder / 'ray'}",
+        ],
+        env=head_env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # the head, its autoscaler and every node it launches
+    )  # fmt: skip
+    try:
+        # The dashboard asks for the token too (Ray's HTTP token middleware).
+        bearer = {"Authorization": f"Bearer {token.read_text()}"}
+        _wait_for_http(f"http://127.0.0.1:{dashboard}/api/version", process, log, timeout=120, headers=bearer)
+        yield RayHead(f"{ip}:{port}", f"http://127.0.0.1:{dashboard}", client_env)
+    finally:
+        stop_group(process)
