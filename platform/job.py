@@ -33,6 +33,7 @@ from platform.resume import (
     STORAGE_TAG,
     ResumeTarget,
     driver_tags,
+    experiment_uri,
     spec_fingerprint,
 )
 from platform.spec import Spec, param_space
@@ -166,7 +167,8 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
                 results = _restore(spec, resume, trainable, data)
             else:
                 results = _fit(spec, trainable, data, run_name, storage_path, tracker, resources, capacity)
-            outcome.experiment_path = results.experiment_path
+            # Ray's own `results.experiment_path` drops the scheme of an s3:// or gs:// path.
+            outcome.experiment_path = experiment_uri(storage_path, run_name)
             _summarize(spec, results, outcome)
             unfinished = unfinished_trials(run_name)
             for row in outcome.rows:

@@ -36,7 +36,14 @@ class ResumeTarget:
 
     @property
     def experiment_path(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.run_name}"
+        return experiment_uri(self.storage_path, self.run_name)
+
+
+def experiment_uri(storage_path: str, run_name: str) -> str:
+    """Where Ray keeps a run's state: `s3://bucket/path/RUN` (an `?endpoint_override=...` query,
+    as pyarrow takes it, stays at the end), or a local folder."""
+    base, query = storage_path.split("?", 1) if "?" in storage_path else (storage_path, "")
+    return f"{base.rstrip('/')}/{run_name}" + (f"?{query}" if query else "")
 
 
 def spec_fingerprint(spec: Spec) -> str:

@@ -1,5 +1,6 @@
-"""A real driver killed (SIGKILL) or interrupted (SIGINT), then `--resume`d: finished trials
-kept, unfinished ones continued from their checkpoints, one MLflow run each."""
+"""A real driver killed (SIGKILL), interrupted (SIGINT) or stopped (SIGTERM), then `--resume`d:
+finished trials kept, unfinished ones continued from their checkpoints, one MLflow run each;
+on a local storage path and on S3 (a real S3-compatible server on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from platform.resume import RUN_NAME_TAG, STORAGE_TAG
 from tests.helpers import ROOT, run_cli, write_spec
+from tests.servers import s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -73,14 +75,18 @@ scheduler: {{{{type: fifo}}}}
 """
 
 
-def _start_job(tmp_path: Path, uri: str) -> tuple[subprocess.Popen, list[str]]:
+def _start_job(tmp_path: Path, uri: str, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, list[str]]:
     (tmp_path / "slow_mlp.py").write_text(TRAINABLE)
-    (tmp_path / "log").mkdir()
+    (tmp_path / "log").mkdir(exist_ok=True)
     spec = write_spec(tmp_path, SPEC.format(log_dir=tmp_path / "log"))
-    args = [str(spec.name), "--tracking-uri", uri]
+    args = [str(spec.name), "--tracking-uri", uri, *extra]
+    return _popen_cli(tmp_path, args), args
+
+
+def _popen_cli(tmp_path: Path, args: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["PYTHONPATH"] = str(ROOT)
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-u", "-m", "platform.tune", *args],
         cwd=tmp_path,
         env=env,
@@ -89,12 +95,11 @@ def _start_job(tmp_path: Path, uri: str) -> tuple[subprocess.Popen, list[str]]:
         text=True,
         start_new_session=True,  # so the test can clean up whatever the killed driver left
     )
-    return process, args
 
 
-def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen) -> str:
+def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen, tmp_path: Path, starts: int = 0) -> str:
     """Until one trial has finished and another is mid-way with a checkpoint in the state Ray
-    saved; returns the id of that unfinished trial.
+    saved, after more than `starts` trial starts; returns the id of that unfinished trial.
 
     The saved state is what `--resume` restores, and Ray writes it at most every 10 s or after
     a trial's second checkpoint since the last write: a trial MLflow shows at epoch 2 may not
@@ -117,6 +122,8 @@ def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen) -> str:
         }
         if parent is None or not mid_way or not any(r.info.status == "FINISHED" for r in children):
             continue
+        if sum(len(epochs) for epochs in _starts(tmp_path).values()) <= starts:
+            continue  # a resumed job: wait until it runs trials again
         try:  # no snapshot yet, or one being copied into place
             saved = _saved_trials(parent)
         except ValueError:
@@ -130,7 +137,8 @@ def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen) -> str:
 
 def _starts(tmp_path: Path) -> dict[str, list[int]]:
     starts: dict[str, list[int]] = {}
-    for line in (tmp_path / "log" / "starts.txt").read_text().splitlines():
+    log = tmp_path / "log" / "starts.txt"
+    for line in log.read_text().splitlines() if log.exists() else []:
         trial_id, epoch = line.split()
         starts.setdefault(trial_id, []).append(int(epoch))
     return starts
@@ -141,7 +149,7 @@ def _saved_trials(parent: Run) -> list:
     from ray.tune import ExperimentAnalysis
 
     tags = parent.data.tags
-    return ExperimentAnalysis(Path(tags[STORAGE_TAG]) / tags[RUN_NAME_TAG]).trials
+    return ExperimentAnalysis(f"{tags[STORAGE_TAG].rstrip('/')}/{tags[RUN_NAME_TAG]}").trials
 
 
 def _saved_checkpoint(client: MlflowClient, trial_id: str) -> Path:
@@ -151,14 +159,14 @@ def _saved_checkpoint(client: MlflowClient, trial_id: str) -> Path:
     return Path(next(trial for trial in _saved_trials(parent) if trial.trial_id == trial_id).checkpoint.path)
 
 
-def _check_one_complete_record(client: MlflowClient) -> None:
+def _check_one_complete_record(client: MlflowClient, resumed: int = 1) -> None:
     """One FINISHED parent; one run per trial, every epoch logged once; the champion registered."""
     experiment = client.get_experiment_by_name("resumable")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert parents[0].data.tags["resumed"] == "1"
+    assert parents[0].data.tags["resumed"] == str(resumed)
     trial_ids = [c.data.tags["trial_id"] for c in children]
     assert len(trial_ids) == len(set(trial_ids)), "a trial has two child runs"
     assert all(c.info.status != "RUNNING" for c in children)
@@ -179,7 +187,7 @@ def _kill_mid_job(tmp_path: Path, uri: str) -> tuple[list[str], str]:
     client = MlflowClient(uri)
     process, args = _start_job(tmp_path, uri)
     try:
-        mid_trial = _wait_until_mid_job(client, process)
+        mid_trial = _wait_until_mid_job(client, process, tmp_path)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:  # Ray's processes share the driver's fate; anything left goes too
@@ -227,27 +235,39 @@ def test_a_trial_whose_saved_checkpoint_was_deleted_goes_on_from_one_that_exists
     assert starts[mid_trial][-1] < deleted_epoch, starts
 
 
-def test_ctrl_c_prints_the_resume_command_and_that_command_finishes_the_job(tmp_path):
+def test_ctrl_c_then_sigterm_on_object_storage_each_stop_the_job_and_resume_finishes_it(tmp_path, monkeypatch):
+    """Ctrl-C, then `kill` (SIGTERM, as `ray job stop` or a deleted pod sends) of the resumed
+    job; Ray keeps the job's state and checkpoints in S3 only, and `--resume` finishes it."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    process, args = _start_job(tmp_path, uri)
-    mid_trial = _wait_until_mid_job(client, process)
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=180)
-    assert process.returncode == 130, output[-3000:]
-    assert re.search(r"trials in \d+s: .*, [1-9] interrupted\n", output), output[-3000:]
-    experiment = client.get_experiment_by_name("resumable")
-    runs = client.search_runs([experiment.experiment_id])
-    assert all(run.info.status != "RUNNING" for run in runs)
-    assert [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["KILLED"]
-    assert any(r.data.tags.get("trial_status") == "interrupted" for r in runs)
+    with s3_server(tmp_path) as s3:
+        for key, value in s3.items():  # the driver inherits them, and this process reads the state
+            monkeypatch.setenv(key, value)
+        process, args = _start_job(tmp_path, uri, ("--storage-path", "s3://tuning/ray_results"))
+        mid_trial = _wait_until_mid_job(client, process, tmp_path)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=180)
+        assert process.returncode == 130, output[-3000:]
+        assert re.search(r"trials in \d+s: .*, [1-9] interrupted\n", output), output[-3000:]
+        _check_stopped(client)
+        command = output.rsplit("continue with: ", 1)[1].splitlines()[0]
+        assert command == "python -m platform.tune " + shlex.join([*args, "--resume"])
 
-    command = output.rsplit("continue with: ", 1)[1].splitlines()[0]
-    expected = "python -m platform.tune " + shlex.join([*args, "--resume"])
-    assert command == expected
-    result = run_cli(*shlex.split(command)[3:], cwd=tmp_path, timeout=400)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    _check_one_complete_record(client)
+        started = sum(len(epochs) for epochs in _starts(tmp_path).values())
+        process = _popen_cli(tmp_path, shlex.split(command)[3:])
+        _wait_until_mid_job(client, process, tmp_path, starts=started)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=180)
+        assert process.returncode == 143, output[-3000:]
+        assert "stopped by SIGTERM: Ray saved the job's state under s3://tuning/ray_results/resumable-" in output, (
+            output[-3000:]
+        )
+        _check_stopped(client)
+
+        result = run_cli(*shlex.split(command)[3:], cwd=tmp_path, timeout=400)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert not (tmp_path / "ray_results").exists(), "nothing was kept on the local disk"
+    _check_one_complete_record(client, resumed=2)
     starts = _starts(tmp_path)
     assert starts[mid_trial][0] == 0 and starts[mid_trial][-1] > 0, starts
 
@@ -256,3 +276,12 @@ def test_ctrl_c_prints_the_resume_command_and_that_command_finishes_the_job(tmp_
     assert again.stderr.strip() == (
         f"error: spec.yaml: --resume: nothing to resume: every job of experiment 'resumable' in {uri} has finished"
     )
+
+
+def _check_stopped(client: MlflowClient) -> None:
+    """A stopped job: its parent KILLED, no run left RUNNING, some trial interrupted."""
+    experiment = client.get_experiment_by_name("resumable")
+    runs = client.search_runs([experiment.experiment_id])
+    assert all(run.info.status != "RUNNING" for run in runs)
+    assert [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["KILLED"]
+    assert any(r.data.tags.get("trial_status") == "interrupted" for r in runs)
