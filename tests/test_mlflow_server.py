@@ -1,64 +1,28 @@
-"""A job that tracks to a real `mlflow server` over HTTP, as on a cluster's head node."""
+"""A job that tracks to a real `mlflow server` over HTTP, as on a cluster's head node, also
+through an outage of that server."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import SPECS, run_cli
+from tests import servers
+from tests.helpers import ROOT, SPECS, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 with a SQLite store and a local artifact folder it serves."""
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server",
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination", str(tmp_path / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its worker processes go down with it
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.time() > deadline:
-                    raise RuntimeError((tmp_path / "server.log").read_text()[-2000:]) from None
-                time.sleep(0.5)
-        yield uri
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+    with servers.mlflow_server(tmp_path) as server:
+        yield server.uri
 
 
 def test_job_tracks_and_registers_over_http(mlflow_server, tmp_path):
@@ -88,3 +52,77 @@ def test_job_tracks_and_registers_over_http(mlflow_server, tmp_path):
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model("models:/mlp-breast-cancer@champion")
     assert len(model.predict(model.input_example)) == len(model.input_example)
+
+
+STEADY = """
+import time
+
+from ray import tune
+
+
+def train(config):
+    for epoch in range(1, config["epochs"] + 1):
+        time.sleep(0.5)
+        tune.report({"epoch": epoch, "score": config["x"] * epoch})
+"""
+
+STEADY_SPEC = """
+name: outage
+trainable: steady:train
+metric: score
+mode: max
+search:
+  algorithm: random
+  num_samples: 6
+  seed: 0
+  space:
+    x: {type: uniform, low: 0.0, high: 1.0}
+  fixed: {epochs: 12}
+scheduler: {type: fifo}
+tracking: {register_model: false}
+"""
+
+
+def test_a_tracking_server_down_for_20_seconds_mid_job_loses_nothing(tmp_path):
+    (tmp_path / "steady.py").write_text(STEADY)
+    write_spec(tmp_path, STEADY_SPEC)
+    with servers.mlflow_server(tmp_path) as server:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+        job = subprocess.Popen(
+            [sys.executable, "-m", "platform.tune", "spec.yaml", "--tracking-uri", server.uri],
+            cwd=tmp_path,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            client = MlflowClient(server.uri)
+            deadline = time.time() + 180
+            while time.time() < deadline:  # until results flow
+                experiment = client.get_experiment_by_name("outage")
+                runs = client.search_runs([experiment.experiment_id]) if experiment else []
+                if any(r.data.metrics.get("epoch", 0) >= 1 for r in runs):
+                    break
+                time.sleep(0.3)
+            server.stop()
+            time.sleep(20)
+            server.start()  # same port, same store
+            out, err = job.communicate(timeout=400)
+        finally:
+            servers.stop_group(job)
+        assert job.returncode == 0, out[-3000:] + err[-3000:]
+        assert "warning: the MLflow tracking store http://127.0.0.1:" in err and "has not answered for" in err
+        assert "MLflow writes failed" not in err
+        experiment = client.get_experiment_by_name("outage")
+        runs = client.search_runs([experiment.experiment_id])
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert sorted(c.data.tags["trial_id"] for c in children) == sorted({c.data.tags["trial_id"] for c in children})
+        assert len(children) == 6
+        for child in children:
+            assert child.info.status == "FINISHED" and child.data.tags["trial_status"] == "completed"
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, "score")]
+            assert steps == list(range(1, 13)), steps
