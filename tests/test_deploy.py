@@ -63,6 +63,18 @@ def test_head_runs_mlflow_and_nothing_listens_publicly(cluster_config):
     assert "0.0.0.0" not in CLUSTER_YAML.read_text()
 
 
+def test_every_node_runs_ray_with_token_auth_and_no_usage_stats(cluster_config):
+    commands = cluster_config["head_start_ray_commands"] + cluster_config["worker_start_ray_commands"]
+    starts = [c for c in commands if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        assert "RAY_AUTH_MODE=token " in command.split("ray start")[0] and "--disable-usage-stats" in command
+    # One token, made once on the user's machine, where Ray looks on every node.
+    assert cluster_config["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    # `ray job stop` waits for the graceful stop before its SIGKILL (Ray's default: 3 s).
+    assert "RAY_JOB_STOP_WAIT_TIME_S=120 ray start --head" in " ".join(cluster_config["head_start_ray_commands"])
+
+
 def _documents(path):
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
@@ -82,6 +94,12 @@ def test_rayjob_runs_the_platform_with_gpu_workers():
         if any(c["resources"]["limits"].get("nvidia.com/gpu", 0) >= 1 for c in group["template"]["spec"]["containers"])
     ]
     assert gpu_groups and all(g["minReplicas"] == 0 for g in gpu_groups)
+    assert cluster["authOptions"] == {"mode": "token"}
+    containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
+        g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]
+    ]
+    for container in containers:
+        assert {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"} in container["env"]
     # The image the job runs is built from this repository.
     assert "pip install" in (KUBERAY / "Dockerfile").read_text()
 
