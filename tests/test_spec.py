@@ -118,6 +118,7 @@ def test_shipped_specs_are_valid(name):
         ({"resources__gpu": 1.5}, "resources.gpu", "whole number"),
         ({"resources__workers": 0}, "resources.workers", "greater than or equal to 1"),
         ({"resources__workers": 2, "resources__gpu": 2}, "resources.gpu", "per worker and must be <= 1"),
+        ({"resources__workers": 2, "resources__gpu": 0.5}, "resources.gpu", "each worker needs a whole GPU"),
         ({"name": "bad name!"}, "name", "pattern"),
         ({"failure__max_failures": -1}, "failure.max_failures", "greater than or equal to 0"),
         ({"budget__time_s": 0}, "budget.time_s", "greater than 0"),
