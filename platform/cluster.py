@@ -318,6 +318,29 @@ def autoscaler_node_types() -> list[NodeType] | None:
             NodeType(group.name, {k: float(v) for k, v in group.resources.items()}, _count(group.max_count))
             for group in config.node_group_configs
         ]
+
+    # Nested, so Ray ships it by value: the head may not import this package.
+    def _launcher_config_on_head(gcs_address: str) -> dict[str, Any] | None:
+        """Runs on the head node: the autoscaling config of this cluster's monitor process.
+
+        The cluster launcher's monitor is started as `monitor.py --gcs-address=... --autoscaling-
+        config=PATH` (ray/_private/services.py, `start_monitor`); nothing else names that file.
+        """
+        import os
+
+        import psutil
+        import yaml
+
+        for process in psutil.process_iter(["cmdline"]):
+            args = process.info.get("cmdline") or []
+            if not any(arg.endswith("monitor.py") for arg in args) or f"--gcs-address={gcs_address}" not in args:
+                continue
+            path = next((arg.split("=", 1)[1] for arg in args if arg.startswith("--autoscaling-config=")), None)
+            if path:
+                with open(os.path.expanduser(path)) as handle:
+                    return yaml.safe_load(handle)
+        return None
+
     gcs_address = ray.get_runtime_context().gcs_address
     reader = ray.remote(_launcher_config_on_head).options(
         num_cpus=0, resources={"node:__internal_head__": 0.001}, max_retries=0
@@ -342,26 +365,6 @@ def autoscaler_node_types() -> list[NodeType] | None:
 def _count(value: Any) -> int:
     count = int(value)
     return sys.maxsize // 2**20 if count < 0 else count  # -1: no limit
-
-
-def _launcher_config_on_head(gcs_address: str) -> dict[str, Any] | None:
-    """Runs on the head node: the autoscaling config of this cluster's monitor process.
-
-    The cluster launcher's monitor is started as `monitor.py --gcs-address=... --autoscaling-
-    config=PATH` (ray/_private/services.py, `start_monitor`); nothing else names that file.
-    """
-    import psutil
-    import yaml
-
-    for process in psutil.process_iter(["cmdline"]):
-        args = process.info.get("cmdline") or []
-        if not any(arg.endswith("monitor.py") for arg in args) or f"--gcs-address={gcs_address}" not in args:
-            continue
-        path = next((arg.split("=", 1)[1] for arg in args if arg.startswith("--autoscaling-config=")), None)
-        if path:
-            with open(os.path.expanduser(path)) as handle:
-                return yaml.safe_load(handle)
-    return None
 
 
 def autoscaler_running() -> bool:
