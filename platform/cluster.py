@@ -200,7 +200,7 @@ def cluster_runtime_env(storage_path: str | None = None) -> dict[str, Any] | Non
     return env
 
 
-def check_storage_shared(storage_path: str) -> list[str]:
+def check_storage_shared(storage_path: str, autoscaling: bool = False) -> list[str]:
     """Every live node must see a local storage path: Ray keeps trial state and checkpoints
     there from all of them. Returns notes; raises JobError when a node cannot see it.
 
@@ -213,6 +213,11 @@ def check_storage_shared(storage_path: str) -> list[str]:
     if "://" in storage_path:
         return []
     nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) <= 1 and autoscaling:
+        return [
+            f"warning: storage path {storage_path} is on this node, and the nodes the autoscaler adds "
+            "will not see it: use s3://, gs:// or a shared file system (--storage-path)"
+        ]
     if len(nodes) <= 1:
         return [
             f"note: storage path {storage_path} is on this node; if the cluster adds nodes, "

@@ -140,7 +140,7 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
     try:
         resources, notes, capacity = fit_resources(spec, embedded=not request.address)
         if request.address:
-            notes += check_storage_shared(resume.storage_path if resume else request.storage_path)
+            notes += check_storage_shared(resume.storage_path if resume else request.storage_path, capacity.autoscaling)
         for note in notes:
             print(note, flush=True)
         task = request.trainable.task
