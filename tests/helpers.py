@@ -37,3 +37,56 @@ def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(text)
     return path
+
+
+def packing_trainable(together: int) -> str:
+    """A trainable module (`train`) whose trials report where they ran and what Ray gave them.
+
+    Each trial checks in at a named actor and waits (up to two minutes) until `together` trials
+    run at once, so a test of packing does not depend on how fast this machine starts them.
+    """
+    return PACKING_TRAINABLE.replace("TOGETHER", str(together))
+
+
+PACKING_TRAINABLE = """
+import time
+
+import ray
+from ray import tune
+
+
+@ray.remote(num_cpus=0)
+class Roll:
+    def __init__(self):
+        self.present = 0
+
+    def arrive(self):
+        self.present += 1
+        return self.present
+
+    def count(self):
+        return self.present
+
+
+def train(config):
+    context = ray.get_runtime_context()
+    # "DEFAULT" keeps the roll out of this trial's placement group, which Tune removes (and
+    # every actor in it) when the trial ends, while the others may still be asking.
+    roll = Roll.options(
+        name="roll", namespace="packing", get_if_exists=True, lifetime="detached", scheduling_strategy="DEFAULT"
+    ).remote()
+    together = ray.get(roll.arrive.remote())
+    deadline = time.time() + 120
+    while together < TOGETHER and time.time() < deadline:
+        time.sleep(0.2)
+        together = ray.get(roll.count.remote())
+    for epoch in range(1, 4):
+        tune.report({
+            "epoch": epoch,
+            "score": config["x"] * epoch,
+            "node_id": context.get_node_id(),
+            "gpu_share": context.get_assigned_resources().get("GPU", 0.0),
+            "gpu_ids": len(ray.get_gpu_ids()),
+            "together": together,
+        })
+"""

@@ -21,57 +21,21 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, packing_trainable, run_cli
 from tests.servers import RAY, autoscaling_ray_head, mlflow_server
 
 pytestmark = pytest.mark.slow
 
-TRAINABLES = """
+# `packed` waits until 4 trials run at once; `steady` trains one epoch a second, with a
+# checkpoint a resumed trial goes on from.
+TRAINABLES = (
+    packing_trainable(together=4).replace("def train(", "def packed(")
+    + """
 import tempfile
-import time
 from pathlib import Path
-
-import ray
-from ray import tune
-
-
-@ray.remote(num_cpus=0)
-class Roll:
-    def __init__(self):
-        self.present = 0
-
-    def arrive(self):
-        self.present += 1
-        return self.present
-
-    def count(self):
-        return self.present
-
-
-def packed(config):
-    # Each trial checks in and waits (up to two minutes) until 4 run at once.
-    context = ray.get_runtime_context()
-    roll = Roll.options(
-        name="roll", namespace="packing", get_if_exists=True, lifetime="detached", scheduling_strategy="DEFAULT"
-    ).remote()
-    together = ray.get(roll.arrive.remote())
-    deadline = time.time() + 120
-    while together < 4 and time.time() < deadline:
-        time.sleep(0.2)
-        together = ray.get(roll.count.remote())
-    for epoch in range(1, 4):
-        tune.report({
-            "epoch": epoch,
-            "score": config["x"] * epoch,
-            "node_id": context.get_node_id(),
-            "gpu_share": context.get_assigned_resources().get("GPU", 0.0),
-            "gpu_ids": str(ray.get_gpu_ids()),
-            "together": together,
-        })
 
 
 def steady(config):
-    # One epoch a second, with a checkpoint a resumed trial goes on from.
     start = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -84,6 +48,7 @@ def steady(config):
             result = {"epoch": epoch, "score": config["x"] * epoch}
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 """
+)
 
 SPEC = """
 name: {name}

@@ -13,56 +13,13 @@ import textwrap
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import SPECS, run_cli
+from tests.helpers import SPECS, packing_trainable, run_cli
 
 pytestmark = pytest.mark.slow
 
 # A user's own trainable, in the job's working directory: nothing but the runtime environment
-# brings it to the nodes. It reports where it ran and what Ray gave it. Each trial checks in
-# at a named actor and waits (up to two minutes) until 8 trials are running at once, so the
-# test does not depend on how fast this machine starts them.
-SLEEPY_TRAINABLE = """
-import time
-
-import ray
-from ray import tune
-
-
-@ray.remote(num_cpus=0)
-class Roll:
-    def __init__(self):
-        self.present = 0
-
-    def arrive(self):
-        self.present += 1
-        return self.present
-
-    def count(self):
-        return self.present
-
-
-def train(config):
-    context = ray.get_runtime_context()
-    # "DEFAULT" keeps the roll out of this trial's placement group, which Tune removes (and
-    # every actor in it) when the trial ends, while the others may still be asking.
-    roll = Roll.options(
-        name="roll", namespace="packing", get_if_exists=True, lifetime="detached", scheduling_strategy="DEFAULT"
-    ).remote()
-    together = ray.get(roll.arrive.remote())
-    deadline = time.time() + 120
-    while together < 8 and time.time() < deadline:
-        time.sleep(0.2)
-        together = ray.get(roll.count.remote())
-    for epoch in range(1, 4):
-        tune.report({
-            "epoch": epoch,
-            "score": config["x"] * epoch,
-            "node_id": context.get_node_id(),
-            "gpu_share": context.get_assigned_resources().get("GPU", 0.0),
-            "gpu_ids": len(ray.get_gpu_ids()),
-            "together": together,
-        })
-"""
+# brings it to the nodes. Each trial waits until 8 run at once (see `packing_trainable`).
+SLEEPY_TRAINABLE = packing_trainable(together=8)
 
 SLEEPY_SPEC = """
 name: packing
