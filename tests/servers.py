@@ -7,10 +7,12 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -190,6 +192,8 @@ def autoscaling_ray_head(folder: Path, worker_types: dict, head_cpus: int, env: 
         "AUTOSCALER_UPDATE_INTERVAL_S": "1",
     }
     log = folder / "head.log"
+    # Short: Ray's socket paths under it must stay within AF_UNIX's 107 bytes.
+    ray_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     process = subprocess.Popen(
         [
             RAY, "start", "--head", "--block",
@@ -198,7 +202,7 @@ def autoscaling_ray_head(folder: Path, worker_types: dict, head_cpus: int, env: 
             f"--autoscaling-config={folder / 'autoscaling.json'}",
             f"--num-cpus={head_cpus}", "--num-gpus=0",
             "--disable-usage-stats",
-            f"--temp-dir={folder / 'ray'}",
+            f"--temp-dir={ray_temp}",
         ],
         env=head_env,
         stdout=log.open("w"),
@@ -212,3 +216,4 @@ def autoscaling_ray_head(folder: Path, worker_types: dict, head_cpus: int, env: 
         yield RayHead(f"{ip}:{port}", f"http://127.0.0.1:{dashboard}", client_env)
     finally:
         stop_group(process)
+        shutil.rmtree(ray_temp, ignore_errors=True)
