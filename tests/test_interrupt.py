@@ -19,13 +19,14 @@ def _trial(trial_id: str, status: str) -> SimpleNamespace:
 
 
 def test_sigterm_raises_what_ctrl_c_raises_and_is_remembered():
+    before = signal.getsignal(signal.SIGTERM)
     with sigterm_as_interrupt() as terminated:
         assert not terminated()
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)  # the handler runs here, in the main thread
         assert terminated()
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == before, "the handler in force before is back"
 
 
 def test_sigterm_is_taken_back_from_ray_init():
