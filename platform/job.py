@@ -163,14 +163,21 @@ def run_job(request: JobRequest, tracker: Any) -> JobOutcome:
             baseline=baseline,
         )
         try:
+            fit_started = time.time()
             if resume:
                 results = _restore(spec, resume, trainable, data)
             else:
                 results = _fit(spec, trainable, data, run_name, storage_path, tracker, resources, capacity)
+            # Tune's time budget stops the trials still running as a stop would, without telling
+            # its callbacks (ray/tune/execution/tune_controller.py, `_stop_experiment_if_needed`):
+            # they ended by the spec, so they count as stopped early, not interrupted.
+            budget_spent = spec.budget.time_s is not None and time.time() - fit_started >= spec.budget.time_s
             # Ray's own `results.experiment_path` drops the scheme of an s3:// or gs:// path.
             outcome.experiment_path = experiment_uri(storage_path, run_name)
             _summarize(spec, results, outcome)
             unfinished = unfinished_trials(run_name)
+            if budget_spent:
+                unfinished = []
             for row in outcome.rows:
                 if row.trial_id in unfinished:  # Ctrl-C or SIGTERM: Tune stopped them and saved its state
                     row.status = "interrupted"

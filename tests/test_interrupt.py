@@ -10,8 +10,10 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from platform.interrupt import TrialOutcomes, reclaim_sigterm, sigterm_as_interrupt, unfinished_trials
+from tests.helpers import run_cli, write_spec
 
 
 def _trial(trial_id: str, status: str) -> SimpleNamespace:
@@ -72,3 +74,48 @@ def test_a_job_that_ran_to_its_end_has_no_unfinished_trials():
         outcomes.on_trial_complete(1, trials, trial)
     outcomes.on_experiment_end(trials)
     assert unfinished_trials("job-2") == []
+
+
+SLOW_TRAINABLE = """
+import time
+
+from ray import tune
+
+
+def train(config):
+    for epoch in range(1, 31):
+        time.sleep(0.5)
+        tune.report({"epoch": epoch, "score": config["x"] * epoch})
+"""
+
+BUDGET_SPEC = """
+name: budget
+trainable: slow:train
+metric: score
+mode: max
+search:
+  algorithm: random
+  num_samples: 4
+  space:
+    x: {type: uniform, low: 0.0, high: 1.0}
+  fixed: {epochs: 30}
+scheduler: {type: fifo}
+budget: {time_s: 6}
+tracking: {register_model: false}
+"""
+
+
+@pytest.mark.slow
+def test_trials_the_time_budget_stops_are_stopped_early_not_interrupted(tmp_path):
+    # Tune ends such trials as a stop would, without its callbacks: they must not look interrupted.
+    (tmp_path / "slow.py").write_text(SLOW_TRAINABLE)
+    write_spec(tmp_path, BUDGET_SPEC)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli("spec.yaml", "--tracking-uri", uri, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "interrupted" not in result.stdout + result.stderr
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("budget").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert [r.info.status for r in runs if r not in children] == ["FINISHED"]
+    assert children and all(c.data.tags["trial_status"] == "early_stopped" for c in children)
