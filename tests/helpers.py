@@ -39,6 +39,20 @@ def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
     return path
 
 
+# A trainable module (`train`) of half-second epochs, `config["epochs"]` of them.
+STEADY_TRAINABLE = """
+import time
+
+from ray import tune
+
+
+def train(config):
+    for epoch in range(1, config["epochs"] + 1):
+        time.sleep(0.5)
+        tune.report({"epoch": epoch, "score": config["x"] * epoch})
+"""
+
+
 def packing_trainable(together: int) -> str:
     """A trainable module (`train`) whose trials report where they ran and what Ray gave them.
 

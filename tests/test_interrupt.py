@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from platform.interrupt import TrialOutcomes, reclaim_sigterm, sigterm_as_interrupt, unfinished_trials
-from tests.helpers import run_cli, write_spec
+from tests.helpers import STEADY_TRAINABLE, run_cli, write_spec
 
 
 def _trial(trial_id: str, status: str) -> SimpleNamespace:
@@ -76,21 +76,9 @@ def test_a_job_that_ran_to_its_end_has_no_unfinished_trials():
     assert unfinished_trials("job-2") == []
 
 
-SLOW_TRAINABLE = """
-import time
-
-from ray import tune
-
-
-def train(config):
-    for epoch in range(1, 31):
-        time.sleep(0.5)
-        tune.report({"epoch": epoch, "score": config["x"] * epoch})
-"""
-
 BUDGET_SPEC = """
 name: budget
-trainable: slow:train
+trainable: steady:train
 metric: score
 mode: max
 search:
@@ -108,7 +96,7 @@ tracking: {register_model: false}
 @pytest.mark.slow
 def test_trials_the_time_budget_stops_are_stopped_early_not_interrupted(tmp_path):
     # Tune ends such trials as a stop would, without its callbacks: they must not look interrupted.
-    (tmp_path / "slow.py").write_text(SLOW_TRAINABLE)
+    (tmp_path / "steady.py").write_text(STEADY_TRAINABLE)
     write_spec(tmp_path, BUDGET_SPEC)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_cli("spec.yaml", "--tracking-uri", uri, cwd=tmp_path, timeout=300)

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests import servers
-from tests.helpers import ROOT, SPECS, run_cli, write_spec
+from tests.helpers import ROOT, SPECS, STEADY_TRAINABLE, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -54,18 +54,6 @@ def test_job_tracks_and_registers_over_http(mlflow_server, tmp_path):
     assert len(model.predict(model.input_example)) == len(model.input_example)
 
 
-STEADY = """
-import time
-
-from ray import tune
-
-
-def train(config):
-    for epoch in range(1, config["epochs"] + 1):
-        time.sleep(0.5)
-        tune.report({"epoch": epoch, "score": config["x"] * epoch})
-"""
-
 STEADY_SPEC = """
 name: outage
 trainable: steady:train
@@ -84,7 +72,7 @@ tracking: {register_model: false}
 
 
 def test_a_tracking_server_down_for_20_seconds_mid_job_loses_nothing(tmp_path):
-    (tmp_path / "steady.py").write_text(STEADY)
+    (tmp_path / "steady.py").write_text(STEADY_TRAINABLE)
     write_spec(tmp_path, STEADY_SPEC)
     with servers.mlflow_server(tmp_path) as server:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
