@@ -189,6 +189,19 @@ def test_ray_job_stop_marks_the_runs_killed_and_resume_finishes_the_job(cluster,
         assert [m.step for m in client.get_metric_history(child.info.run_id, "score")] == list(range(1, 9))
 
 
+def test_on_the_head_address_auto_finds_the_cluster_as_ray_exec_runs_it(cluster, project):
+    # `ray exec cluster.yaml "cd ~/tuning-platform && python -m platform.tune ... --address auto"`
+    head, uri, folder = cluster
+    result = run_cli(
+        "packed.yaml", "--address", "auto", "--tracking-uri", uri, "--set", "name=packed-auto",
+        "--storage-path", str(folder / "rr"), cwd=project, env=head.env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _, parents, children = _runs(uri, "packed-auto")
+    assert [p.info.status for p in parents] == ["FINISHED"] and len(children) == 4
+    assert all(c.data.metrics["gpu_share"] == 0.25 for c in children)
+
+
 def test_address_from_outside_with_and_without_the_token(cluster, project):
     head, uri, folder = cluster
     common = ["packed.yaml", "--address", head.address, "--tracking-uri", uri]
