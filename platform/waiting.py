@@ -34,7 +34,8 @@ class WaitingForNodes(Callback):
         pending = sum(trial.status == "PENDING" for trial in trials)
         if not pending:
             return
-        launching, unmet = nodes_launching(), unmet_demand()
+        status = autoscaler_status() or {}
+        launching, unmet = nodes_launching(status), unmet_demand(status)
         if not launching and not unmet:
             return
         running = sum(trial.status == "RUNNING" for trial in trials)
@@ -45,15 +46,15 @@ class WaitingForNodes(Callback):
             print(line, flush=True)
 
 
-def unmet_demand() -> bool:
-    """Whether the autoscaler reports resource requests no live node can take now (v1's status:
-    `load_metrics_report`, `resource_demand` for tasks and actors, `pg_demand` for Tune's
+def unmet_demand(status: dict[str, Any]) -> bool:
+    """Whether the autoscaler's status reports resource requests no live node can take now
+    (v1's `load_metrics_report`: `resource_demand` for tasks and actors, `pg_demand` for Tune's
     placement groups)."""
-    report = (autoscaler_status() or {}).get("load_metrics_report") or {}
+    report = status.get("load_metrics_report") or {}
     return bool(report.get("resource_demand") or report.get("pg_demand"))
 
 
-def nodes_launching() -> str:
+def nodes_launching(status: dict[str, Any]) -> str:
     """The nodes the autoscaler is launching, as `1 gpu_worker`; empty when none.
 
     Autoscaler v1 (the cluster launcher's) puts them in its status (`autoscaler_report`:
@@ -61,7 +62,7 @@ def nodes_launching() -> str:
     ray/autoscaler/_private/monitor.py); v2 answers through `ray.autoscaler.v2.sdk.get_cluster_status`.
     """
     counts: dict[str, int] = {}
-    report = (autoscaler_status() or {}).get("autoscaler_report") or {}
+    report = status.get("autoscaler_report") or {}
     for name, count in (report.get("pending_launches") or {}).items():
         counts[name] = counts.get(name, 0) + int(count)
     for entry in report.get("pending_nodes") or []:
