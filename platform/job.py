@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from platform.cluster import (
+    PROJECT_ROOT,
     Capacity,
     JobError,
     check_storage_shared,
@@ -39,8 +40,6 @@ from platform.resume import (
 from platform.spec import Spec, param_space
 
 logger = logging.getLogger(__name__)
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["JobError", "JobOutcome", "JobRequest", "TrialRow", "run_job", "tune_config"]
 

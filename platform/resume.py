@@ -42,8 +42,8 @@ class ResumeTarget:
 def experiment_uri(storage_path: str, run_name: str) -> str:
     """Where Ray keeps a run's state: `s3://bucket/path/RUN` (an `?endpoint_override=...` query,
     as pyarrow takes it, stays at the end), or a local folder."""
-    base, query = storage_path.split("?", 1) if "?" in storage_path else (storage_path, "")
-    return f"{base.rstrip('/')}/{run_name}" + (f"?{query}" if query else "")
+    base, mark, query = storage_path.partition("?")
+    return f"{base.rstrip('/')}/{run_name}{mark}{query}"
 
 
 def spec_fingerprint(spec: Spec) -> str:
