@@ -16,8 +16,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """`python -m platform.tune ARGS` from `cwd` (the project is found through PYTHONPATH);
     `env` adds variables, and removes those given as None."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    full_env["PYTHONPATH"] = str(ROOT)
+    full_env = cli_env()
     for key, value in (env or {}).items():
         if value is None:
             full_env.pop(key, None)
@@ -31,6 +30,14 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def cli_env() -> dict[str, str]:
+    """This process's environment for a CLI a test starts: no cluster or store of the caller's,
+    and the project found through PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
 
 
 def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, SPECS
+from tests.helpers import SPECS, cli_env
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_jobs_on_one_sqlite_store_both_finish_with_separate_complete_records(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["PYTHONPATH"] = str(ROOT)
+    env = cli_env()
     command = [sys.executable, "-m", "platform.tune", str(SPECS / "mlp.yaml"), "--smoke-test", "--tracking-uri", uri]
     # Started together, so both create the store's tables and the one experiment at once.
     jobs = [

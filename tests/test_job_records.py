@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, SPECS
+from tests.helpers import SPECS, cli_env
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +28,10 @@ sys.exit(main(sys.argv[1:]))
 
 def test_a_job_failing_before_its_first_trial_leaves_a_failed_parent_with_the_reason(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["PYTHONPATH"] = str(ROOT)
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, str(SPECS / "mlp.yaml"), "--smoke-test", "--tracking-uri", uri],
         cwd=tmp_path,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=300,

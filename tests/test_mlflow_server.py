@@ -3,7 +3,6 @@ through an outage of that server."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests import servers
-from tests.helpers import ROOT, SPECS, STEADY_TRAINABLE, run_cli, write_spec
+from tests.helpers import SPECS, STEADY_TRAINABLE, cli_env, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -75,11 +74,10 @@ def test_a_tracking_server_down_for_20_seconds_mid_job_loses_nothing(tmp_path):
     (tmp_path / "steady.py").write_text(STEADY_TRAINABLE)
     write_spec(tmp_path, STEADY_SPEC)
     with servers.mlflow_server(tmp_path) as server:
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
         job = subprocess.Popen(
             [sys.executable, "-m", "platform.tune", "spec.yaml", "--tracking-uri", server.uri],
             cwd=tmp_path,
-            env={**env, "PYTHONPATH": str(ROOT)},
+            env=cli_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

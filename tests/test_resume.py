@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from platform.resume import RUN_NAME_TAG, STORAGE_TAG
-from tests.helpers import ROOT, run_cli, write_spec
+from tests.helpers import cli_env, run_cli, write_spec
 from tests.servers import s3_server
 
 pytestmark = pytest.mark.slow
@@ -84,12 +84,10 @@ def _start_job(tmp_path: Path, uri: str, extra: tuple[str, ...] = ()) -> tuple[s
 
 
 def _popen_cli(tmp_path: Path, args: list[str]) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["PYTHONPATH"] = str(ROOT)
     return subprocess.Popen(
         [sys.executable, "-u", "-m", "platform.tune", *args],
         cwd=tmp_path,
-        env=env,
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
