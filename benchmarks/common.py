@@ -44,7 +44,7 @@ def ray_running(cpus: int) -> Iterator[None]:
     """One embedded Ray, started the way a job starts it, shared by every variant."""
     import ray
 
-    from platform.cluster import start_local_ray
+    from tuning_platform.cluster import start_local_ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     start_local_ray(cpus)
@@ -67,15 +67,16 @@ def same_trials(trials: int) -> list[str]:
 
 
 def job_request(spec: str | Path, overrides: Sequence[str], folder: Path, name: str) -> Any:
-    """The request `python -m platform.tune SPEC --set ... --tracking-uri ... --name NAME` makes."""
-    from platform.tune import build_parser, prepare
+    """The request `tuning-platform SPEC --set ... --tracking-uri ... --name NAME` makes."""
+    from tuning_platform.request import build_request
 
-    argv = [str(spec), *[arg for key in overrides for arg in ("--set", key)]]
-    argv += ["--tracking-uri", f"sqlite:///{folder / name}.db", "--storage-path", str(folder / "ray_results")]
-    argv += ["--name", name]
-    args = build_parser().parse_args(argv)
-    args.address, args.address_from_cli = None, False
-    return prepare(args, argv)
+    return build_request(
+        str(spec),
+        list(overrides),
+        name=name,
+        tracking_uri=f"sqlite:///{folder / name}.db",
+        storage_path=str(folder / "ray_results"),
+    )
 
 
 def create_store(tracking_uri: str) -> float:
@@ -84,7 +85,7 @@ def create_store(tracking_uri: str) -> float:
     Done outside the timed runs: it is the same one-time cost for any MLflow user of the store,
     not a cost per job.
     """
-    from platform.tracking import open_client
+    from tuning_platform.tracking import open_client
 
     started = time.perf_counter()
     open_client(tracking_uri).search_experiments()
@@ -93,8 +94,8 @@ def create_store(tracking_uri: str) -> float:
 
 def run_platform(request: Any) -> tuple[Any, float]:
     """The whole job on the running Ray: parent run, trials with full tracking, summary, registry."""
-    from platform.job import run_job
-    from platform.tracking import JobTracker
+    from tuning_platform.job import run_job
+    from tuning_platform.tracking import JobTracker
 
     started = time.perf_counter()
     outcome = run_job(request, JobTracker(request.tracking_uri, request.spec.name))
@@ -103,11 +104,11 @@ def run_platform(request: Any) -> tuple[Any, float]:
 
 def run_plain_tune(request: Any, callbacks: Sequence[Any] = ()) -> tuple[Any, float]:
     """The same trials through Ray Tune alone: the job's trainable, data and Tune settings
-    (`job.tune_config`, `checkpoints.checkpoint_config`), and no tracking besides `callbacks`."""
+    (`tuner.tune_config`, `checkpoints.checkpoint_config`), and no tracking besides `callbacks`."""
     from ray import tune
 
-    from platform.checkpoints import checkpoint_config
-    from platform.job import _trainable, _trial_config, tune_config
+    from tuning_platform.checkpoints import checkpoint_config
+    from tuning_platform.tuner import build_trainable, trial_config, tune_config
 
     spec = request.spec
     started = time.perf_counter()
@@ -115,10 +116,10 @@ def run_plain_tune(request: Any, callbacks: Sequence[Any] = ()) -> tuple[Any, fl
     dataset = task.load_data(dict(request.data)) if task is not None else None
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     run_name = f"{spec.name}-plain-{time.time_ns()}"
-    trainable = _trainable(spec, request, resources, dataset, run_name, request.storage_path)
+    trainable = build_trainable(request, resources, dataset, run_name, request.storage_path)
     tuner = tune.Tuner(
         trainable,
-        param_space=_trial_config(spec, request.data),
+        param_space=trial_config(spec, request.data),
         tune_config=tune_config(spec, resources),
         run_config=tune.RunConfig(
             name=run_name,

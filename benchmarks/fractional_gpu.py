@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             request = job_request(SPECS / "cnn.yaml", overrides, folder, f"gpu-{gpu}")
             outcome, wall_s = run_platform(request)
-            if outcome.exit_code != 0:
-                print(f"error: the gpu={gpu} job ended with exit {outcome.exit_code}", file=sys.stderr)
+            if outcome.best is None:
+                print(f"error: the gpu={gpu} job ended without a best trial", file=sys.stderr)
                 return 1
             per_hour[gpu] = len(outcome.rows) / wall_s * 3600
     print(f"\nFractional GPU: {args.trials} CNN trials x {args.epochs} epochs, {torch.cuda.get_device_name(0)}")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.trials = 40
     quiet()
-    from platform.tracking import child_runs, open_client
+    from tuning_platform.tracking import child_runs, open_client
 
     with workdir(args.workdir) as folder, ray_running(args.cpus):
         request = job_request(SPEC, [f"search.num_samples={args.trials}"], folder, "scale")
@@ -53,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     one_each = set(per_trial) == trial_ids and all(count == 1 for count in per_trial.values())
     finished = sum(run.info.status == "FINISHED" for run in runs)
     print(f"\nScale: {args.trials} trivial trials, full platform (Optuna TPE, MLflow), {args.cpus} CPUs")
-    print(f"job exit {outcome.exit_code}; {len(outcome.rows)} trials in {seconds:.1f} s")
+    print(f"best trial: {outcome.best_trial_id}; {len(outcome.rows)} trials in {seconds:.1f} s")
     print(
         f"MLflow: {len(runs)} child runs for {len(trial_ids)} trials, {finished} FINISHED, most per trial: "
         f"{max(per_trial.values(), default=0)}"
     )
     print(f"driver peak memory {peak:.2f} GiB")
-    complete = outcome.exit_code == 0 and len(outcome.rows) == args.trials and one_each and finished == args.trials
+    complete = outcome.best is not None and len(outcome.rows) == args.trials and one_each and finished == args.trials
     print(f"{'PASS' if complete else 'FALLS SHORT'}: every trial completed with exactly one FINISHED child run")
     rate_ok = verdict(
         "trials per minute", len(outcome.rows) / seconds * 60, TARGET_PER_MINUTE, at_most=False, smoke=args.smoke

@@ -28,7 +28,7 @@ STRATEGIES = {"random+FIFO": ("random", "fifo"), "TPE+ASHA": ("optuna", "asha")}
 
 def best_over_time(client: Any, outcome: Any, metric: str) -> list[tuple[float, float]]:
     """(seconds since the job's start, best value so far) at each new best, from MLflow."""
-    from platform.tracking import child_runs
+    from tuning_platform.tracking import child_runs
 
     parent = client.get_run(outcome.parent_run_id)
     points = []
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.trials, args.seeds = 6, [0]
     quiet()
-    from platform.tracking import open_client
+    from tuning_platform.tracking import open_client
 
     measured: dict[int, dict[str, dict[str, Any]]] = {}
     with workdir(args.workdir) as folder, ray_running(args.cpus):
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"search-{algorithm}-{scheduler}-{seed}"
                 request = job_request(SPECS / "mlp.yaml", overrides, folder, name)
                 outcome, wall_s = run_platform(request)
-                if outcome.exit_code != 0:
-                    print(f"error: {name} ended with exit {outcome.exit_code}", file=sys.stderr)
+                if outcome.best is None:
+                    print(f"error: {name} ended without a best trial", file=sys.stderr)
                     return 1
                 metric = request.spec.metric
                 measured[seed][label] = {

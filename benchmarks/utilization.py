@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.trials = 4
     quiet()
-    from platform.tracking import child_runs, open_client
+    from tuning_platform.tracking import child_runs, open_client
 
     settings = trial_settings(args.trials, args.epochs)
     with workdir(args.workdir) as folder, ray_running(args.cpus):
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = child_runs(client, outcome.experiment_id, outcome.parent_run_id)
         per_trial = [sum(m.value for m in client.get_metric_history(run.info.run_id, COMPUTE_TIME_KEY)) for run in runs]
         parent = client.get_run(outcome.parent_run_id).info
-    if outcome.exit_code != 0 or len(per_trial) != args.trials:
-        print(f"error: the job ended with exit {outcome.exit_code} and {len(per_trial)} trial runs", file=sys.stderr)
+    if outcome.best is None or len(per_trial) != args.trials:
+        print(f"error: the job ended without a best trial and {len(per_trial)} trial runs", file=sys.stderr)
         return 1
     slots = args.cpus // int(request.spec.resources.cpu)
     training_s = sum(per_trial)

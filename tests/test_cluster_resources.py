@@ -8,10 +8,10 @@ import copy
 import pytest
 import yaml
 
-from platform.cluster import Capacity, JobError, NodeType, check_resources, concurrent_groups
-from platform.spec import validate_spec
 from tests.helpers import ROOT
 from tests.test_spec import BASE
+from tuning_platform.cluster import Capacity, JobError, NodeType, check_resources, concurrent_groups
+from tuning_platform.spec import validate_spec
 
 
 def _spec(cpu: float = 1, gpu: float = 0, workers: int = 1, max_concurrent: int | None = None):

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from platform.spec import load_spec
 from tests.helpers import SPECS, run_cli
 from trainables import fraud
+from tuning_platform.spec import load_spec
 
 pytestmark = pytest.mark.slow
 

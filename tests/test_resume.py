@@ -18,9 +18,9 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from platform.resume import RUN_NAME_TAG, STORAGE_TAG
 from tests.helpers import cli_env, run_cli, write_spec
 from tests.servers import s3_server
+from tuning_platform.resume import RUN_NAME_TAG, STORAGE_TAG
 
 pytestmark = pytest.mark.slow
 

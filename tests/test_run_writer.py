@@ -15,8 +15,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
-from platform import tracking
-from platform.tracking import JobTracker, TrialRunsCallback
+from tuning_platform import tracking
+from tuning_platform.tracking import JobTracker, TrialRunsCallback
 
 
 class FakeTrial(SimpleNamespace):
@@ -125,7 +125,7 @@ def test_the_job_sees_every_queued_write_before_it_closes_the_trial_runs(tmp_pat
     assert run.data.metrics["score"] == 0.5
 
 
-def test_refused_writes_are_counted_and_named_at_the_end(tmp_path, capsys):
+def test_refused_writes_are_counted_and_named_at_the_end(tmp_path, caplog):
     tracker, callback = _job(tmp_path)
 
     def refuse(*args, **kwargs):
@@ -135,11 +135,11 @@ def test_refused_writes_are_counted_and_named_at_the_end(tmp_path, capsys):
     _run_trial(callback, "lost")
     callback.on_experiment_end([])
     assert callback.writer.failures and "metric value too long" in callback.writer.failures[0]
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "MLflow writes failed (first: MlflowException: metric value too long)" in err
 
 
-def test_writes_wait_out_a_store_that_is_away_and_say_so(tmp_path, capsys, monkeypatch):
+def test_writes_wait_out_a_store_that_is_away_and_say_so(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(tracking, "STALL_WARNING_S", 0.5)
     tracker, callback = _job(tmp_path)
     client = callback.writer.client
@@ -157,7 +157,7 @@ def test_writes_wait_out_a_store_that_is_away_and_say_so(tmp_path, capsys, monke
     _run_trial(callback, "late", epochs=1)  # queued while the store is away: Tune's loop notices
     callback.on_experiment_end([])
     assert callback.writer.failures == []
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "warning: the MLflow tracking store" in err and "has not answered for" in err
     assert "note: the MLflow tracking store answers again" in err
     mlflow = MlflowClient(tracker.tracking_uri)
@@ -167,7 +167,7 @@ def test_writes_wait_out_a_store_that_is_away_and_say_so(tmp_path, capsys, monke
         assert run.info.status == "FINISHED"
 
 
-def test_the_final_flush_is_bounded_and_names_what_was_not_written(tmp_path, capsys, monkeypatch):
+def test_the_final_flush_is_bounded_and_names_what_was_not_written(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(tracking, "FINAL_FLUSH_TIMEOUT_S", 1.0)
     _, callback = _job(tmp_path)
 
@@ -179,7 +179,7 @@ def test_the_final_flush_is_bounded_and_names_what_was_not_written(tmp_path, cap
     started = time.monotonic()
     callback.on_experiment_end([])
     assert time.monotonic() - started < 5
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "took no writes for 1s at the end of the job; not written: 3 results of trials stuck" in err
 
 

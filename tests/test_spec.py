@@ -7,8 +7,8 @@ import copy
 import pytest
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
 
-from platform.spec import SpecError, load_spec, param_space, parse_yaml, smoke_overrides, validate_spec
 from tests.helpers import SPECS
+from tuning_platform.spec import SpecError, load_spec, param_space, parse_yaml, smoke_overrides, validate_spec
 
 BASE = {
     "name": "job",

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from platform.spec import Spec, SpecError
 from trainables import TRAINABLES
+from tuning_platform.spec import Spec, SpecError
 
 
 @dataclass

@@ -11,13 +11,12 @@ import hashlib
 import logging
 import math
 import queue
-import sys
 import tempfile
 import threading
 import time
-import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from filelock import FileLock
@@ -26,12 +25,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from platform.guard import DIVERGED_KEY, TUNE_RESULT_KEYS, is_diverged, missing_metric_error
+from tuning_platform.guard import DIVERGED_KEY, TUNE_RESULT_KEYS, is_diverged, missing_metric_error
 
 logger = logging.getLogger(__name__)
 
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
-CHAMPION_ALIAS = "champion"
 _MAX_PARAM_LENGTH = 6000
 # Seconds a SQLite writer waits for another job's write to finish (sqlite3's default is 5).
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -60,11 +58,7 @@ def first_use_lock(tracking_uri: str) -> FileLock:
     return FileLock(f"{tempfile.gettempdir()}/tuning-platform-store-{digest}.lock")
 
 
-def is_better(value: float, than: float, mode: str) -> bool:
-    return value > than if mode == "max" else value < than
-
-
-def finished_status(last_result: dict[str, Any], metric: str, max_t: int) -> str:
+def finished_status(last_result: dict[str, Any], metric: str, max_t: int | None) -> str:
     """How a trial that ended without an exception ended: `diverged`, `failed` (it never
     reported the metric), `early_stopped` (ASHA cut it before max_t) or `completed`."""
     if last_result.get(DIVERGED_KEY):
@@ -72,7 +66,7 @@ def finished_status(last_result: dict[str, Any], metric: str, max_t: int) -> str
     if metric not in last_result:
         return "failed"
     epochs = int(last_result.get("epoch", last_result.get("training_iteration", 0)) or 0)
-    return "completed" if epochs >= max_t else "early_stopped"
+    return "completed" if max_t is None or epochs >= max_t else "early_stopped"
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, str]:
@@ -137,7 +131,7 @@ class JobTracker:
         self.client.update_run(parent_run_id, status="RUNNING")
         self.client.log_batch(parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def trial_callback(self, metric: str, max_t: int) -> TrialRunsCallback:
+    def trial_callback(self, metric: str, max_t: int | None) -> TrialRunsCallback:
         return TrialRunsCallback(self.tracking_uri, self.experiment_id, self.parent_run_id, metric, max_t)
 
     def close_trial_runs(self, statuses: dict[str, str], errors: dict[str, str] | None = None) -> None:
@@ -181,74 +175,21 @@ class JobTracker:
             self.client.set_tag(self.parent_run_id, "error", error[:500])
         self.client.set_terminated(self.parent_run_id, status)
 
-    def register_model(
-        self,
-        model: Any,
-        input_example: Any,
-        registered_name: str,
-        metric: str,
-        mode: str,
-        value: float,
-        tags: dict[str, str],
-        code_paths: list[str],
-    ) -> tuple[str, bool]:
-        """Log the model on the parent run and register it as a new version.
-
-        Returns the version and whether it became the `champion`: the alias moves only when
-        this version beats the current champion on the same metric.
-        """
-        import mlflow
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import infer_signature
-
-        rows = input_example.to_numpy(dtype="float32") if hasattr(input_example, "to_numpy") else input_example
-        with torch.no_grad():
-            output = model(torch.tensor(rows, dtype=torch.float32)).numpy()
-        mlflow.set_tracking_uri(self.tracking_uri)
-        with mlflow.start_run(run_id=self.parent_run_id), warnings.catch_warnings():
-            # MLflow's own check of the input example trips torch's read-only-array warning.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            # Integer id columns (the recommender's) are meant: a missing id is an error anyway.
-            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-            signature = infer_signature(input_example, output)
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                signature=signature,
-                input_example=input_example,
-                code_paths=code_paths,
-                # Pickle takes named table columns as input; MLflow's default (pt2) takes only arrays.
-                serialization_format="pickle",
-                # Explicit so MLflow does not spend seconds inferring them in a subprocess.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
-                registered_model_name=registered_name,
-            )
-        version = str(info.registered_model_version)
-        version_tags = {"metric": metric, "metric_value": repr(value), "mode": mode, **tags}
-        for key, tag_value in version_tags.items():
-            self.client.set_model_version_tag(registered_name, version, key, tag_value)
-
-        champion = self._champion(registered_name)
-        takes_alias = (
-            champion is None
-            or champion.tags.get("metric") != metric
-            or is_better(value, float(champion.tags.get("metric_value", "nan")), mode)
-            or math.isnan(float(champion.tags.get("metric_value", "nan")))
-        )
-        if takes_alias:
-            self.client.set_registered_model_alias(registered_name, CHAMPION_ALIAS, version)
-        return version, takes_alias
-
-    def _champion(self, registered_name: str) -> Any | None:
+    @contextmanager
+    def closed_on_error(self) -> Iterator[None]:
+        """The parent run's end when the job does not reach its own: KILLED on Ctrl-C or
+        SIGTERM (a second one: Tune stopped without saving its last state), FAILED with the
+        error on anything else; the trial runs still RUNNING get the same."""
         try:
-            return self.client.get_model_version_by_alias(registered_name, CHAMPION_ALIAS)
-        except MlflowException:
-            return None
-
-    def champion_version(self, registered_name: str) -> str | None:
-        champion = self._champion(registered_name)
-        return None if champion is None else str(champion.version)
+            yield
+        except KeyboardInterrupt:
+            self.close_trial_runs({})
+            self.finish("KILLED")
+            raise
+        except BaseException as err:
+            self.close_trial_runs({})
+            self.finish("FAILED", error=f"{type(err).__name__}: {err}")
+            raise
 
 
 # A tracking server that does not answer: how long one write may stall before the job says so,
@@ -365,19 +306,17 @@ class RunWriter:
         now = time.monotonic()
         if busy_since is not None and now - busy_since > STALL_WARNING_S and self._stall_reported is None:
             self._stall_reported = now
-            print(
-                f"warning: the MLflow tracking store {self.tracking_uri} has not answered for "
-                f"{now - busy_since:.0f}s; trial results are kept and written when it answers "
-                f"(retried for up to {RETRY_FOR_S:.0f}s)",
-                file=sys.stderr,
-                flush=True,
+            logger.warning(
+                "warning: the MLflow tracking store %s has not answered for %.0fs; trial results are kept "
+                "and written when it answers (retried for up to %.0fs)",
+                self.tracking_uri,
+                now - busy_since,
+                RETRY_FOR_S,
             )
         elif busy_since is None and self._stall_reported is not None:
-            print(
-                f"note: the MLflow tracking store answers again; writes resumed after "
-                f"{now - self._stall_reported + STALL_WARNING_S:.0f}s",
-                file=sys.stderr,
-                flush=True,
+            logger.warning(
+                "note: the MLflow tracking store answers again; writes resumed after %.0fs",
+                now - self._stall_reported + STALL_WARNING_S,
             )
             self._stall_reported = None
 
@@ -480,7 +419,7 @@ _OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 def flush_run_writers(timeout: float | None = FINAL_FLUSH_TIMEOUT_S) -> None:
     for writer in list(_OPEN_WRITERS):
         if not writer.flush(timeout):
-            print(f"warning: not written to MLflow: {writer.not_written() or 'a write in progress'}", file=sys.stderr)
+            logger.warning("warning: not written to MLflow: %s", writer.not_written() or "a write in progress")
 
 
 class TrialRunsCallback(Callback):
@@ -491,7 +430,7 @@ class TrialRunsCallback(Callback):
     config and comes back with `--resume`, so it keeps only the tracking URI and ids.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, metric: str, max_t: int):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, metric: str, max_t: int | None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -584,19 +523,17 @@ class TrialRunsCallback(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         writer = self.writer
         if not writer.close(FINAL_FLUSH_TIMEOUT_S):
-            print(
-                f"warning: the MLflow tracking store {self.tracking_uri} took no writes for "
-                f"{FINAL_FLUSH_TIMEOUT_S:.0f}s at the end of the job; not written: "
-                f"{writer.not_written() or 'a write in progress'}",
-                file=sys.stderr,
-                flush=True,
+            logger.warning(
+                "warning: the MLflow tracking store %s took no writes for %.0fs at the end of the job; not written: %s",
+                self.tracking_uri,
+                FINAL_FLUSH_TIMEOUT_S,
+                writer.not_written() or "a write in progress",
             )
         if writer.failures:
-            print(
-                f"warning: {len(writer.failures)} MLflow writes failed (first: {writer.failures[0]}); "
-                "the trial runs may miss some records",
-                file=sys.stderr,
-                flush=True,
+            logger.warning(
+                "warning: %d MLflow writes failed (first: %s); the trial runs may miss some records",
+                len(writer.failures),
+                writer.failures[0],
             )
 
 

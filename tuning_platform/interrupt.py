@@ -17,11 +17,6 @@ from typing import Any
 
 from ray.tune import Callback
 
-# Exit codes of a job stopped by Ctrl-C and by SIGTERM (128 + the signal, as shells report).
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
-
-
 # The SIGTERM handler of the innermost `sigterm_as_interrupt`, for `reclaim_sigterm`.
 _HANDLERS: list[Callable[[int, Any], None]] = []
 

@@ -21,9 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from platform.spec import Spec
+from tuning_platform.errors import JobError
+from tuning_platform.spec import Spec
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["JobError"]  # raised here; kept importable from this module
+
+
+def trainables_folder() -> Path:
+    """Where the built-in trainables this process imports live (installed, or the repository)."""
+    import trainables
+
+    return Path(trainables.__file__).resolve().parent
+
 
 # Never shipped to a cluster with the code: local records, run outputs, environments, caches.
 WORKING_DIR_EXCLUDES = [
@@ -43,10 +52,6 @@ WORKING_DIR_EXCLUDES = [
 # Where Ray's own CLI finds a cluster's token (ray/_raylet AuthenticationTokenLoader).
 TOKEN_SOURCES = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
 GCS_PROBE_TIMEOUT_S = 5
-
-
-class JobError(Exception):
-    """A problem found once Ray is up (resources that can never be met, ...): exit 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,11 +164,27 @@ def start_local_ray(cpus: int, dashboard: bool = False) -> None:
         # the dashboard serves (on 127.0.0.1); other jobs save its start-up time.
         include_dashboard=dashboard,
         logging_level=logging.WARNING,
-        # Trials import `trainables` from the project, whatever the working directory.
-        runtime_env={
-            "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-        },
+        # Workers run this Python, so they import `trainables` where this process does, and a
+        # user's own module from this working directory (Ray adds it to their path).
+        runtime_env=_local_runtime_env(),
     )
+
+
+def _local_runtime_env() -> dict[str, Any] | None:
+    """Nothing, unless this process found `trainables` where its workers will not: not installed
+    (`pip install`, editable or not), not in the working directory, not on PYTHONPATH (which
+    workers inherit). Then its folder is shipped to them as a module."""
+    import importlib.metadata
+
+    folder = trainables_folder()
+    on_path = [Path(p).resolve() for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if folder.parent in (Path.cwd().resolve(), *on_path):
+        return None
+    try:
+        importlib.metadata.distribution("tuning-platform")
+        return None
+    except importlib.metadata.PackageNotFoundError:
+        return {"py_modules": [str(folder)]}
 
 
 def submitted_job_runtime_env() -> dict[str, Any] | None:
@@ -183,7 +204,7 @@ def cluster_runtime_env(storage_path: str | None = None) -> dict[str, Any] | Non
     For a submitted job that shipped its own working directory, only the `trainables` package
     when that directory lacks it."""
     cwd = Path.cwd().resolve()
-    trainables = PROJECT_ROOT / "trainables"
+    trainables = trainables_folder()
     submitted = submitted_job_runtime_env()
     if submitted is not None and submitted.get("working_dir"):
         if (cwd / "trainables").is_dir() or submitted.get("py_modules"):

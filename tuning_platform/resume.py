@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from platform.spec import Spec, SpecError
+from tuning_platform.spec import Spec, SpecError
 
 # Tags on the parent run that `--resume` reads back.
 SPEC_HASH_TAG = "spec_hash"
@@ -24,6 +24,7 @@ RUN_NAME_TAG = "ray_run_name"
 STORAGE_TAG = "ray_storage_path"
 HOST_TAG = "driver_host"
 PID_TAG = "driver_pid"
+STARTED_TAG = "driver_started"
 RESUMED_TAG = "resumed"
 
 
@@ -53,24 +54,36 @@ def spec_fingerprint(spec: Spec) -> str:
 
 def driver_tags() -> dict[str, str]:
     """Who runs the job, so `--resume` never takes over a job that is still alive."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), STARTED_TAG: repr(_started(os.getpid()))}
 
 
-def resume_command(argv: list[str]) -> str:
+def _started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def resume_command(prog: str, argv: list[str]) -> str:
     """The exact command that resumes the job this command line started."""
     args = [arg for arg in argv if arg != "--resume"]
-    return "python -m platform.tune " + shlex.join([*args, "--resume"])
+    return f"{prog} " + shlex.join([*args, "--resume"])
 
 
 def _driver_alive(tags: dict[str, str]) -> bool:
-    """True only when the run's driver is certainly a live tuning process on this machine."""
+    """True only when the run's driver is certainly a live process on this machine: the same
+    process id, started at the same time (a CLI, or a notebook that called `tune`)."""
     if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
         return False
+    if tags.get(STARTED_TAG, "None") != "None":
+        return repr(_started(int(tags[PID_TAG]))) == tags[STARTED_TAG]
     try:
         cmdline = Path(f"/proc/{tags[PID_TAG]}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"platform.tune" in cmdline
+    return b"platform.tune" in cmdline  # a job recorded before the start time was
 
 
 def find_unfinished_job(tracking_uri: str, spec: Spec, spec_file: str) -> ResumeTarget:
@@ -79,7 +92,7 @@ def find_unfinished_job(tracking_uri: str, spec: Spec, spec_file: str) -> Resume
 
     Raises SpecError (exit 2) when there is nothing to resume; reads only, writes nothing.
     """
-    from platform.tracking import PARENT_RUN_ID_TAG, open_client
+    from tuning_platform.tracking import PARENT_RUN_ID_TAG, open_client
 
     def nothing(reason: str) -> SpecError:
         return SpecError(spec_file, "--resume", f"nothing to resume: {reason}", has_got=False)

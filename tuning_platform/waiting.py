@@ -6,12 +6,15 @@ shows them PENDING and nothing says why. This callback adds one line when that c
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from ray.tune import Callback
 
-from platform.cluster import autoscaler_status
+from tuning_platform.cluster import autoscaler_status
+
+logger = logging.getLogger(__name__)
 
 # How often, at most, the job looks at what the autoscaler is launching (one GCS read).
 WAITING_REPORT_INTERVAL_S = 2.0
@@ -43,7 +46,7 @@ class WaitingForNodes(Callback):
         line = f"waiting for nodes: {doing}; {running} of {running + pending} trials running"
         if line != self._last_line:
             self._last_line = line
-            print(line, flush=True)
+            logger.info(line)
 
 
 def unmet_demand(status: dict[str, Any]) -> bool:

@@ -11,14 +11,16 @@ checkpoint retention has already deleted, and Ray then fails that trial on every
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 import pyarrow.fs
 from ray import tune
 from ray.tune import Callback
 
-from platform.spec import Spec
+from tuning_platform.spec import Spec
+
+logger = logging.getLogger(__name__)
 
 
 def checkpoint_config(spec: Spec) -> Any:
@@ -71,9 +73,8 @@ class SurvivingCheckpoints(Callback):
         else:
             metrics = newest.metrics
             start = f"its checkpoint of epoch {metrics.get('epoch', metrics.get('training_iteration'))}"
-        print(
-            f"note: trial {trial.trial_id}: its last checkpoint was deleted before the driver stopped; "
-            f"it goes on from {start}",
-            file=sys.stderr,
-            flush=True,
+        logger.warning(
+            "note: trial %s: its last checkpoint was deleted before the driver stopped; it goes on from %s",
+            trial.trial_id,
+            start,
         )

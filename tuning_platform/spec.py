@@ -13,6 +13,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -197,11 +198,15 @@ class Spec(StrictModel):
     storage_path: str | None = None
 
     @property
-    def epochs(self) -> int:
-        return int(self.search.fixed["epochs"])
+    def epochs(self) -> int | None:
+        """The epochs a trial may train (`search.fixed.epochs`); None when the spec leaves it to
+        the trainable, which only a scheduler without a horizon (FIFO) allows."""
+        epochs = self.search.fixed.get("epochs")
+        return None if epochs is None else int(epochs)
 
     @property
-    def max_t(self) -> int:
+    def max_t(self) -> int | None:
+        """The horizon in epochs: ASHA's `max_t`; None when there is none (FIFO without epochs)."""
         return self.scheduler.max_t or self.epochs
 
     @property
@@ -215,12 +220,36 @@ class Spec(StrictModel):
 
 
 def load_spec(
-    path: str | Path, overrides: list[str] | None = None, *, name: str | None = None
+    spec: str | Path | Mapping[str, Any],
+    overrides: list[str] | Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
 ) -> tuple[Spec, dict[str, Any], str]:
-    """Read, override and validate a spec file.
+    """Read, override and validate a spec: a YAML file, or a mapping of the same keys.
 
-    Returns the validated spec, the raw mapping after overrides, and the file's text.
+    `overrides` are `KEY=VALUE` items (values parsed as YAML, as `--set` takes them) or a
+    mapping of dotted keys to values. Returns the validated spec, the raw mapping after
+    overrides, and the spec's text (a mapping is written out as YAML).
     """
+    if isinstance(spec, Mapping):
+        file, raw = "<spec>", copy.deepcopy(dict(spec))
+        text = yaml.safe_dump(raw, sort_keys=False)
+    else:
+        file = str(spec)
+        raw, text = _read_spec_file(spec)
+        raw = copy.deepcopy(raw)
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_value(raw, str(key), value, file, f"{key}={value}")
+    else:
+        for item in overrides or []:
+            apply_override(raw, item, file)
+    if name is not None:
+        raw["name"] = name
+    return validate_spec(raw, file), raw, text
+
+
+def _read_spec_file(path: str | Path) -> tuple[dict[str, Any], str]:
     file = str(path)
     try:
         text = Path(path).read_text()
@@ -237,12 +266,7 @@ def load_spec(
         raise SpecError(file, "", f"not valid YAML{where}: {problem}", has_got=False) from None
     if not isinstance(raw, dict):
         raise SpecError(file, "", "top level must be a mapping of keys", type(raw).__name__)
-    raw = copy.deepcopy(raw)
-    for item in overrides or []:
-        apply_override(raw, item, file)
-    if name is not None:
-        raw["name"] = name
-    return validate_spec(raw, file), raw, text
+    return raw, text
 
 
 def apply_override(raw: dict[str, Any], item: str, file: str) -> None:
@@ -250,13 +274,18 @@ def apply_override(raw: dict[str, Any], item: str, file: str) -> None:
     if "=" not in item:
         raise SpecError(file, "--set", "expected KEY=VALUE", item)
     key, _, value_text = item.partition("=")
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise SpecError(file, "--set", "key must be a dotted path like search.num_samples", item)
     try:
         value = parse_yaml(value_text) if value_text.strip() else None
     except yaml.YAMLError:
         raise SpecError(file, f"--set {key}", "value is not valid YAML", value_text) from None
+    set_value(raw, key, value, file, item)
+
+
+def set_value(raw: dict[str, Any], key: str, value: Any, file: str, item: str) -> None:
+    """Set the dotted `key` of the raw mapping to `value`, making mappings on the way."""
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecError(file, "--set", "key must be a dotted path like search.num_samples", item)
     node = raw
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -293,9 +322,15 @@ def _check_relations(spec: Spec, file: str) -> None:
         raise SpecError(file, "search", "'data' is reserved for the spec's data block", "data")
 
     epochs = spec.search.fixed.get("epochs")
-    if epochs is None:
-        raise SpecError(file, "search.fixed.epochs", "required: how many epochs a trial may train", None)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if epochs is None and spec.scheduler.type == "asha" and spec.scheduler.max_t is None:
+        raise SpecError(
+            file,
+            "search.fixed.epochs",
+            "required by the asha scheduler, which needs a horizon (max_t): set it, or scheduler.max_t, "
+            "or use scheduler.type: fifo",
+            None,
+        )
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise SpecError(file, "search.fixed.epochs", "must be an integer >= 1", epochs)
 
     if spec.search.algorithm == "optuna":
@@ -310,11 +345,11 @@ def _check_relations(spec: Spec, file: str) -> None:
                             value,
                         )
 
-    if spec.scheduler.max_t is not None and spec.scheduler.max_t > spec.epochs:
+    if spec.scheduler.max_t is not None and spec.epochs is not None and spec.scheduler.max_t > spec.epochs:
         raise SpecError(
             file, "scheduler.max_t", f"must be <= search.fixed.epochs ({spec.epochs})", spec.scheduler.max_t
         )
-    if spec.scheduler.type == "asha" and spec.scheduler.grace_period > spec.max_t:
+    if spec.scheduler.type == "asha" and spec.max_t is not None and spec.scheduler.grace_period > spec.max_t:
         raise SpecError(
             file,
             "scheduler.grace_period",
@@ -458,9 +493,10 @@ def smoke_overrides(spec: Spec) -> list[str]:
     """`--set` items that shrink any spec to a run of well under a minute."""
     items = [
         f"search.num_samples={min(spec.search.num_samples, 4)}",
-        "search.fixed.epochs=2",
         "data.smoke=true",
     ]
+    if spec.epochs is not None:
+        items.append("search.fixed.epochs=2")
     if spec.scheduler.max_t is not None:
         items.append("scheduler.max_t=2")
     if spec.scheduler.grace_period > 1:

@@ -1,0 +1,107 @@
+"""The champion rule on a real SQLite registry, and what travels with a registered model."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import ROOT
+from tuning_platform.registry import (
+    CHAMPION_ALIAS,
+    code_paths,
+    code_requirements,
+    data_fingerprint,
+    settle_champion,
+)
+
+NAME = "reg-model"
+
+
+@pytest.fixture
+def client(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_registered_model(NAME)
+    return client
+
+
+def _version(client: MlflowClient, value: float, data: str = "d1", metric: str = "val_accuracy") -> str:
+    tags = {"metric": metric, "metric_value": repr(value), "mode": "max", "data_fingerprint": data}
+    return str(client.create_model_version(NAME, source="file:///nowhere/model", tags=tags).version)
+
+
+def _champion(client: MlflowClient) -> str:
+    return str(client.get_model_version_by_alias(NAME, CHAMPION_ALIAS).version)
+
+
+def test_champion_moves_only_to_a_better_comparable_version(client):
+    _version(client, 0.90)
+    assert settle_champion(client, NAME) == "1"
+    _version(client, 0.80)  # a worse job registers a version, not the champion
+    assert settle_champion(client, NAME) == "1"
+    _version(client, 0.99, data="other-data")  # better, but on other data: never compared
+    assert settle_champion(client, NAME) == "1"
+    _version(client, 0.99, metric="val_loss")  # another metric: never compared
+    assert settle_champion(client, NAME) == "1"
+    _version(client, 0.95)
+    assert settle_champion(client, NAME) == "5" == _champion(client)
+
+
+def test_a_champion_from_before_fingerprints_gives_way_to_the_newest_fingerprinted_version(client):
+    client.create_model_version(NAME, source="file:///nowhere/model", tags={"metric": "val_accuracy"})
+    client.set_registered_model_alias(NAME, CHAMPION_ALIAS, "1")
+    _version(client, 0.5)
+    assert settle_champion(client, NAME) == "2"
+
+
+def test_jobs_finishing_together_leave_the_best_version_champion(client):
+    """Each job registers, then settles; however their reads and writes interleave, the last
+    write saw every version."""
+    values = [0.91, 0.97, 0.93, 0.95, 0.92, 0.96]
+    start = threading.Barrier(len(values))
+    errors: list[BaseException] = []
+
+    def job(value: float) -> None:
+        start.wait()
+        try:
+            _version(client, value)
+            settle_champion(client, NAME)
+        except BaseException as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=job, args=(value,)) for value in values]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    best = max(client.search_model_versions(f"name = '{NAME}'"), key=lambda v: float(v.tags["metric_value"]))
+    assert best.tags["metric_value"] == "0.97"
+    assert _champion(client) == str(best.version)
+
+
+def test_data_fingerprint_follows_the_data_block_and_the_files_it_names(tmp_path):
+    table = tmp_path / "table.csv"
+    table.write_text("a,b\n1,2\n")
+    block = {"dataset": "csv", "path": str(table), "target": "b"}
+    first = data_fingerprint(block)
+    assert data_fingerprint(dict(block)) == first
+    assert data_fingerprint({**block, "smoke": True}) != first
+    table.write_text("a,b\n1,3\n")  # same name, other content
+    assert data_fingerprint(block) != first
+
+
+def test_requirements_are_what_the_model_code_imports_when_loaded(tmp_path):
+    import trainables
+
+    user_module = tmp_path / "mymodule.py"
+    user_module.write_text("import yaml\nimport json\n\ndef train(config):\n    import ray\n")
+    paths = code_paths(trainables.cnn if hasattr(trainables, "cnn") else __import__("trainables.cnn").cnn)
+    assert paths == [str(ROOT / "trainables")]
+    names = {req.split("==")[0].lower() for req in code_requirements([*paths, str(user_module)])}
+    # torch, numpy, pandas, scikit-learn and pydantic are imported at load; Ray and MLflow only
+    # inside functions that serving never calls; json is the standard library's.
+    assert {"torch", "numpy", "pandas", "scikit-learn", "pydantic", "pyyaml"} <= names
+    assert not names & {"ray", "mlflow", "json", "trainables", "mymodule"}
+    assert all("==" in req and "+" not in req for req in code_requirements(paths))

@@ -1,0 +1,238 @@
+"""Command line: `tuning-platform SPEC [options]` runs one tuning job (also `python -m
+tuning_platform`, and `python -m platform.tune` from the repository root).
+
+Exit codes: 0 the job finished with a best trial (some trials may have failed: a warning
+says how many), 1 the job failed (no trial produced the metric), 2 bad input (spec, options,
+unreachable tracking server or cluster, a cluster's token missing, impossible resources, nothing
+to `--resume`), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (`ray job stop`, `kill`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from tuning_platform.errors import JobError, SpecError, TrialsFailedError, TuneInterrupted
+from tuning_platform.request import DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, JobRequest, build_request
+from tuning_platform.resume import resume_command
+
+if TYPE_CHECKING:
+    from tuning_platform.job import TuneResult
+    from tuning_platform.results import TrialRow
+
+# Exit codes of a job stopped by Ctrl-C and by SIGTERM (128 + the signal, as shells report).
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other input error
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser(prog: str = "tuning-platform") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="Tune a trainable with Ray Tune (Optuna TPE + ASHA) and record every trial in MLflow.",
+        epilog=f"Example: {prog} search_spaces/cnn.yaml --set search.num_samples=8",
+    )
+    parser.add_argument("spec", help="search-space YAML file (see search_spaces/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, value parsed as YAML (repeatable): --set search.num_samples=8",
+    )
+    parser.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="a few trials of 2 epochs on a small data subset: checks a spec in under a minute",
+    )
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to join, HOST:PORT (default: $RAY_ADDRESS, else an embedded local Ray); "
+        "the working directory is shipped to the cluster with the job",
+    )
+    parser.add_argument(
+        "--tracking-uri", help=f"MLflow tracking URI (default: spec, $MLFLOW_TRACKING_URI, then {DEFAULT_TRACKING_URI})"
+    )
+    parser.add_argument(
+        "--storage-path",
+        help="where Ray keeps experiment state and checkpoints "
+        f"(default: spec's storage_path, else ./{DEFAULT_STORAGE_PATH})",
+    )
+    parser.add_argument("--name", help="job name: MLflow experiment and Ray run name (default: the spec's name)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest unfinished job (killed or interrupted) run with these same options: "
+        "finished trials are kept, unfinished ones go on from their last checkpoint, in the same MLflow runs",
+    )
+    return parser
+
+
+def format_summary(outcome: TuneResult, request: JobRequest, top: int = 5) -> str:
+    from tuning_platform.tracking import RUN_STATUS
+
+    spec = request.spec
+    lines = [""]
+    rows = sorted(
+        outcome.rows, key=lambda r: (r.value is None, -(r.value or 0) if spec.mode == "max" else (r.value or 0))
+    )
+    count = {status: sum(r.status == status for r in rows) for status in RUN_STATUS}
+    line = (
+        f"{len(rows)} trials in {outcome.wall_s:.0f}s: {count['completed']} completed, "
+        f"{count['early_stopped']} stopped early by {spec.scheduler.type.upper()}, "
+        f"{count['diverged']} diverged, {count['failed']} failed"
+    )
+    lines.append(line + (f", {count['interrupted']} interrupted" if count["interrupted"] else ""))
+    if rows:
+        params = list(spec.search.space)
+        header = ["trial", "status", "epochs", spec.metric, *params]
+        table = [header] + [
+            [
+                r.trial_id,
+                r.status,
+                str(r.epochs),
+                "-" if r.value is None else f"{r.value:.4f}",
+                *[_short(r.params.get(p)) for p in params],
+            ]
+            for r in rows[:top]
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        lines.append(f"Top {min(top, len(rows))} trials by {spec.metric} ({spec.mode}):")
+        for row in table:
+            lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if outcome.best is not None:
+        best = outcome.best
+        lines.append(f"Best trial {best.trial_id}: {spec.metric}={best.value:.4f}")
+        lines.append("  config: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
+    if outcome.baseline is not None:
+        lines.append(_baseline_line(outcome.baseline, outcome.best, spec.metric, spec.mode))
+    lines.append(
+        f"MLflow: experiment '{outcome.experiment_name}' (id {outcome.experiment_id}), "
+        f"parent run {outcome.parent_run_id}"
+    )
+    if outcome.model_version:
+        lines.append(
+            f"Registered model: {outcome.model_name} version {outcome.model_version}; "
+            f"champion is version {outcome.champion_version} (models:/{outcome.model_name}@champion)"
+        )
+    lines.extend(outcome.notes)
+    lines.append(f"Browse: mlflow ui --backend-store-uri {request.tracking_uri}")
+    return "\n".join(lines)
+
+
+def _baseline_line(baseline: tuple[str, dict[str, float]], best: TrialRow | None, metric: str, mode: str) -> str:
+    name, metrics = baseline
+    if metric not in metrics:
+        return f"Baseline ({name}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    line = f"Baseline ({name}): {metric}={metrics[metric]:.4f}"
+    if best is not None and best.value is not None:
+        line += f"; best trial {best.value:.4f}"
+        if mode == "max" and metrics[metric] > 0:
+            line += f" ({best.value / metrics[metric]:.2f}x the baseline)"
+    return line
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def console() -> None:
+    """The `tuning-platform` command."""
+    sys.exit(main(prog="tuning-platform"))
+
+
+def main(argv: list[str] | None = None, prog: str = "tuning-platform") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(prog).parse_args(argv)
+    _show_job_log()
+    try:
+        request = build_request(
+            args.spec,
+            args.overrides,
+            name=args.name,
+            smoke_test=args.smoke_test,
+            tracking_uri=args.tracking_uri,
+            address=args.address or os.environ.get("RAY_ADDRESS") or None,
+            address_source="--address" if args.address else "RAY_ADDRESS",
+            storage_path=args.storage_path,
+            resume=args.resume,
+            resume_command=resume_command(prog, argv),
+        )
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from tuning_platform.api import run_request
+
+    try:
+        result = run_request(request)
+    except TuneInterrupted as stop:
+        if stop.result is not None:
+            print(format_summary(stop.result, request), flush=True)
+            print(
+                f"{stop}: Ray saved the job's state under {stop.result.experiment_path} and its MLflow "
+                f"runs are marked KILLED; continue with: {request.resume_command}",
+                file=sys.stderr,
+            )
+        else:
+            print(f"{stop}; continue with: {request.resume_command}", file=sys.stderr)
+        return EXIT_TERMINATED if stop.terminated else EXIT_INTERRUPTED
+    except TrialsFailedError as err:
+        print(format_summary(err.result, request), flush=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except JobError as err:
+        print(f"error: {request.spec_file}: {err}", file=sys.stderr)
+        return 2
+    print(format_summary(result, request), flush=True)
+    failed = [row for row in result.rows if row.status == "failed"]
+    if failed:
+        print(
+            f"warning: {len(failed)} of {len(result.rows)} trials failed (first: {failed[0].error}); "
+            "their MLflow runs have the tag `error`",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _show_job_log() -> None:
+    """The job's log lines as a user reads them: progress on stdout, warnings on stderr."""
+    job_logger = logging.getLogger("tuning_platform")
+    if any(getattr(handler, "_tuning_cli", False) for handler in job_logger.handlers):
+        return
+    for stream, accepts in ((sys.stdout, lambda r: r.levelno < logging.WARNING), (sys.stderr, None)):
+        handler = _StreamOf(stream)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setLevel(logging.INFO if accepts else logging.WARNING)
+        if accepts:
+            handler.addFilter(accepts)
+        handler._tuning_cli = True  # type: ignore[attr-defined]
+        job_logger.addHandler(handler)
+    job_logger.setLevel(logging.INFO)
+    job_logger.propagate = False
+
+
+class _StreamOf(logging.StreamHandler):
+    """Writes to the stream `sys.stdout`/`sys.stderr` is when the record comes (tests swap them)."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._name = "stdout" if stream is sys.stdout else "stderr"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = getattr(sys, self._name)
+        super().emit(record)
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m tuning_platform"))

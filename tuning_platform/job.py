@@ -1,0 +1,313 @@
+"""One tuning job, as a few steps: connect to Ray, load the data, open the parent run, run the
+trials, read the outcome, register the best model. `tuning_platform.api.tune` calls it; each
+step lives in the module named beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from tuning_platform.cluster import Capacity, check_storage_shared, connect_ray, fit_resources
+from tuning_platform.registry import Registration
+from tuning_platform.results import TrialRow
+from tuning_platform.resume import (
+    RESUMED_TAG,
+    RUN_NAME_TAG,
+    SPEC_HASH_TAG,
+    STORAGE_TAG,
+    driver_tags,
+    experiment_uri,
+    spec_fingerprint,
+)
+from tuning_platform.spec import Spec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tuning_platform.request import JobRequest
+    from tuning_platform.tracking import JobTracker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TuneResult:
+    """What a job did: its trials, the best one, its MLflow records and the registered model."""
+
+    metric: str
+    mode: str
+    tracking_uri: str
+    experiment_name: str
+    experiment_id: str
+    parent_run_id: str
+    run_name: str
+    # Where Ray keeps the job's state (`resume` continues from it).
+    experiment_path: str = ""
+    rows: list[TrialRow] = field(default_factory=list)
+    best: TrialRow | None = None
+    registration: Registration | None = None
+    # (name, metrics) of the trainable's simple reference model on the same split.
+    baseline: tuple[str, dict[str, float]] | None = None
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    # Stopped by Ctrl-C or SIGTERM before every trial ended (then nothing was registered).
+    interrupted: bool = False
+
+    @property
+    def best_config(self) -> dict[str, Any] | None:
+        return None if self.best is None else dict(self.best.params)
+
+    @property
+    def best_metric(self) -> float | None:
+        return None if self.best is None else self.best.value
+
+    @property
+    def best_trial_id(self) -> str | None:
+        return None if self.best is None else self.best.trial_id
+
+    @property
+    def model_name(self) -> str | None:
+        return None if self.registration is None else self.registration.name
+
+    @property
+    def model_version(self) -> str | None:
+        return None if self.registration is None else self.registration.version
+
+    @property
+    def model_uri(self) -> str | None:
+        return None if self.registration is None else self.registration.uri
+
+    @property
+    def champion_version(self) -> str | None:
+        return None if self.registration is None else self.registration.champion_version
+
+    @property
+    def took_champion(self) -> bool:
+        return self.registration is not None and self.registration.took_champion
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """One row per trial: id, status, epochs, the metric's best value, error, params."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {
+                    "trial_id": r.trial_id,
+                    "status": r.status,
+                    "epochs": r.epochs,
+                    self.metric: r.value,
+                    "error": r.error,
+                    **{f"config.{k}": v for k, v in r.params.items()},
+                }
+                for r in self.rows
+            ],
+            columns=None if self.rows else ["trial_id", "status", "epochs", self.metric, "error"],
+        )
+
+
+def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
+    """Run the job (or continue it, with `request.resume`)."""
+    spec = request.spec
+    started = time.time()
+    with _tune_settings(), _connected(request) as (resources, capacity):
+        dataset, baseline = _load_data(request)
+        run_name, storage_path = _run_name_and_storage(request)
+        from tuning_platform.tuner import build_trainable, fit, restore
+
+        trainable = build_trainable(request, resources, dataset, run_name, storage_path)
+        _open_parent_run(request, tracker, run_name, storage_path, baseline)
+        result = TuneResult(
+            metric=spec.metric,
+            mode=spec.mode,
+            tracking_uri=request.tracking_uri,
+            experiment_name=tracker.experiment_name,
+            experiment_id=tracker.experiment_id,
+            parent_run_id=tracker.parent_run_id,
+            run_name=run_name,
+            # Ray's own `results.experiment_path` drops the scheme of an s3:// or gs:// path.
+            experiment_path=experiment_uri(storage_path, run_name),
+            baseline=baseline,
+        )
+        with tracker.closed_on_error():
+            fit_started = time.time()
+            if request.resume:
+                results = restore(spec, request.resume, trainable, request.data)
+            else:
+                results = fit(spec, trainable, request.data, run_name, storage_path, tracker, resources, capacity)
+            _read_outcome(spec, results, run_name, fit_started, result)
+            tracker.close_trial_runs(
+                {row.trial_id: row.status for row in result.rows},
+                {row.trial_id: row.error for row in result.rows if row.error},
+            )
+            if result.interrupted:
+                tracker.finish("KILLED")
+            else:
+                _register_and_finish(request, results, dataset, tracker, result)
+        result.wall_s = time.time() - started
+        return result
+
+
+@contextmanager
+def _tune_settings() -> Iterator[None]:
+    # Snapshots are forced by checkpoint retention every epoch on short trials; the warning
+    # about it is noise for jobs this size.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A missing metric is found by `TrialGuard`, which fails that trial with a clear error
+    # instead of ending the whole job with Tune's exception.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    yield
+
+
+@contextmanager
+def _connected(request: JobRequest) -> Iterator[tuple[dict[str, float], Capacity]]:
+    """Ray for the job (joined, or embedded and shut down at the end) and the trials' resources."""
+    import ray
+
+    from tuning_platform.interrupt import reclaim_sigterm
+
+    spec = request.spec
+    owns_ray = connect_ray(
+        request.address,
+        spec.resources.cpu * spec.resources.workers,
+        request.storage_path,
+        spec.resources.workers > 1,
+    )
+    reclaim_sigterm()
+    try:
+        resources, notes, capacity = fit_resources(spec, embedded=not request.address)
+        if request.address:
+            storage = request.resume.storage_path if request.resume else request.storage_path
+            notes += check_storage_shared(storage, capacity.autoscaling)
+        for note in notes:
+            (logger.warning if note.startswith("warning:") else logger.info)(note)
+        yield resources, capacity
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+
+def _load_data(request: JobRequest) -> tuple[Any, tuple[str, dict[str, float]] | None]:
+    """The trainable's data, loaded once by the driver, and its reference model's scores."""
+    task = request.trainable.task
+    if task is None:
+        return None, None
+    dataset = task.load_data(dict(request.data))
+    compute = getattr(task, "baseline", None)
+    if compute is None:
+        return dataset, None
+    name, metrics = compute(dataset)
+    return dataset, (name, {k: float(v) for k, v in metrics.items()})
+
+
+def _run_name_and_storage(request: JobRequest) -> tuple[str, str]:
+    if request.resume:
+        return request.resume.run_name, request.resume.storage_path
+    # The random part keeps two jobs of one spec started in the same second apart.
+    run_name = f"{request.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return run_name, request.storage_path
+
+
+def _open_parent_run(
+    request: JobRequest,
+    tracker: JobTracker,
+    run_name: str,
+    storage_path: str,
+    baseline: tuple[str, dict[str, float]] | None,
+) -> None:
+    """A new job's parent run, or the parent run of the job `resume` continues."""
+    spec, resume = request.spec, request.resume
+    if resume:
+        tracker.reattach(resume.parent_run_id, {RESUMED_TAG: str(resume.times_resumed + 1), **driver_tags()})
+        logger.info("Resuming job %s (MLflow parent run %s)", run_name, tracker.parent_run_id)
+    else:
+        tracker.start(
+            run_name=run_name,
+            tags={
+                "spec_file": request.spec_file,
+                "trainable": spec.trainable,
+                "smoke_test": str(request.smoke_test).lower(),
+                RUN_NAME_TAG: run_name,
+                STORAGE_TAG: storage_path,
+                SPEC_HASH_TAG: spec_fingerprint(spec),
+                **driver_tags(),
+            },
+            params=_parent_params(spec, request.data),
+            artifacts={"spec.yaml": request.spec_text, "resolved_spec.yaml": _resolved_yaml(spec)},
+        )
+    if request.resume_command:
+        logger.info("Job %s; if it stops, continue it with: %s", run_name, request.resume_command)
+    if baseline is not None:
+        name, metrics = baseline
+        if not resume:  # the parent run has it already
+            tracker.log_to_parent(metrics={f"baseline_{k}": v for k, v in metrics.items()}, tags={"baseline": name})
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        logger.info("Baseline (%s) on the same validation split: %s", name, shown)
+
+
+def _read_outcome(spec: Spec, results: Any, run_name: str, fit_started: float, result: TuneResult) -> None:
+    """Trial rows, the best trial, and whether a stop left trials unfinished."""
+    from tuning_platform.interrupt import unfinished_trials
+    from tuning_platform.results import best_trial, read_trials
+
+    result.rows = read_trials(spec, results)
+    result.best = best_trial(spec, result.rows)
+    # Tune's time budget stops the trials still running as a stop would, without telling its
+    # callbacks (ray/tune/execution/tune_controller.py, `_stop_experiment_if_needed`): they
+    # ended by the spec, so they count as stopped early, not interrupted.
+    budget_spent = spec.budget.time_s is not None and time.time() - fit_started >= spec.budget.time_s
+    unfinished = [] if budget_spent else unfinished_trials(run_name)
+    for row in result.rows:
+        if row.trial_id in unfinished:  # Ctrl-C or SIGTERM: Tune stopped them and saved its state
+            row.status = "interrupted"
+    result.interrupted = bool(unfinished)
+
+
+def _register_and_finish(
+    request: JobRequest, results: Any, dataset: Any, tracker: JobTracker, result: TuneResult
+) -> None:
+    from tuning_platform.registry import register_best
+
+    spec, best = request.spec, result.best
+    if best is not None:
+        result.registration = register_best(request, results, dataset, tracker, best)
+        if result.registration is not None:
+            result.notes.extend(result.registration.notes)
+    tracker.log_to_parent(
+        metrics={f"best_{spec.metric}": best.value} if best else {},
+        params={f"best.{k}": v for k, v in (best.params if best else {}).items()},
+        tags={
+            f"trials_{status}": str(sum(r.status == status for r in result.rows))
+            for status in ("completed", "early_stopped", "diverged", "failed")
+        },
+    )
+    tracker.finish("FINISHED" if best is not None else "FAILED")
+
+
+def _parent_params(spec: Spec, data: dict[str, Any]) -> dict[str, str]:
+    params = {
+        "trainable": spec.trainable,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "search.algorithm": spec.search.algorithm,
+        "search.num_samples": str(spec.search.num_samples),
+        "search.seed": str(spec.search.seed),
+        "scheduler.type": spec.scheduler.type,
+        "resources.cpu": str(spec.resources.cpu),
+        "resources.gpu": str(spec.resources.gpu),
+    }
+    params.update({f"data.{k}": str(v) for k, v in data.items()})
+    return params
+
+
+def _resolved_yaml(spec: Spec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

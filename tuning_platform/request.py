@@ -1,0 +1,159 @@
+"""What a job is asked to do, checked before anything starts: the spec (a file or a mapping,
+with overrides), the trainable and its data block, the tracking store, the cluster, the storage
+path, and with `resume` the unfinished job to continue.
+
+Every problem found here is a `SpecError` (the CLI's exit 2); nothing is written or started.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuning_platform.spec import Spec, SpecError, load_spec, smoke_overrides
+
+if TYPE_CHECKING:
+    from tuning_platform.resolve import ResolvedTrainable
+    from tuning_platform.resume import ResumeTarget
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_STORAGE_PATH = "ray_results"
+TRACKING_CHECK_TIMEOUT_S = 3.0
+RAY_ADDRESS_CHECK_TIMEOUT_S = 3.0
+
+# A spec given as a mapping (the Python API) is named like this in messages.
+MAPPING_SPEC_NAME = "<spec>"
+
+
+@dataclass
+class JobRequest:
+    spec: Spec
+    spec_file: str
+    spec_text: str
+    trainable: ResolvedTrainable
+    data: dict[str, Any]
+    tracking_uri: str
+    storage_path: str
+    address: str | None = None
+    smoke_test: bool = False
+    # How to continue this job if it stops, shown at its start and on Ctrl-C.
+    resume_command: str = ""
+    # Set by `resume`: the unfinished job to continue.
+    resume: ResumeTarget | None = None
+
+
+def build_request(
+    spec: str | os.PathLike[str] | Mapping[str, Any],
+    overrides: list[str] | Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    smoke_test: bool = False,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    address_source: str = "address",
+    storage_path: str | None = None,
+    resume: bool = False,
+    resume_command: str = "",
+) -> JobRequest:
+    """Everything checked before anything starts; raises SpecError."""
+    from tuning_platform.resolve import check_against_trainable, resolve_trainable
+    from tuning_platform.resume import find_unfinished_job
+
+    overrides = overrides or []
+    loaded, _, text = load_spec(spec, overrides, name=name)
+    file = str(spec) if not isinstance(spec, Mapping) else MAPPING_SPEC_NAME
+    if smoke_test:
+        loaded, _, _ = load_spec(spec, _with_smoke(overrides, smoke_overrides(loaded)), name=name)
+    trainable = resolve_trainable(loaded, file)
+    data = check_against_trainable(loaded, trainable, file)
+    uri, source = resolve_tracking_uri(tracking_uri, loaded.tracking.uri)
+    check_tracking_uri(uri, source, file)
+    check_ray_address(address, address_source, file)
+    storage = storage_path or loaded.storage_path or DEFAULT_STORAGE_PATH
+    check_storage_path(storage, "--storage-path" if storage_path else "storage_path", file)
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    return JobRequest(
+        spec=loaded,
+        spec_file=file,
+        spec_text=text,
+        trainable=trainable,
+        data=data,
+        tracking_uri=uri,
+        storage_path=storage,
+        address=address,
+        smoke_test=smoke_test,
+        resume_command=resume_command,
+        resume=find_unfinished_job(uri, loaded, file) if resume else None,
+    )
+
+
+def _with_smoke(overrides: list[str] | Mapping[str, Any], smoke: list[str]) -> list[str] | dict[str, Any]:
+    if isinstance(overrides, Mapping):
+        from tuning_platform.spec import parse_yaml
+
+        return {**overrides, **{key: parse_yaml(value) for key, _, value in (item.partition("=") for item in smoke)}}
+    return [*overrides, *smoke]
+
+
+def resolve_tracking_uri(given: str | None, spec_uri: str | None) -> tuple[str, str]:
+    """The tracking URI and where it came from, by precedence: argument, spec, env, default."""
+    for uri, source in (
+        (given, "--tracking-uri"),
+        (spec_uri, "tracking.uri"),
+        (os.environ.get("MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI"),
+    ):
+        if uri:
+            return uri, source
+    return DEFAULT_TRACKING_URI, "tracking.uri"
+
+
+def check_tracking_uri(uri: str, source: str, file: str) -> None:
+    """Fail fast, before Ray starts, on a tracking store the job could never write to."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=TRACKING_CHECK_TIMEOUT_S):
+                pass
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise SpecError(file, source, f"MLflow tracking server not reachable: {reason}", uri) from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise SpecError(file, source, "folder of the SQLite file does not exist or is not writable", uri)
+
+
+def check_ray_address(address: str | None, source: str, file: str) -> None:
+    """Fail fast on a cluster address nothing answers on (ray.init would retry for a minute),
+    and on a cluster that refuses this machine's token (Ray would retry for 20 s, then fail
+    with a traceback)."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError(file, source, "expected HOST:PORT (or ray://HOST:PORT, auto)", address)
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_ADDRESS_CHECK_TIMEOUT_S).close()
+    except OSError as err:
+        raise SpecError(file, source, f"Ray cluster not reachable: {err.strerror or err}", address) from None
+    from tuning_platform.cluster import probe_cluster
+
+    problem = probe_cluster(address)
+    if problem:
+        raise SpecError(file, source, problem, address)
+
+
+def check_storage_path(path: str, source: str, file: str) -> None:
+    if "://" in path:
+        return  # s3://, gs://: Ray's pyarrow filesystem reports its own errors
+    existing = Path(path).expanduser().resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise SpecError(file, source, "storage path cannot be written", path)
