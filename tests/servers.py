@@ -43,7 +43,7 @@ def stop_group(process: subprocess.Popen, grace_s: float = 15) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _wait_for_http(
+def wait_for_http(
     url: str, process: subprocess.Popen, log: Path, timeout: float = 90, headers: dict[str, str] | None = None
 ) -> None:
     deadline = time.time() + timeout
@@ -84,7 +84,7 @@ class MlflowServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its worker processes go down with it
         )  # fmt: skip
-        _wait_for_http(f"{self.uri}/health", self.process, log)
+        wait_for_http(f"{self.uri}/health", self.process, log)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -121,7 +121,7 @@ def s3_server(folder: Path) -> Iterator[dict[str, str]]:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     try:
-        _wait_for_http(f"{env['AWS_ENDPOINT_URL']}/moto-api/", process, log)
+        wait_for_http(f"{env['AWS_ENDPOINT_URL']}/moto-api/", process, log)
         request = urllib.request.Request(f"{env['AWS_ENDPOINT_URL']}/tuning", method="PUT")
         urllib.request.urlopen(request, timeout=10).close()  # create the bucket
         yield env
@@ -212,7 +212,7 @@ def autoscaling_ray_head(folder: Path, worker_types: dict, head_cpus: int, env: 
     try:
         # The dashboard asks for the token too (Ray's HTTP token middleware).
         bearer = {"Authorization": f"Bearer {token.read_text()}"}
-        _wait_for_http(f"http://127.0.0.1:{dashboard}/api/version", process, log, timeout=120, headers=bearer)
+        wait_for_http(f"http://127.0.0.1:{dashboard}/api/version", process, log, timeout=120, headers=bearer)
         yield RayHead(f"{ip}:{port}", f"http://127.0.0.1:{dashboard}", client_env)
     finally:
         stop_group(process)

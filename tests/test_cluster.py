@@ -115,4 +115,4 @@ def test_builtin_trainable_runs_on_both_nodes_and_is_tracked_by_the_driver(clust
     for child in children:
         epochs = int(child.data.tags["epochs_run"])
         assert len(client.get_metric_history(child.info.run_id, "val_roc_auc")) == epochs
-    assert client.get_model_version_by_alias("mlp-breast-cancer", "champion") is not None
+    assert client.get_model_version_by_alias("mlp-breast-cancer-smoke", "champion") is not None

@@ -1,4 +1,5 @@
-"""Two real jobs at once against one fresh SQLite MLflow store and one storage folder."""
+"""Two real jobs at once against one fresh SQLite MLflow store and one storage folder: separate
+complete records, and the champion alias left on the better of their two versions."""
 
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ def test_two_jobs_on_one_sqlite_store_both_finish_with_separate_complete_records
             steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_roc_auc")]
             assert steps == list(range(1, epochs + 1))
         assert parent.info.run_id in {output.split("parent run ")[1].split()[0] for output in outputs}
-    versions = client.search_model_versions("name = 'mlp-breast-cancer'")
+    # Smoke jobs register under their own name, never beside the real models.
+    assert client.search_model_versions("name = 'mlp-breast-cancer'") == []
+    versions = client.search_model_versions("name = 'mlp-breast-cancer-smoke'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert {v.tags["parent_run_id"] for v in versions} == {p.info.run_id for p in parents}
+    # Both finished together and settled the alias; it holds the better of the two.
+    best = max(versions, key=lambda v: (float(v.tags["metric_value"]), -int(v.version)))
+    champion = client.get_model_version_by_alias("mlp-breast-cancer-smoke", "champion")
+    assert str(champion.version) == str(best.version)
+    assert all("note: --smoke-test: registered as mlp-breast-cancer-smoke" in output for output in outputs)

@@ -46,8 +46,8 @@ def test_two_worker_trials_train_report_and_register(tmp_path):
         assert [m.step for m in history] == list(range(1, epochs + 1))
         assert child.data.tags["trial_status"] in ("completed", "early_stopped")
     # Ray Train kept the checkpoints; the best one was rebuilt and registered.
-    version = client.get_model_version_by_alias("mlp-breast-cancer", "champion")
+    version = client.get_model_version_by_alias("mlp-breast-cancer-smoke", "champion")
     assert float(version.tags["metric_value"]) > 0.8
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model("models:/mlp-breast-cancer@champion")
+    model = mlflow.pyfunc.load_model("models:/mlp-breast-cancer-smoke@champion")
     assert len(model.predict(model.input_example)) == len(model.input_example)

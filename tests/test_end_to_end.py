@@ -6,15 +6,22 @@ at afterwards in the MLflow UI and registry.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
+import mlflow.artifacts
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import SPECS, run_cli
+from tests.helpers import SPECS, cli_env, run_cli
+from tests.servers import free_port, stop_group, wait_for_http
 from trainables import fraud
 from tuning_platform.spec import load_spec
 
@@ -44,6 +51,11 @@ class Job:
     @property
     def client(self) -> MlflowClient:
         return MlflowClient(self.uri)
+
+    @property
+    def model_name(self) -> str:
+        """A smoke job registers under its own name, never beside the real models."""
+        return f"{self.spec.registered_model_name}-smoke"
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +95,7 @@ def _runs(job: Job):
 def test_job_succeeds_and_prints_a_summary(job):
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "Top " in job.stdout and "Best trial" in job.stdout
-    assert f"models:/{job.spec.registered_model_name}@champion" in job.stdout
+    assert f"models:/{job.model_name}@champion" in job.stdout
     assert f"mlflow ui --backend-store-uri {job.uri}" in job.stdout
     # Ray sometimes prints a worker's SystemExit traceback while shutting actors down after the
     # job ended (prefixed "(train pid=...)"); only the driver's own output must be clean.
@@ -128,8 +140,9 @@ def test_one_nested_child_run_per_trial_with_params_and_histories(job):
 
 
 def test_champion_is_registered_and_predicts(job):
-    name = job.spec.registered_model_name
+    name = job.model_name
     version = job.client.get_model_version_by_alias(name, "champion")
+    assert job.client.search_model_versions(f"name = '{job.spec.registered_model_name}'") == []
     assert version.tags["metric"] == job.spec.metric
     assert float(version.tags["metric_value"]) > CHAMPION_FLOOR[job.name]
     mlflow.set_tracking_uri(job.uri)
@@ -153,7 +166,7 @@ def test_baseline_is_logged_on_the_parent_run_and_compared_in_the_summary(smoke_
 
 def _champion(job: Job):
     mlflow.set_tracking_uri(job.uri)
-    return mlflow.pyfunc.load_model(f"models:/{job.spec.registered_model_name}@champion")
+    return mlflow.pyfunc.load_model(f"models:/{job.model_name}@champion")
 
 
 def test_recommender_champion_scores_user_item_rows_and_rejects_unknown_ids(smoke_job):
@@ -175,3 +188,77 @@ def test_fraud_champion_returns_one_probability_per_transaction(smoke_job):
     probabilities = model.predict(rows).to_numpy()
     assert probabilities.shape in ((7,), (7, 1))
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def _model_folder(job: Job, folder) -> Path:
+    """The champion's files as MLflow stored them (MLmodel, requirements.txt, code/, examples)."""
+    version = job.client.get_model_version_by_alias(job.model_name, "champion")
+    location = job.client.get_model_version_download_uri(job.model_name, version.version)
+    return Path(mlflow.artifacts.download_artifacts(location, dst_path=str(folder)))
+
+
+def test_champion_is_served_over_http_and_answers_its_serving_example(job, tmp_path):
+    """`mlflow models serve -m models:/NAME@champion --env-manager local`, as the README says."""
+    payload = (_model_folder(job, tmp_path / "model") / "serving_input_example.json").read_text()
+    port = free_port()
+    log = tmp_path / "serve.log"
+    command = ["mlflow", "models", "serve", "-m", f"models:/{job.model_name}@champion", "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / command[0]), *command[1:]],
+            cwd=tmp_path,
+            env={**cli_env(), "MLFLOW_TRACKING_URI": job.uri},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, log, timeout=180)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", payload.encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            assert answer.status == 200
+            predictions = json.loads(answer.read())["predictions"]
+    finally:
+        stop_group(server)
+    body = json.loads(payload)  # a table (`dataframe_split`) or a tensor (`inputs`, the CNN's images)
+    rows = body["dataframe_split"]["data"] if "dataframe_split" in body else body["inputs"]
+    assert len(predictions) == len(rows) > 0
+
+
+def test_champion_loads_in_a_fresh_environment_that_has_only_its_requirements(smoke_job, tmp_path):
+    """A new virtual environment, `pip install -r requirements.txt` of the model (torch from
+    the local 2.13.0 CPU wheel, as the README installs it), then load and predict."""
+    job = smoke_job("fraud")
+    folder = _model_folder(job, tmp_path / "model")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    installed = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(folder / "requirements.txt")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    code = (
+        "import sys, mlflow\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "example = model.input_example\n"
+        "print(len(model.predict(example)), len(example))\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    loaded = subprocess.run(
+        [python, "-c", code, str(folder)],
+        cwd=elsewhere,
+        env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    predicted, rows = loaded.stdout.split()
+    assert predicted == rows != "0"

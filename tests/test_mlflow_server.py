@@ -44,12 +44,12 @@ def test_job_tracks_and_registers_over_http(mlflow_server, tmp_path):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 4
     assert "spec.yaml" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
-    version = client.get_model_version_by_alias("mlp-breast-cancer", "champion")
+    version = client.get_model_version_by_alias("mlp-breast-cancer-smoke", "champion")
     assert version.tags["parent_run_id"] == parents[0].info.run_id
     # The artifacts went to the server's destination, and load back through it.
     assert any((tmp_path / "artifacts").rglob("MLmodel"))
     mlflow.set_tracking_uri(mlflow_server)
-    model = mlflow.pyfunc.load_model("models:/mlp-breast-cancer@champion")
+    model = mlflow.pyfunc.load_model("models:/mlp-breast-cancer-smoke@champion")
     assert len(model.predict(model.input_example)) == len(model.input_example)
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 # The user's module: the built-in MLP's task with a serving layer of their own, a class that
 # exists only in this file, so the registered model loads only if this file travels with it.
-USER_MODULE = '''
+USER_MODULE = """
 import dataclasses
 
 from torch import nn
@@ -49,7 +49,7 @@ TASK = dataclasses.replace(mlp.TASK, serving_model=_serving)
 
 def train(config, data=None):
     run_trial(TASK, config, data)
-'''
+"""
 
 USER_SPEC = """
 name: user-project
