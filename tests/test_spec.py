@@ -190,3 +190,21 @@ def test_smoke_overrides_shrink_any_spec():
     smoke, _, _ = load_spec(SPECS / "cnn.yaml", smoke_overrides(spec))
     assert smoke.search.num_samples <= 4 and smoke.epochs == 2 and smoke.data["smoke"] is True
     assert smoke.scheduler.grace_period <= smoke.max_t
+
+
+def test_epochs_are_required_only_where_a_scheduler_needs_a_horizon():
+    fifo = validate_spec(spec_with(search__fixed={}, scheduler={"type": "fifo"}), "s.yaml")
+    assert fifo.epochs is None and fifo.max_t is None
+    assert "search.fixed.epochs=2" not in smoke_overrides(fifo)
+    asha = validate_spec(spec_with(search__fixed={}, scheduler={"type": "asha", "max_t": 5}), "s.yaml")
+    assert asha.max_t == 5
+    with pytest.raises(SpecError, match="required by the asha scheduler, which needs a horizon"):
+        validate_spec(spec_with(search__fixed={}, scheduler={"type": "asha"}), "s.yaml")
+
+
+def test_a_spec_can_be_a_mapping_with_overrides_as_values():
+    spec, _, text = load_spec(BASE, {"search.num_samples": 8, "search.fixed.epochs": 2})
+    assert spec.search.num_samples == 8 and spec.epochs == 2
+    assert "trainable: mlp" in text
+    with pytest.raises(SpecError, match=r"^<spec>: search.num_samples"):
+        load_spec(BASE, {"search.num_samples": 0})
