@@ -65,17 +65,16 @@ def tune(
 
 
 def run_request(request: JobRequest) -> TuneResult:
-    """Run a checked request; raises instead of returning a status."""
+    """Run a checked request; raises instead of returning a status. `tune` puts the process
+    environment back around it; the CLI, a process of its own, does not need to."""
     from tuning_platform.interrupt import sigterm_as_interrupt
     from tuning_platform.job import run_job
     from tuning_platform.tracking import JobTracker
 
     tracker = JobTracker(request.tracking_uri, request.spec.name)
-    with environment_kept(), sigterm_as_interrupt() as terminated:
+    with sigterm_as_interrupt() as terminated:
         try:
             result = run_job(request, tracker)
-        except TuneInterrupted:
-            raise
         except KeyboardInterrupt:  # a second stop: Tune ended without saving its last state
             raise TuneInterrupted(_stop_word(terminated()), None, terminated()) from None
     if result.interrupted:

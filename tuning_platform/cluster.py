@@ -24,8 +24,6 @@ from typing import Any
 from tuning_platform.errors import JobError
 from tuning_platform.spec import Spec
 
-__all__ = ["JobError"]  # raised here; kept importable from this module
-
 
 def trainables_folder() -> Path:
     """Where the built-in trainables this process imports live (installed, or the repository)."""

@@ -119,7 +119,8 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
     """Run the job (or continue it, with `request.resume`)."""
     spec = request.spec
     started = time.time()
-    with _tune_settings(), _connected(request) as (resources, capacity):
+    _set_tune_variables()
+    with _connected(request) as (resources, capacity):
         dataset, baseline = _load_data(request)
         run_name, storage_path = _run_name_and_storage(request)
         from tuning_platform.tuner import build_trainable, fit, restore
@@ -157,15 +158,13 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
         return result
 
 
-@contextmanager
-def _tune_settings() -> Iterator[None]:
+def _set_tune_variables() -> None:
     # Snapshots are forced by checkpoint retention every epoch on short trials; the warning
     # about it is noise for jobs this size.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # A missing metric is found by `TrialGuard`, which fails that trial with a clear error
     # instead of ending the whole job with Tune's exception.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    yield
 
 
 @contextmanager

@@ -164,9 +164,9 @@ def _log_model(
 def code_paths(module: Any) -> list[str]:
     """The code a loaded model needs: the `trainables` package, and a user's own trainable
     module (a file, or its package's folder) when it lives outside it."""
-    import trainables
+    from tuning_platform.cluster import trainables_folder
 
-    paths = [str(Path(trainables.__file__).resolve().parent)]
+    paths = [str(trainables_folder())]
     file = getattr(module, "__file__", None)
     if file is None or module.__name__.split(".")[0] == "trainables":
         return paths

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuning_platform.spec import Spec, SpecError, load_spec, smoke_overrides
+from tuning_platform.spec import (
+    MAPPING_SPEC_NAME,
+    Spec,
+    SpecError,
+    apply_override,
+    load_spec,
+    smoke_overrides,
+    validate_spec,
+)
 
 if TYPE_CHECKING:
     from tuning_platform.resolve import ResolvedTrainable
@@ -26,9 +34,6 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_STORAGE_PATH = "ray_results"
 TRACKING_CHECK_TIMEOUT_S = 3.0
 RAY_ADDRESS_CHECK_TIMEOUT_S = 3.0
-
-# A spec given as a mapping (the Python API) is named like this in messages.
-MAPPING_SPEC_NAME = "<spec>"
 
 
 @dataclass
@@ -66,10 +71,12 @@ def build_request(
     from tuning_platform.resume import find_unfinished_job
 
     overrides = overrides or []
-    loaded, _, text = load_spec(spec, overrides, name=name)
+    loaded, raw, text = load_spec(spec, overrides, name=name)
     file = str(spec) if not isinstance(spec, Mapping) else MAPPING_SPEC_NAME
-    if smoke_test:
-        loaded, _, _ = load_spec(spec, _with_smoke(overrides, smoke_overrides(loaded)), name=name)
+    if smoke_test:  # on top of the user's overrides, which `raw` already holds
+        for item in smoke_overrides(loaded):
+            apply_override(raw, item, file)
+        loaded = validate_spec(raw, file)
     trainable = resolve_trainable(loaded, file)
     data = check_against_trainable(loaded, trainable, file)
     uri, source = resolve_tracking_uri(tracking_uri, loaded.tracking.uri)
@@ -92,14 +99,6 @@ def build_request(
         resume_command=resume_command,
         resume=find_unfinished_job(uri, loaded, file) if resume else None,
     )
-
-
-def _with_smoke(overrides: list[str] | Mapping[str, Any], smoke: list[str]) -> list[str] | dict[str, Any]:
-    if isinstance(overrides, Mapping):
-        from tuning_platform.spec import parse_yaml
-
-        return {**overrides, **{key: parse_yaml(value) for key, _, value in (item.partition("=") for item in smoke)}}
-    return [*overrides, *smoke]
 
 
 def resolve_tracking_uri(given: str | None, spec_uri: str | None) -> tuple[str, str]:

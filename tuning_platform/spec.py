@@ -29,6 +29,8 @@ from pydantic import (
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 PARAM_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A spec given as a mapping (the Python API) is named like this in messages.
+MAPPING_SPEC_NAME = "<spec>"
 
 
 class SpecError(Exception):
@@ -232,7 +234,7 @@ def load_spec(
     overrides, and the spec's text (a mapping is written out as YAML).
     """
     if isinstance(spec, Mapping):
-        file, raw = "<spec>", copy.deepcopy(dict(spec))
+        file, raw = MAPPING_SPEC_NAME, copy.deepcopy(dict(spec))
         text = yaml.safe_dump(raw, sort_keys=False)
     else:
         file = str(spec)
