@@ -5,6 +5,7 @@ cluster with `--address`; the registered model carries their code and loads else
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import ROOT
+from tuning_platform.cluster import WORKING_DIR_EXCLUDES
 
 pytestmark = pytest.mark.slow
 
@@ -85,9 +87,12 @@ def tool(tmp_path_factory) -> Path:
     """The project built as a wheel and installed into a folder of its own (its deps are this
     environment's); returns that folder, which holds `bin/tuning-platform`."""
     folder = tmp_path_factory.mktemp("tool")
+    # Built from a copy: setuptools writes build/ and *.egg-info/ beside the sources it builds.
+    source = folder / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*WORKING_DIR_EXCLUDES, "build", "*.egg-info"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     built = subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(folder / "dist"), str(ROOT)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(folder / "dist"), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
