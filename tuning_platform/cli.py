@@ -77,7 +77,7 @@ def build_parser(prog: str = "tuning-platform") -> argparse.ArgumentParser:
 
 
 def format_summary(outcome: TuneResult, request: JobRequest, top: int = 5) -> str:
-    from tuning_platform.tracking import RUN_STATUS
+    from tuning_platform.tracking import RUN_STATUS, ui_links
 
     spec = request.spec
     lines = [""]
@@ -123,8 +123,18 @@ def format_summary(outcome: TuneResult, request: JobRequest, top: int = 5) -> st
             f"Registered model: {outcome.model_name} version {outcome.model_version}; "
             f"champion is version {outcome.champion_version} (models:/{outcome.model_name}@champion)"
         )
+    if outcome.insight is not None:
+        summary = outcome.insight.summary(spec.metric)
+        if summary:
+            lines.append(summary)
+        if outcome.insight.pictures:
+            folder = outcome.insight.pictures[0].rsplit("/", 1)[0]
+            lines.append(f"Pictures of the search: artifacts {folder}/ of the parent run")
     lines.extend(outcome.notes)
-    lines.append(f"Browse: mlflow ui --backend-store-uri {request.tracking_uri}")
+    command, runs_table, parent_run = ui_links(request.tracking_uri, outcome.experiment_id, outcome.parent_run_id)
+    lines.append(f"Browse: {command}, then open" if command else "Browse:")
+    lines.append(f"  runs table: {runs_table}")
+    lines.append(f"  this job:   {parent_run}")
     return "\n".join(lines)
 
 

@@ -20,12 +20,17 @@ from tuning_platform.cluster import Capacity, check_storage_shared, connect_ray,
 from tuning_platform.registry import Registration
 from tuning_platform.results import TrialRow
 from tuning_platform.resume import (
+    EXTENDED_TAG,
     RESUMED_TAG,
     RUN_NAME_TAG,
+    SETTINGS_HASH_TAG,
     SPEC_HASH_TAG,
     STORAGE_TAG,
+    ResumeTarget,
+    budget_tags,
     driver_tags,
     experiment_uri,
+    settings_fingerprint,
     spec_fingerprint,
 )
 from tuning_platform.spec import Spec
@@ -33,7 +38,9 @@ from tuning_platform.spec import Spec
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tuning_platform.insight import Insight
     from tuning_platform.request import JobRequest
+    from tuning_platform.study import RecordedTrial
     from tuning_platform.tracking import JobTracker
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,8 @@ class TuneResult:
     wall_s: float = 0.0
     # Stopped by Ctrl-C or SIGTERM before every trial ended (then nothing was registered).
     interrupted: bool = False
+    # Importances and pictures of the search, on the parent run.
+    insight: Insight | None = None
 
     @property
     def best_config(self) -> dict[str, Any] | None:
@@ -141,21 +150,76 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
         )
         with tracker.closed_on_error():
             fit_started = time.time()
-            if request.resume:
-                results = restore(spec, request.resume, trainable, request.data)
+            resume = request.resume
+            run_spec = _run_spec(spec, resume)
+            if resume and not resume.extends:
+                results = restore(spec, resume, trainable, request.data)
             else:
-                results = fit(spec, trainable, request.data, run_name, storage_path, tracker, resources, capacity)
-            _read_outcome(spec, results, run_name, fit_started, result)
+                history = _searcher_history(request, tracker)
+                results = fit(
+                    run_spec, trainable, request.data, run_name, storage_path, tracker, resources, capacity, history
+                )
+            _read_outcome(run_spec, results, run_name, fit_started, result)
             tracker.close_trial_runs(
                 {row.trial_id: row.status for row in result.rows},
                 {row.trial_id: row.error for row in result.rows if row.error},
             )
+            ran_here = {row.trial_id for row in result.rows}
+            recorded = _recorded(spec, tracker)
+            _add_earlier_trials(spec, recorded, run_name, result)
+            _write_insight(spec, recorded, tracker, result)
             if result.interrupted:
                 tracker.finish("KILLED")
             else:
-                _register_and_finish(request, results, dataset, tracker, result)
+                _register_and_finish(request, results, dataset, tracker, result, ran_here)
         result.wall_s = time.time() - started
         return result
+
+
+def _run_spec(spec: Spec, resume: ResumeTarget | None) -> Spec:
+    """The spec of this Ray run: an extension runs only the trials and time the budget adds."""
+    if resume is None or not resume.extends:
+        return spec
+    run = spec.model_copy(deep=True)
+    run.search.num_samples = resume.extend_samples
+    run.budget.time_s = resume.extend_time_s
+    return run
+
+
+def _searcher_history(request: JobRequest, tracker: JobTracker) -> list[RecordedTrial]:
+    """Earlier trials the searcher starts from: the warm start's, and an extended job's own."""
+    history = list(request.warm_start.trials) if request.warm_start else []
+    if request.resume and request.resume.extends:
+        history += _recorded(request.spec, tracker)
+    return history
+
+
+def _recorded(spec: Spec, tracker: JobTracker) -> list[RecordedTrial]:
+    from tuning_platform.study import recorded_trials
+
+    return recorded_trials(tracker.client, tracker.experiment_id, tracker.parent_run_id, spec.metric)
+
+
+def _add_earlier_trials(spec: Spec, recorded: list[RecordedTrial], run_name: str, result: TuneResult) -> None:
+    """An extended job's trials of its earlier Ray runs join the rows (and compete for best)."""
+    from tuning_platform.results import best_trial
+    from tuning_platform.study import as_row
+
+    earlier = [as_row(trial, spec) for trial in recorded if trial.ray_run and trial.ray_run != run_name]
+    if earlier:
+        result.rows = earlier + result.rows
+        result.best = best_trial(spec, result.rows)
+
+
+def _write_insight(spec: Spec, recorded: list[RecordedTrial], tracker: JobTracker, result: TuneResult) -> None:
+    """Importances and pictures on the parent run; a problem there never fails the job."""
+    from tuning_platform.insight import write_insight
+
+    try:
+        started_ms = tracker.client.get_run(tracker.parent_run_id).info.start_time
+        result.insight = write_insight(spec, recorded, tracker, started_ms)
+    except Exception as err:  # noqa: BLE001 - the trials and the model matter more than the pictures
+        logger.warning("warning: search insight not written: %s: %s", type(err).__name__, err)
 
 
 def _set_tune_variables() -> None:
@@ -225,7 +289,23 @@ def _open_parent_run(
 ) -> None:
     """A new job's parent run, or the parent run of the job `resume` continues."""
     spec, resume = request.spec, request.resume
-    if resume:
+    if resume and resume.extends:
+        tags = {
+            RUN_NAME_TAG: run_name,
+            SPEC_HASH_TAG: spec_fingerprint(spec),
+            EXTENDED_TAG: str(resume.extensions),
+            "mlflow.note.content": f"{_description(request)} Extended {resume.extensions} time(s).",
+            **budget_tags(spec),
+            **driver_tags(),
+        }
+        tracker.reattach(resume.parent_run_id, tags)
+        logger.info(
+            "Extending job %s by %d trials (MLflow parent run %s)",
+            run_name.rsplit("-x", 1)[0],
+            resume.extend_samples,
+            tracker.parent_run_id,
+        )
+    elif resume:
         tracker.reattach(resume.parent_run_id, {RESUMED_TAG: str(resume.times_resumed + 1), **driver_tags()})
         logger.info("Resuming job %s (MLflow parent run %s)", run_name, tracker.parent_run_id)
     else:
@@ -235,13 +315,27 @@ def _open_parent_run(
                 "spec_file": request.spec_file,
                 "trainable": spec.trainable,
                 "smoke_test": str(request.smoke_test).lower(),
+                # The run's description in the MLflow UI.
+                "mlflow.note.content": _description(request),
                 RUN_NAME_TAG: run_name,
                 STORAGE_TAG: storage_path,
                 SPEC_HASH_TAG: spec_fingerprint(spec),
+                SETTINGS_HASH_TAG: settings_fingerprint(spec),
+                **budget_tags(spec),
+                **_warm_start_tags(request),
                 **driver_tags(),
             },
             params=_parent_params(spec, request.data),
             artifacts={"spec.yaml": request.spec_text, "resolved_spec.yaml": _resolved_yaml(spec)},
+        )
+    warm = request.warm_start
+    if warm is not None and not resume:
+        logger.info(
+            "note: warm start from %d earlier jobs: %d trials seed the searcher, %d skipped (they do not fit "
+            "this spec's space or fixed values)",
+            len(warm.parent_run_ids),
+            warm.used,
+            warm.skipped,
         )
     if request.resume_command:
         logger.info("Job %s; if it stops, continue it with: %s", run_name, request.resume_command)
@@ -272,12 +366,16 @@ def _read_outcome(spec: Spec, results: Any, run_name: str, fit_started: float, r
 
 
 def _register_and_finish(
-    request: JobRequest, results: Any, dataset: Any, tracker: JobTracker, result: TuneResult
+    request: JobRequest, results: Any, dataset: Any, tracker: JobTracker, result: TuneResult, ran_here: set[str]
 ) -> None:
     from tuning_platform.registry import register_best
 
     spec, best = request.spec, result.best
-    if best is not None:
+    if best is not None and best.trial_id not in ran_here:
+        result.notes.append(
+            f"The best trial {best.trial_id} ran before this extension; the registered model stays as that run left it."
+        )
+    elif best is not None:
         result.registration = register_best(request, results, dataset, tracker, best)
         if result.registration is not None:
             result.notes.extend(result.registration.notes)
@@ -300,12 +398,35 @@ def _parent_params(spec: Spec, data: dict[str, Any]) -> dict[str, str]:
         "search.algorithm": spec.search.algorithm,
         "search.num_samples": str(spec.search.num_samples),
         "search.seed": str(spec.search.seed),
+        **{f"search.sampler.{k}": str(v) for k, v in spec.search.sampler.model_dump().items()},
         "scheduler.type": spec.scheduler.type,
         "resources.cpu": str(spec.resources.cpu),
         "resources.gpu": str(spec.resources.gpu),
     }
     params.update({f"data.{k}": str(v) for k, v in data.items()})
     return params
+
+
+def _description(request: JobRequest) -> str:
+    """What the job was, in a sentence or two (Markdown, as the MLflow UI shows it)."""
+    spec = request.spec
+    search = "Optuna TPE" if spec.search.algorithm == "optuna" else "random search"
+    scheduler = "ASHA early stopping" if spec.scheduler.type == "asha" else "no early stopping"
+    data = ", ".join(f"{k}={v}" for k, v in request.data.items()) or "its defaults"
+    text = (
+        f"Tuning job **{spec.name}**: {spec.search.num_samples} trials of `{spec.trainable}` proposed by {search} "
+        f"with {scheduler}, ranked by `{spec.metric}` ({spec.mode}). Spec `{request.spec_file}`; data: {data}."
+    )
+    if request.smoke_test:
+        text += " Smoke test (shrunk to run in a minute)."
+    return f"{spec.description.strip()}\n\n{text}" if spec.description else text
+
+
+def _warm_start_tags(request: JobRequest) -> dict[str, str]:
+    warm = request.warm_start
+    if warm is None:
+        return {}
+    return {"warm_start_parent_runs": ",".join(warm.parent_run_ids), "warm_start_skipped": str(warm.skipped)}
 
 
 def _resolved_yaml(spec: Spec) -> str:

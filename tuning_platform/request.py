@@ -29,6 +29,7 @@ from tuning_platform.spec import (
 if TYPE_CHECKING:
     from tuning_platform.resolve import ResolvedTrainable
     from tuning_platform.resume import ResumeTarget
+    from tuning_platform.study import WarmStart
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_STORAGE_PATH = "ray_results"
@@ -49,8 +50,10 @@ class JobRequest:
     smoke_test: bool = False
     # How to continue this job if it stops, shown at its start and on Ctrl-C.
     resume_command: str = ""
-    # Set by `resume`: the unfinished job to continue.
+    # Set by `resume`: the unfinished job to continue, or the finished one to extend.
     resume: ResumeTarget | None = None
+    # The earlier trials `search.warm_start` names.
+    warm_start: WarmStart | None = None
 
 
 def build_request(
@@ -68,7 +71,7 @@ def build_request(
 ) -> JobRequest:
     """Everything checked before anything starts; raises SpecError."""
     from tuning_platform.resolve import check_against_trainable, resolve_trainable
-    from tuning_platform.resume import find_unfinished_job
+    from tuning_platform.resume import find_job_to_resume
 
     overrides = overrides or []
     loaded, raw, text = load_spec(spec, overrides, name=name)
@@ -97,8 +100,24 @@ def build_request(
         address=address,
         smoke_test=smoke_test,
         resume_command=resume_command,
-        resume=find_unfinished_job(uri, loaded, file) if resume else None,
+        resume=find_job_to_resume(uri, loaded, file) if resume else None,
+        warm_start=_warm_start(uri, loaded, file),
     )
+
+
+def _warm_start(uri: str, spec: Spec, file: str) -> WarmStart | None:
+    """The trials of the jobs `search.warm_start` names, read before anything starts."""
+    if spec.search.warm_start is None:
+        return None
+    from tuning_platform.study import study_of, warm_start_trials
+    from tuning_platform.tracking import open_client
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise SpecError(file, "search.warm_start", f"no MLflow store at {uri} to start from", has_got=False)
+    warm = warm_start_trials(open_client(uri), spec, file)
+    study, warm.skipped = study_of(spec, warm.trials)
+    warm.used = len(study.trials)
+    return warm
 
 
 def resolve_tracking_uri(given: str | None, spec_uri: str | None) -> tuple[str, str]:

@@ -1,9 +1,15 @@
-"""`--resume`: find the latest unfinished job of a spec and what Ray saved of it.
+"""`--resume`: find the latest unfinished job of a spec and what Ray saved of it, or extend
+the latest finished one with a larger budget.
 
 A job is found through its MLflow parent run, which carries the Ray run name, the storage path
 and a fingerprint of the resolved spec. Only a job run with the same settings (spec file,
 `--set`, `--smoke-test`, `--name`) is resumed: Tune restores its searcher and trials as they
 were, so different settings would silently not apply.
+
+A finished job is extended when only its budget grew (`search.num_samples`, `budget.time_s`):
+the new trials run as a further Ray run under the same parent run, with a searcher that starts
+from every earlier trial (`study.py`). Ray's `Tuner.restore` cannot do this: it is for fault
+tolerance and keeps the sample count it was given (ray-project/ray PR #33495).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tuning_platform.spec import Spec, SpecError
 
@@ -26,6 +33,11 @@ HOST_TAG = "driver_host"
 PID_TAG = "driver_pid"
 STARTED_TAG = "driver_started"
 RESUMED_TAG = "resumed"
+# What an extension may change, and the fingerprint of everything else.
+SETTINGS_HASH_TAG = "settings_hash"
+SAMPLES_TAG = "budget_num_samples"
+TIME_TAG = "budget_time_s"
+EXTENDED_TAG = "extended"
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,15 @@ class ResumeTarget:
     run_name: str
     storage_path: str
     times_resumed: int
+    # An extension of a finished job: the trials to add and their time budget (None: none).
+    # `run_name` is then the new Ray run's, and `extensions` counts this one.
+    extend_samples: int = 0
+    extend_time_s: float | None = None
+    extensions: int = 0
+
+    @property
+    def extends(self) -> bool:
+        return self.extend_samples > 0
 
     @property
     def experiment_path(self) -> str:
@@ -50,6 +71,19 @@ def experiment_uri(storage_path: str, run_name: str) -> str:
 def spec_fingerprint(spec: Spec) -> str:
     text = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def settings_fingerprint(spec: Spec) -> str:
+    """The fingerprint of everything but the budget: what must not change to extend a job."""
+    settings = spec.model_dump(mode="json")
+    settings["search"].pop("num_samples")
+    settings.pop("budget")
+    text = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def budget_tags(spec: Spec) -> dict[str, str]:
+    return {SAMPLES_TAG: str(spec.search.num_samples), TIME_TAG: str(spec.budget.time_s)}
 
 
 def driver_tags() -> dict[str, str]:
@@ -86,9 +120,10 @@ def _driver_alive(tags: dict[str, str]) -> bool:
     return b"platform.tune" in cmdline  # a job recorded before the start time was
 
 
-def find_unfinished_job(tracking_uri: str, spec: Spec, spec_file: str) -> ResumeTarget:
+def find_job_to_resume(tracking_uri: str, spec: Spec, spec_file: str) -> ResumeTarget:
     """The newest parent run of this spec's experiment that is RUNNING (its driver died) or
-    KILLED (Ctrl-C), whose settings match and whose Ray state still exists.
+    KILLED (Ctrl-C), whose settings match and whose Ray state still exists; else the newest
+    finished job, to extend when only its budget grew.
 
     Raises SpecError (exit 2) when there is nothing to resume; reads only, writes nothing.
     """
@@ -105,21 +140,24 @@ def find_unfinished_job(tracking_uri: str, spec: Spec, spec_file: str) -> Resume
         raise nothing(f"no job of experiment {spec.name!r} in {tracking_uri}")
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string="attributes.status != 'FINISHED' and attributes.status != 'FAILED'",
+        filter_string="attributes.status != 'FAILED'",
         order_by=["attributes.start_time DESC"],
         max_results=200,
     )
     parents = [run for run in runs if PARENT_RUN_ID_TAG not in run.data.tags and RUN_NAME_TAG in run.data.tags]
-    if not parents:
-        raise nothing(f"every job of experiment {spec.name!r} in {tracking_uri} has finished")
+    unfinished = [run for run in parents if run.info.status != "FINISHED"]
     fingerprint = spec_fingerprint(spec)
-    matching = [run for run in parents if run.data.tags.get(SPEC_HASH_TAG) == fingerprint]
+    matching = [run for run in unfinished if run.data.tags.get(SPEC_HASH_TAG) == fingerprint]
     if not matching:
-        latest = parents[0]
-        raise nothing(
-            f"the unfinished job {latest.data.tags[RUN_NAME_TAG]} ran with other settings; "
-            "repeat its command line (same --set, --smoke-test, --name) with --resume"
-        )
+        finished = [run for run in parents if run.info.status == "FINISHED"]
+        if finished and SETTINGS_HASH_TAG in finished[0].data.tags and not unfinished:
+            return _extension(client, finished[0], spec, spec_file)
+        if unfinished:
+            raise nothing(
+                f"the unfinished job {unfinished[0].data.tags[RUN_NAME_TAG]} ran with other settings; "
+                "repeat its command line (same --set, --smoke-test, --name) with --resume"
+            )
+        raise nothing(f"every job of experiment {spec.name!r} in {tracking_uri} has finished")
     run = matching[0]
     tags = run.data.tags
     if run.info.status == "RUNNING" and _driver_alive(tags):
@@ -140,3 +178,47 @@ def find_unfinished_job(tracking_uri: str, spec: Spec, spec_file: str) -> Resume
     if not target.storage_path or not tune.Tuner.can_restore(target.experiment_path):
         raise nothing(f"Ray's saved state of job {target.run_name} is gone from {target.experiment_path}")
     return target
+
+
+def _extension(client: Any, run: Any, spec: Spec, spec_file: str) -> ResumeTarget:
+    """Extend the finished job `run` by the budget the spec adds to its own."""
+    from tuning_platform.tracking import child_runs
+
+    tags = run.data.tags
+    name = tags[RUN_NAME_TAG]
+    if tags[SETTINGS_HASH_TAG] != settings_fingerprint(spec):
+        raise SpecError(
+            spec_file,
+            "--resume",
+            f"job {name} finished with other settings; only search.num_samples and budget.time_s may change "
+            f"to extend it. To build on it, start a new job with search.warm_start: {{experiment: {spec.name}}}",
+            has_got=False,
+        )
+    trials = sum(
+        "trial_id" in r.data.tags and r.data.tags.get("trial_status") != "reseed"
+        for r in child_runs(client, run.info.experiment_id, run.info.run_id)
+    )
+    old_time = None if tags.get(TIME_TAG, "None") == "None" else float(tags[TIME_TAG])
+    new_time = spec.budget.time_s
+    more_time = old_time is not None and (new_time is None or new_time > old_time)
+    samples = spec.search.num_samples - trials
+    if samples <= 0 or (spec.search.num_samples <= int(tags.get(SAMPLES_TAG, "0")) and not more_time):
+        raise SpecError(
+            spec_file,
+            "--resume",
+            f"nothing to resume: job {name} has finished its {trials} trials; to extend it, raise "
+            f"search.num_samples above {trials} (or budget.time_s) with --set",
+            has_got=False,
+        )
+    extensions = int(tags.get(EXTENDED_TAG, "0") or 0) + 1
+    base = tags.get(RUN_NAME_TAG, name).rsplit("-x", 1)[0] if extensions > 1 else name
+    return ResumeTarget(
+        parent_run_id=run.info.run_id,
+        run_name=f"{base}-x{extensions}",
+        storage_path=tags.get(STORAGE_TAG, ""),
+        times_resumed=int(tags.get(RESUMED_TAG, "0") or 0),
+        extend_samples=samples,
+        # The time the budget grew by; all of it when the job had none.
+        extend_time_s=None if new_time is None else new_time - (old_time or 0.0),
+        extensions=extensions,
+    )

@@ -141,11 +141,39 @@ Domain = Annotated[UniformDomain | LogUniformDomain | IntDomain | ChoiceDomain, 
 DOMAIN_TYPES = ("uniform", "loguniform", "int", "choice")
 
 
+class SamplerSpec(StrictModel):
+    """Optuna TPE's settings, stated rather than left to Optuna's defaults (Optuna 5 changed
+    several), so a job proposes the same way on another Optuna version. Logged on the parent run."""
+
+    n_startup_trials: int = Field(default=10, ge=0)
+    n_ei_candidates: int = Field(default=24, ge=1)
+    # One joint density over all parameters instead of one per parameter.
+    multivariate: bool = True
+    # Trials still running count as bad results, so parallel trials do not all propose alike.
+    constant_liar: bool = True
+
+
+class WarmStartSpec(StrictModel):
+    """Earlier jobs whose trials seed the searcher: every job of an experiment, or parent runs."""
+
+    experiment: str | None = None
+    parent_runs: list[str] = Field(default_factory=list)
+
+    @field_validator("parent_runs")
+    @classmethod
+    def _one_source(cls, parent_runs: list[str], info: ValidationInfo) -> list[str]:
+        if bool(parent_runs) == bool(info.data.get("experiment")):
+            raise ValueError("give either experiment: NAME or parent_runs: [RUN_ID, ...]")
+        return parent_runs
+
+
 class SearchSpec(StrictModel):
     algorithm: Literal["optuna", "random"] = "optuna"
     num_samples: int = Field(default=16, ge=1)
     max_concurrent: int | None = Field(default=None, ge=1)
     seed: int = 0
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    warm_start: WarmStartSpec | None = None
     space: dict[str, Domain] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
 
@@ -335,6 +363,10 @@ def _check_relations(spec: Spec, file: str) -> None:
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise SpecError(file, "search.fixed.epochs", "must be an integer >= 1", epochs)
 
+    if spec.search.warm_start is not None and spec.search.algorithm != "optuna":
+        raise SpecError(
+            file, "search.warm_start", "needs algorithm: optuna (random search learns nothing)", spec.search.algorithm
+        )
     if spec.search.algorithm == "optuna":
         for param, domain in spec.search.space.items():
             if isinstance(domain, ChoiceDomain):

@@ -30,6 +30,7 @@ from tuning_platform.guard import DIVERGED_KEY, TUNE_RESULT_KEYS, is_diverged, m
 logger = logging.getLogger(__name__)
 
 PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 _MAX_PARAM_LENGTH = 6000
 # Seconds a SQLite writer waits for another job's write to finish (sqlite3's default is 5).
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -41,6 +42,24 @@ def store_uri(tracking_uri: str) -> str:
     if tracking_uri.startswith("sqlite:") and "?" not in tracking_uri:
         return f"{tracking_uri}?timeout={SQLITE_BUSY_TIMEOUT_S}"
     return tracking_uri
+
+
+def ui_links(tracking_uri: str, experiment_id: str, run_id: str) -> tuple[str | None, str, str]:
+    """The command that serves the MLflow UI (None for a tracking server, which serves it),
+    and the links to the experiment's runs table and to one run.
+
+    MLflow 3's UI remembers a GenAI / model-training switch per browser and opens a fresh
+    browser on GenAI; `workflowType=machine_learning` in the link overrides it (its bundled
+    JavaScript, the `mlflow.workflowType` local-storage key). `mlflow ui` serves on
+    127.0.0.1:5000 unless told otherwise.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        command, base = None, tracking_uri.rstrip("/")
+    else:
+        command, base = f"mlflow ui --backend-store-uri {tracking_uri}", "http://127.0.0.1:5000"
+    query = "?workflowType=machine_learning"
+    experiment = f"{base}/#/experiments/{experiment_id}"
+    return command, f"{experiment}/runs{query}", f"{experiment}/runs/{run_id}{query}"
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
@@ -114,6 +133,8 @@ class JobTracker:
                 self.experiment_id = self.client.create_experiment(self.experiment_name)
             else:
                 self.experiment_id = experiment.experiment_id
+        # MLflow 3's UI opens an experiment of this kind on its runs table, not on GenAI traces.
+        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.parent_run_id = run.info.run_id
         self.client.log_batch(
@@ -131,8 +152,12 @@ class JobTracker:
         self.client.update_run(parent_run_id, status="RUNNING")
         self.client.log_batch(parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def trial_callback(self, metric: str, max_t: int | None) -> TrialRunsCallback:
-        return TrialRunsCallback(self.tracking_uri, self.experiment_id, self.parent_run_id, metric, max_t)
+    def trial_callback(
+        self, metric: str, max_t: int | None, ray_run: str = "", shown_params: tuple[str, ...] = ()
+    ) -> TrialRunsCallback:
+        return TrialRunsCallback(
+            self.tracking_uri, self.experiment_id, self.parent_run_id, metric, max_t, ray_run, shown_params
+        )
 
     def close_trial_runs(self, statuses: dict[str, str], errors: dict[str, str] | None = None) -> None:
         """Every child run still RUNNING gets its trial's final status.
@@ -168,6 +193,15 @@ class JobTracker:
             params=[Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()],
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
+
+    def log_bytes(self, content: bytes, artifact_file: str) -> None:
+        """A file (a picture) on the parent run, at `artifact_file` (`folder/name.png`)."""
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/{name}"
+            with open(path, "wb") as handle:
+                handle.write(content)
+            self.client.log_artifact(self.parent_run_id, path, artifact_path=folder or None)
 
     def finish(self, status: str, error: str | None = None) -> None:
         """status: FINISHED, FAILED or KILLED; a failed job says why in its `error` tag."""
@@ -430,13 +464,28 @@ class TrialRunsCallback(Callback):
     config and comes back with `--resume`, so it keeps only the tracking URI and ids.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, metric: str, max_t: int | None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        metric: str,
+        max_t: int | None,
+        ray_run: str = "",
+        shown_params: tuple[str, ...] = (),
+    ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.metric = metric
         self.max_t = max_t
+        # The Ray run the trials belong to (an extended job has several under one parent run).
+        self.ray_run = ray_run
+        # Searched parameters shown in a trial run's name, in the spec's order.
+        self.shown_params = tuple(shown_params)
         self._writer: RunWriter | None = None
+        # Trial runs of this parent so far: the next one is numbered after them.
+        self._numbered = 0
         # Trials that have a child run (made by this callback, or by the job it resumes).
         self._known: set[str] = set()
         # The last step already logged per trial, for child runs of a resumed job: a trial
@@ -445,7 +494,14 @@ class TrialRunsCallback(Callback):
         self._placed: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_writer": None, "_known": set(), "_logged_until": {}, "_placed": set()}
+        return {
+            **self.__dict__,
+            "_writer": None,
+            "_known": set(),
+            "_logged_until": {},
+            "_placed": set(),
+            "_numbered": 0,
+        }
 
     @property
     def writer(self) -> RunWriter:
@@ -456,7 +512,9 @@ class TrialRunsCallback(Callback):
     def setup(self, **info: Any) -> None:
         # Child runs already made for this parent (a resumed job) are reused, never duplicated.
         client = self.writer.client  # the thread has not started yet
-        for run in child_runs(client, self.experiment_id, self.parent_run_id):
+        existing = child_runs(client, self.experiment_id, self.parent_run_id)
+        self._numbered = len(existing)
+        for run in existing:
             trial_id = run.data.tags.get("trial_id")
             if trial_id:
                 self.writer.run_ids[trial_id] = run.info.run_id
@@ -471,8 +529,12 @@ class TrialRunsCallback(Callback):
             self.writer.update(trial.trial_id, _mark_running)
             return
         self._known.add(trial.trial_id)
-        experiment_id, run_name, trial_id = self.experiment_id, str(trial), trial.trial_id
+        self._numbered += 1
+        experiment_id, trial_id = self.experiment_id, trial.trial_id
+        run_name = trial_run_name(self._numbered, trial.config, self.shown_params)
         tags = {PARENT_RUN_ID_TAG: self.parent_run_id, "trial_id": trial_id, "trial_status": "running"}
+        if self.ray_run:
+            tags[RAY_RUN_TAG] = self.ray_run
         params = [Param(k, v) for k, v in trial_params(trial.config).items()]
         tries: list[int] = []
         this_run = f"tags.trial_id = '{trial_id}' and tags.`{PARENT_RUN_ID_TAG}` = '{self.parent_run_id}'"
@@ -535,6 +597,32 @@ class TrialRunsCallback(Callback):
                 len(writer.failures),
                 writer.failures[0],
             )
+
+
+# On a trial run: the Ray run (experiment folder) its trial belongs to.
+RAY_RUN_TAG = "ray_run"
+
+
+def trial_run_name(number: int, config: dict[str, Any], shown: tuple[str, ...], limit: int = 3) -> str:
+    """A trial run's name a person can scan in a list: `t07 lr=5.1e-3 adamw` (number, then the
+    first searched parameters; a string choice shown bare)."""
+    parts = [f"t{number:02d}"]
+    for name in shown[:limit]:
+        if name not in config:
+            continue
+        value = config[name]
+        parts.append(value if isinstance(value, str) else f"{name}={compact_number(value)}")
+    return " ".join(parts)[:120]
+
+
+def compact_number(value: Any) -> str:
+    """5.1e-3, 0.25, 128: short, and as precise as a list of runs needs."""
+    if isinstance(value, float) and not isinstance(value, bool):
+        if value != 0 and not 1e-2 <= abs(value) < 1e4:
+            mantissa, _, exponent = f"{value:.1e}".partition("e")
+            return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+        return f"{value:.3g}"
+    return str(value)
 
 
 def _mark_running(client: MlflowClient, run_id: str) -> None:

@@ -16,15 +16,24 @@ if TYPE_CHECKING:
     from tuning_platform.cluster import Capacity
     from tuning_platform.request import JobRequest
     from tuning_platform.resume import ResumeTarget
+    from tuning_platform.study import RecordedTrial
     from tuning_platform.tracking import JobTracker
 
 
-def build_search(spec: Spec) -> Any:
+def build_search(spec: Spec, history: list[RecordedTrial] | None = None) -> Any:
+    """Optuna TPE with the spec's sampler settings (or random search). `history`: earlier
+    trials the searcher starts from (an extended or warm-started job); those that fit the
+    space are added to its study as finished trials, so TPE weighs them as its own."""
     if spec.search.algorithm == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
+        from tuning_platform.study import build_sampler, study_of
+
+        # OptunaSearch opens the study of that name in the storage it is given (load_if_exists).
+        storage = optuna.storages.InMemoryStorage()
+        study_of(spec, history or [], storage)
+        return OptunaSearch(sampler=build_sampler(spec, len(history or [])), storage=storage, study_name=spec.name)
     from ray.tune.search import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=spec.search.seed)
@@ -43,7 +52,12 @@ def build_scheduler(spec: Spec) -> Any:
     return FIFOScheduler()
 
 
-def tune_config(spec: Spec, resources: dict[str, float], capacity: Capacity | None = None) -> TuneConfig:
+def tune_config(
+    spec: Spec,
+    resources: dict[str, float],
+    capacity: Capacity | None = None,
+    history: list[RecordedTrial] | None = None,
+) -> TuneConfig:
     """How Tune runs the job's trials: metric, searcher, scheduler, samples, concurrency, actors.
 
     The benchmarks' plain Ray Tune run of the same trials uses it too, so both share every setting.
@@ -55,7 +69,7 @@ def tune_config(spec: Spec, resources: dict[str, float], capacity: Capacity | No
     return tune.TuneConfig(
         metric=spec.metric,
         mode=spec.mode,
-        search_alg=build_search(spec),
+        search_alg=build_search(spec, history),
         scheduler=build_scheduler(spec),
         num_samples=spec.search.num_samples,
         max_concurrent_trials=concurrent_groups(spec, resources, capacity),
@@ -111,8 +125,10 @@ def fit(
     tracker: JobTracker,
     resources: dict[str, float],
     capacity: Capacity,
+    history: list[RecordedTrial] | None = None,
 ) -> ResultGrid:
-    """A new job's Tune run, to its end (or to Ctrl-C / SIGTERM, after which Tune saved its state)."""
+    """A new Tune run, to its end (or to Ctrl-C / SIGTERM, after which Tune saved its state):
+    a new job's, or an extension's. `history`: the earlier trials its searcher starts from."""
     from ray import tune
 
     from tuning_platform.checkpoints import SurvivingCheckpoints, checkpoint_config
@@ -120,14 +136,18 @@ def fit(
     from tuning_platform.interrupt import TrialOutcomes
     from tuning_platform.waiting import WaitingForNodes
 
-    callbacks = [SurvivingCheckpoints(), TrialOutcomes(run_name), tracker.trial_callback(spec.metric, spec.max_t)]
+    callbacks = [
+        SurvivingCheckpoints(),
+        TrialOutcomes(run_name),
+        tracker.trial_callback(spec.metric, spec.max_t, run_name, tuple(spec.search.space)),
+    ]
     if capacity.autoscaling:
         callbacks.append(WaitingForNodes())
     cut_at = spec.max_t if spec.max_t is not None and spec.epochs is not None and spec.max_t < spec.epochs else None
     tuner = tune.Tuner(
         trainable,
         param_space=trial_config(spec, data),
-        tune_config=tune_config(spec, resources, capacity),
+        tune_config=tune_config(spec, resources, capacity, history),
         # Tune saves this run config with the job's state; `resume` gets the same back.
         run_config=tune.RunConfig(
             name=run_name,

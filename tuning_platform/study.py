@@ -1,0 +1,251 @@
+"""The search as an Optuna study, rebuilt from what MLflow recorded of each trial.
+
+The trial runs of a job hold everything a study needs: the parameters (run params), the metric
+per epoch (intermediate values), how the trial ended (`trial_status`), and when. Built from
+there rather than from Ray's searcher state, one study covers a resumed job, an extended job
+(several Ray runs under one parent run) and the jobs a warm start learns from alike. It feeds
+the search insight (`insight.py`) and seeds the searcher of an extended or warm-started job.
+
+Values are what Ray's `OptunaSearch` tells its study for a live trial: the metric of the
+trial's last result, so seeded and live trials are ranked alike. A trial ASHA stopped early is
+PRUNED with its per-epoch values, which TPE ranks by how far it got (Optuna's own rule for
+pruned trials), never as a finished result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tuning_platform.results import TrialRow
+from tuning_platform.spec import ChoiceDomain, IntDomain, Spec, SpecError, to_tune_domain
+
+if TYPE_CHECKING:
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+# trial_status tags whose trials a searcher may learn from.
+LEARNED_FROM = ("completed", "early_stopped")
+
+
+@dataclass
+class RecordedTrial:
+    """One trial run of a job, as MLflow holds it."""
+
+    trial_id: str
+    run_id: str
+    parent_run_id: str
+    status: str  # trial_status: completed | early_stopped | diverged | failed | interrupted | running
+    params: dict[str, str]  # as logged: strings
+    history: list[tuple[int, float]] = field(default_factory=list)  # (epoch, metric), in epoch order
+    start_ms: int = 0
+    end_ms: int | None = None
+    ray_run: str = ""  # the Ray run it belongs to; empty on runs recorded before that was kept
+
+    @property
+    def last_value(self) -> float | None:
+        return self.history[-1][1] if self.history else None
+
+
+def recorded_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str) -> list[RecordedTrial]:
+    """The trial runs of one job, oldest first, with the metric's history of each."""
+    from tuning_platform.tracking import RAY_RUN_TAG, child_runs
+
+    trials = []
+    for run in child_runs(client, experiment_id, parent_run_id):
+        tags = run.data.tags
+        if "trial_id" not in tags or tags.get("trial_status") == "reseed":
+            continue
+        history = sorted(
+            (m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric) if math.isfinite(m.value)
+        )
+        trials.append(
+            RecordedTrial(
+                trial_id=tags["trial_id"],
+                run_id=run.info.run_id,
+                parent_run_id=parent_run_id,
+                status=tags.get("trial_status", "running"),
+                params=dict(run.data.params),
+                history=_one_per_epoch(history),
+                start_ms=run.info.start_time or 0,
+                end_ms=run.info.end_time,
+                ray_run=tags.get(RAY_RUN_TAG, ""),
+            )
+        )
+    trials.sort(key=lambda t: (t.start_ms, t.trial_id))
+    return trials
+
+
+def _one_per_epoch(history: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    # A trial resumed from an older checkpoint may have logged an epoch twice: keep the last.
+    return sorted(dict(history).items())
+
+
+def best_value(trial: RecordedTrial, mode: str) -> float | None:
+    """The trial's best value over its epochs, as the job ranks trials; none when it failed or
+    diverged (its configuration is unstable, see `results.best_trial`)."""
+    values = [v for _, v in trial.history]
+    if not values or trial.status in ("failed", "diverged"):
+        return None
+    return max(values) if mode == "max" else min(values)
+
+
+def as_row(trial: RecordedTrial, spec: Spec) -> TrialRow:
+    """A recorded trial as a row of the job's outcome (an extended job's earlier trials)."""
+    status = "interrupted" if trial.status == "running" else trial.status
+    epochs = trial.history[-1][0] if trial.history else 0
+    params = fitting_params(trial, spec) or {}
+    return TrialRow(trial.trial_id, status, epochs, best_value(trial, spec.mode), params)
+
+
+def distributions(spec: Spec) -> dict[str, Any]:
+    """The Optuna distribution of each searched parameter, exactly as Ray's `OptunaSearch`
+    converts the job's Tune domains, so seeded trials and live ones share one search space."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch.convert_search_space({name: to_tune_domain(d) for name, d in spec.search.space.items()})
+
+
+def fitting_params(trial: RecordedTrial, spec: Spec) -> dict[str, Any] | None:
+    """The trial's parameters in the spec's space, or None when the trial does not fit it: a
+    searched value outside the space (or missing), or a value the spec now fixes that the trial
+    ran with another value (or without)."""
+    params: dict[str, Any] = {}
+    for name, domain in spec.search.space.items():
+        value = _parse(trial.params.get(name), domain)
+        if value is None:
+            return None
+        params[name] = value
+    for name, fixed in spec.search.fixed.items():
+        if name == "seed":
+            continue  # a trial's seed changes nothing about what its parameters are worth
+        if trial.params.get(name) != str(fixed):
+            return None
+    return params
+
+
+def _parse(text: str | None, domain: Any) -> Any:
+    if text is None:
+        return None
+    if isinstance(domain, ChoiceDomain):
+        # Logged as str(value): find the choice that prints the same.
+        return next((value for value in domain.values if str(value) == text), None)
+    try:
+        value: Any = float(text)
+    except ValueError:
+        return None
+    if isinstance(domain, IntDomain):
+        if value != int(value):
+            return None
+        value = int(value)
+    return value if domain.low <= value <= domain.high else None
+
+
+def frozen_trial(trial: RecordedTrial, params: dict[str, Any], dists: dict[str, Any]) -> optuna.trial.FrozenTrial:
+    """The trial as Optuna keeps it: COMPLETE with its last value, or PRUNED (stopped early)."""
+    import optuna
+
+    state = optuna.trial.TrialState.COMPLETE
+    if trial.status == "early_stopped":
+        state = optuna.trial.TrialState.PRUNED
+    return optuna.trial.create_trial(
+        state=state,
+        value=trial.last_value,
+        params=params,
+        distributions={name: dists[name] for name in params},
+        intermediate_values=dict(trial.history),
+        user_attrs={"trial_id": trial.trial_id, "parent_run_id": trial.parent_run_id},
+    )
+
+
+def study_of(
+    spec: Spec, trials: list[RecordedTrial], storage: optuna.storages.BaseStorage | None = None
+) -> tuple[optuna.Study, int]:
+    """A study (named as the spec, in `storage` or in memory) of the trials a searcher may learn
+    from (completed, early-stopped, with a value) that fit the spec's space; also the count of
+    trials that did not fit."""
+    import optuna
+
+    # Optuna's INFO lines ("A new study created in memory ...") say nothing to a user here.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = distributions(spec)
+    study = optuna.create_study(
+        storage=storage or optuna.storages.InMemoryStorage(),
+        study_name=spec.name,
+        direction="maximize" if spec.mode == "max" else "minimize",
+    )
+    skipped = 0
+    for trial in trials:
+        if trial.status not in LEARNED_FROM or trial.last_value is None:
+            continue
+        params = fitting_params(trial, spec)
+        if params is None:
+            skipped += 1
+            continue
+        study.add_trial(frozen_trial(trial, params, dists))
+    return study, skipped
+
+
+def build_sampler(spec: Spec, history_size: int = 0) -> optuna.samplers.TPESampler:
+    """TPE with the spec's stated settings (`search.sampler`), seeded by `search.seed`.
+
+    A searcher that starts from earlier trials has its seed moved on by their count: with the
+    job's own seed an extension would first propose again what the job began with.
+    """
+    import optuna
+
+    settings = spec.search.sampler
+    return optuna.samplers.TPESampler(
+        seed=spec.search.seed + history_size,
+        n_startup_trials=settings.n_startup_trials,
+        n_ei_candidates=settings.n_ei_candidates,
+        multivariate=settings.multivariate,
+        constant_liar=settings.constant_liar,
+    )
+
+
+# --- Warm start -------------------------------------------------------------------------------
+
+
+@dataclass
+class WarmStart:
+    """The earlier trials a job's searcher starts from, and where they came from."""
+
+    trials: list[RecordedTrial]
+    parent_run_ids: list[str]
+    used: int = 0  # trials that seed the searcher
+    skipped: int = 0  # trials the searcher could learn from that do not fit the spec
+
+
+def warm_start_trials(client: MlflowClient, spec: Spec, spec_file: str) -> WarmStart:
+    """The trials of the jobs `search.warm_start` names (an experiment's parent runs, or the
+    given parent runs); a source that does not exist is a SpecError."""
+    from mlflow.exceptions import MlflowException
+
+    from tuning_platform.tracking import PARENT_RUN_ID_TAG
+
+    source = spec.search.warm_start
+    assert source is not None
+    parents: list[tuple[str, str]] = []  # (experiment id, parent run id)
+    if source.experiment:
+        experiment = client.get_experiment_by_name(source.experiment)
+        if experiment is None:
+            raise SpecError(spec_file, "search.warm_start.experiment", "no such MLflow experiment", source.experiment)
+        runs = client.search_runs([experiment.experiment_id], max_results=50000, order_by=["attributes.start_time"])
+        parents = [(experiment.experiment_id, r.info.run_id) for r in runs if PARENT_RUN_ID_TAG not in r.data.tags]
+    for run_id in source.parent_runs:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise SpecError(spec_file, "search.warm_start.parent_runs", "no such MLflow run", run_id) from None
+        if PARENT_RUN_ID_TAG in run.data.tags:
+            raise SpecError(
+                spec_file, "search.warm_start.parent_runs", "is a trial run; give its job's parent run", run_id
+            )
+        parents.append((run.info.experiment_id, run_id))
+    trials = [t for experiment, run_id in parents for t in recorded_trials(client, experiment, run_id, spec.metric)]
+    return WarmStart(trials=trials, parent_run_ids=[run_id for _, run_id in parents])
