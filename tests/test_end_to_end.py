@@ -7,6 +7,7 @@ at afterwards in the MLflow UI and registry.
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 import urllib.request
@@ -23,7 +24,9 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import SPECS, cli_env, run_cli
 from tests.servers import free_port, stop_group, wait_for_http
 from trainables import fraud
+from tuning_platform.insight import DPI, FIGSIZE, PICTURES
 from tuning_platform.spec import load_spec
+from tuning_platform.tracking import compact_number
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +140,39 @@ def test_one_nested_child_run_per_trial_with_params_and_histories(job):
         assert child.data.tags["trial_status"] == ("completed" if epochs_run == 2 else "early_stopped")
         for name in ("train_loss", "val_loss"):
             assert len(job.client.get_metric_history(child.info.run_id, name)) == epochs_run
+
+
+def test_the_search_is_pictured_and_weighed_on_the_parent_run(job, tmp_path):
+    """Importances as parent metrics, four PNGs under search/, the experiment opens on its runs
+    table, trial runs with names a person can scan, and the printed links lead there."""
+    parents, children = _runs(job)
+    parent = parents[0]
+    importances = {k: v for k, v in parent.data.metrics.items() if k.startswith("importance.")}
+    assert set(importances) == {f"importance.{p}" for p in job.spec.search.space}
+    assert sum(importances.values()) == pytest.approx(1.0, abs=1e-6)
+    top = max(importances, key=importances.get).removeprefix("importance.")
+    assert f"Most important for {job.spec.metric} (fANOVA): {top} " in job.stdout
+    pictures = {a.path for a in job.client.list_artifacts(parent.info.run_id, "search")}
+    assert pictures == {f"search/{name}" for name in PICTURES}
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent.info.run_id, artifact_path="search", tracking_uri=job.uri, dst_path=str(tmp_path)
+        )
+    )
+    for name in PICTURES:
+        png = (folder / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+        assert struct.unpack(">II", png[16:24]) == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
+    experiment = job.client.get_experiment_by_name(job.spec.name)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    base = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}"
+    assert f"  runs table: {base}/runs?workflowType=machine_learning\n" in job.stdout
+    assert f"  this job:   {base}/runs/{parent.info.run_id}?workflowType=machine_learning\n" in job.stdout
+    names = sorted(c.info.run_name for c in children)
+    assert [n.split()[0] for n in names] == ["t01", "t02", "t03", "t04"]
+    assert all(f"lr={compact_number(float(c.data.params['lr']))}" in c.info.run_name for c in children)
+    assert f"trials of `{job.name}`" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.params["search.sampler.constant_liar"] == "True"
 
 
 def test_champion_is_registered_and_predicts(job):

@@ -8,6 +8,7 @@ import random
 import struct
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import run_cli, write_spec
@@ -180,10 +181,9 @@ def test_a_warm_started_searcher_finds_the_optimum_in_fewer_trials_than_a_cold_o
 
 
 @pytest.mark.slow
-def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_path):
+def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_path, monkeypatch):
     (tmp_path / "toy.py").write_text(TOY)
-    import yaml
-
+    monkeypatch.syspath_prepend(str(tmp_path))  # for the in-process checks, as the CLI finds it
     wide_file = write_spec(tmp_path, yaml.safe_dump(WIDE), "wide.yaml")
     narrow_file = write_spec(tmp_path, yaml.safe_dump(NARROW), "narrow.yaml")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
