@@ -175,6 +175,17 @@ def test_the_search_is_pictured_and_weighed_on_the_parent_run(job, tmp_path):
     assert parent.data.params["search.sampler.constant_liar"] == "True"
 
 
+def test_the_champion_is_scored_once_on_the_held_out_test_split(job):
+    parents, _ = _runs(job)
+    test_name = "test_" + job.spec.metric.removeprefix("val_")
+    score = parents[0].data.metrics[test_name]
+    assert 0 < score <= 1
+    version = job.client.get_model_version_by_alias(job.model_name, "champion")
+    assert float(version.tags[test_name]) == pytest.approx(score)
+    validation = float(version.tags["metric_value"])
+    assert f"{job.spec.metric}={validation:.4f} (validation), {test_name}={score:.4f} (held-out test" in job.stdout
+
+
 def test_champion_is_registered_and_predicts(job):
     name = job.model_name
     version = job.client.get_model_version_by_alias(name, "champion")

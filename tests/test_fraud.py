@@ -61,8 +61,8 @@ def test_the_credit_card_csv_loads_from_a_local_path(tmp_path):
     path = tmp_path / "creditcard.csv"
     frame.to_csv(path, index=False)
     data = fraud.load_data({"dataset": "csv", "path": str(path)})
-    assert len(data.x_train) + len(data.x_val) == 5_000
-    assert int(data.y_train.sum() + data.y_val.sum()) == int(frame["Class"].sum())
+    assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 5_000
+    assert int(data.y_train.sum() + data.y_val.sum() + data.y_test.sum()) == int(frame["Class"].sum())
     frame.drop(columns=["V7", "Amount"]).to_csv(path, index=False)
     with pytest.raises(ValueError, match="lacks the columns V7, Amount"):
         fraud.DataConfig.model_validate({"dataset": "csv", "path": str(path)})

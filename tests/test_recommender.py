@@ -21,33 +21,40 @@ def _interactions() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
 
 
-def test_leave_latest_out_holds_out_each_users_latest_item():
-    pairs, candidates, users, user_ids, item_ids = recommender.leave_latest_out(_interactions(), seed=0)
-    held_out = {user_ids[u]: item_ids[c] for u, c in zip(users, candidates[:, 0], strict=True)}
-    assert held_out == {10: 4, 20: 7, 40: 120, 50: 260}  # user 30 has nothing to hold out
-    train = {(user_ids[u], item_ids[i]) for u, i in pairs}
-    assert (30, 8) in train and (10, 4) not in train and (20, 6) in train
-    assert len(train) == len(_interactions()) - 4
+def test_leave_latest_out_tests_on_each_users_latest_item_and_validates_on_the_one_before():
+    split = recommender.leave_latest_out(_interactions(), seed=0)
+    ids, items = split.user_ids, split.item_ids
+
+    def held_out(users, candidates):
+        return {ids[u]: items[c] for u, c in zip(users, candidates[:, 0], strict=True)}
+
+    assert held_out(split.test_users, split.test_candidates) == {10: 4, 20: 7, 40: 120, 50: 260}
+    assert held_out(split.val_users, split.val_candidates) == {10: 3, 20: 6, 40: 119, 50: 259}
+    train = {(ids[u], items[i]) for u, i in split.pairs}
+    assert (30, 8) in train and (10, 4) not in train and (10, 3) not in train and (20, 5) in train
+    assert len(train) == len(_interactions()) - 8  # user 30 has nothing to hold out
 
 
 def test_evaluation_negatives_are_99_fixed_items_the_user_never_touched():
     frame = _interactions()
-    _, candidates, users, user_ids, item_ids = recommender.leave_latest_out(frame, seed=0)
-    _, again, _, _, _ = recommender.leave_latest_out(frame, seed=0)
-    assert np.array_equal(candidates, again)
-    assert candidates.shape == (4, 100)
-    for user, row in zip(users, candidates, strict=True):
-        touched = set(frame.loc[frame.user_id == user_ids[user], "item_id"])
-        negatives = [item_ids[i] for i in row[1:]]
-        assert len(set(negatives)) == 99
-        assert not touched & set(negatives)
+    split = recommender.leave_latest_out(frame, seed=0)
+    again = recommender.leave_latest_out(frame, seed=0)
+    assert np.array_equal(split.test_candidates, again.test_candidates)
+    assert np.array_equal(split.val_candidates, again.val_candidates)
+    for users, candidates in ((split.val_users, split.val_candidates), (split.test_users, split.test_candidates)):
+        assert candidates.shape == (4, 100)
+        for user, row in zip(users, candidates, strict=True):
+            touched = set(frame.loc[frame.user_id == split.user_ids[user], "item_id"])
+            negatives = [split.item_ids[i] for i in row[1:]]
+            assert len(set(negatives)) == 99
+            assert not touched & set(negatives)
 
 
 def test_a_user_who_touched_almost_every_item_trains_but_is_not_evaluated():
     frame = pd.concat([_interactions(), pd.DataFrame({"user_id": 60, "item_id": range(1, 200), "timestamp": 5})])
-    pairs, _, users, user_ids, _ = recommender.leave_latest_out(frame, seed=0)
-    assert 60 not in {user_ids[u] for u in users}
-    assert sum(user_ids[u] == 60 for u in pairs[:, 0]) == 199
+    split = recommender.leave_latest_out(frame, seed=0)
+    assert 60 not in {split.user_ids[u] for u in [*split.val_users, *split.test_users]}
+    assert sum(split.user_ids[u] == 60 for u in split.pairs[:, 0]) == 199
 
 
 def test_too_few_items_to_rank_is_a_clear_error():
@@ -129,7 +136,7 @@ def test_movielens_files_load_as_implicit_feedback(tmp_path, name):
     for where in (path, tmp_path):  # the file, or the folder it was extracted to
         data = recommender.load_data({"dataset": "movielens", "path": str(where)})
         assert data.info["num_users"] == 50
-        assert len(data.x_train) == len(frame) - 50
+        assert len(data.x_train) == len(frame) - 100  # a test and a validation item per user
         assert data.info["user_ids"] == sorted(frame["user_id"].unique().tolist())
 
 

@@ -6,11 +6,13 @@ epochs on its smoke data is in LEARNS (the chance level is well below each bar).
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from trainables import TRAINABLES, builtin
+from trainables.classification import split_indices
 from trainables.loop import (
     load_state,
     make_optimizer,
@@ -20,6 +22,7 @@ from trainables.loop import (
     shuffled_batches,
     train_one_epoch,
 )
+from tuning_platform import tuner
 
 CPU = torch.device("cpu")
 CONFIGS = {
@@ -61,6 +64,32 @@ def test_data_split_is_fixed_and_shapes_match(trainable):
     outputs = predict(model, data.x_val, CPU)
     expected = (len(data.x_val), data.info["num_classes"]) if "num_classes" in data.info else (len(data.x_val),)
     assert outputs.shape == expected
+
+
+def test_a_test_split_is_held_out_that_no_trial_gets(trainable):
+    name, module, data = trainable
+    assert data.x_test is not None and len(data.x_test) == len(data.y_test) > 0
+    shipped = tuner.trial_data(data)  # what Ray hands every trial
+    assert shipped.x_test is None and shipped.y_test is None
+    assert torch.equal(shipped.x_val, data.x_val) and torch.equal(shipped.x_train, data.x_train)
+    view = data.test_view()
+    assert torch.equal(view.x_val, data.x_test)
+    if name == "recommender":  # the test item of each user is neither trained on nor validated on
+        positives = {tuple(row) for row in data.x_test[data.y_test == 1].tolist()}
+        assert not positives & {tuple(row) for row in data.x_train.tolist()}
+        assert not positives & {tuple(row) for row in data.x_val[data.y_val == 1].tolist()}
+    elif name != "cnn":  # table rows are distinct: none of the test rows is in another split
+        seen = {tuple(row) for row in torch.cat([data.x_train, data.x_val]).tolist()}
+        assert not any(tuple(row) in seen for row in data.x_test.tolist())
+
+
+def test_split_indices_are_disjoint_and_the_test_rows_do_not_move_with_the_validation_split():
+    labels = np.repeat([0, 1, 2], 100)
+    rows = split_indices(labels, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert sorted(np.concatenate(list(rows.values())).tolist()) == list(range(300))
+    assert [len(rows[k]) for k in ("train", "val", "test")] == [180, 60, 60]
+    other = split_indices(labels, val_fraction=0.3, test_fraction=0.2, seed=0)
+    assert np.array_equal(np.sort(rows["test"]), np.sort(other["test"]))
 
 
 def test_three_epochs_learn_well_above_chance(trainable):
@@ -140,4 +169,4 @@ def test_mlp_reads_any_csv_with_a_target_column(tmp_path):
     frame.to_csv(path, index=False)
     data = module.load_data({"dataset": "csv", "path": str(path), "target": "label"})
     assert data.info["feature_names"] == ["a", "b"] and data.info["classes"] == ["no", "yes"]
-    assert len(data.x_train) + len(data.x_val) == 100
+    assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 100

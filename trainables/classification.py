@@ -85,6 +85,37 @@ def stratified_split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: in
     return train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
 
 
+def split_indices(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Row indices of a stratified train/validation/test split; fractions are of all rows.
+
+    The test rows are drawn first and never depend on `val_fraction`, so the test split stays
+    the same whatever validation split a job uses.
+    """
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(y))
+    rest, test = train_test_split(rows, test_size=test_fraction, random_state=seed, stratify=y)
+    train, val = train_test_split(
+        rest, test_size=val_fraction / (1 - test_fraction), random_state=seed, stratify=y[rest]
+    )
+    return {"train": train, "val": val, "test": test}
+
+
+def split_three_ways(
+    x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x_train, x_val, x_test, y_train, y_val, y_test by `split_indices`."""
+    rows = split_indices(y, val_fraction, test_fraction, seed)
+    return (*(x[rows[k]] for k in ("train", "val", "test")), *(y[rows[k]] for k in ("train", "val", "test")))
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1, leaving rows to train on (got {val_fraction} + {test_fraction})"
+        )
+
+
 def smoke_subset(x: np.ndarray, y: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded, stratified subset of at most `size` rows, for smoke tests."""
     if len(x) <= size:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
-from trainables.classification import feature_frame, feedforward, smoke_subset, stratified_split
+from trainables.classification import check_fractions, feature_frame, feedforward, smoke_subset, split_three_ways
 from trainables.loop import Dataset, LossFn, Task, predict, run_trial
 from trainables.metrics import recall_at_precision
 
@@ -45,11 +45,14 @@ class DataConfig(BaseModel):
     num_rows: int = Field(default=100_000, ge=2_000)  # synthetic only
     fraud_rate: float = Field(default=0.005, gt=0, lt=0.5)  # synthetic only
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # Held out from every trial; only the registered model is scored on it.
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
     seed: int = 0
     smoke: bool = False
 
     @model_validator(mode="after")
     def _csv_needs_the_columns(self) -> DataConfig:
+        check_fractions(self.val_fraction, self.test_fraction)
         if self.dataset != "csv":
             return self
         if not self.path:
@@ -118,9 +121,15 @@ def load_data(data: dict[str, Any]) -> Dataset:
     labels = frame[TARGET].to_numpy(dtype=np.float32)
     if cfg.dataset == "csv" and cfg.smoke:
         features, labels = smoke_subset(features, labels, SMOKE_ROWS, cfg.seed)
-    if labels.sum() < 2 or labels.sum() > len(labels) - 2:
-        raise ValueError(f"the data needs both classes; it has {int(labels.sum())} positives in {len(labels)} rows")
-    x_train, x_val, y_train, y_val = stratified_split(features, labels, cfg.val_fraction, cfg.seed)
+    if labels.sum() < 3 or labels.sum() > len(labels) - 3:
+        # Each of the training, validation and test splits needs both classes.
+        raise ValueError(
+            f"the data needs both classes, 3 rows of each at least; it has {int(labels.sum())} positives "
+            f"in {len(labels)} rows"
+        )
+    x_train, x_val, x_test, y_train, y_val, y_test = split_three_ways(
+        features, labels, cfg.val_fraction, cfg.test_fraction, cfg.seed
+    )
     info = {
         "dataset": cfg.dataset,
         "feature_names": FEATURES,
@@ -129,9 +138,8 @@ def load_data(data: dict[str, Any]) -> Dataset:
         "mean": x_train.mean(axis=0).tolist(),
         "std": x_train.std(axis=0).tolist(),
     }
-    return Dataset(
-        torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_val), torch.from_numpy(y_val), info
-    )
+    tensors = [torch.from_numpy(a) for a in (x_train, y_train, x_val, y_val)]
+    return Dataset(*tensors, info, torch.from_numpy(x_test), torch.from_numpy(y_test))
 
 
 def build_model(config: dict[str, Any], info: dict[str, Any]) -> nn.Module:

@@ -8,6 +8,7 @@ arguments and do not import Ray, so tests call them directly; only `run_trial` t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -30,7 +31,11 @@ GPU_MEMORY_HEADROOM = 0.05
 
 @dataclass
 class Dataset:
-    """Tensors of one fixed train/validation split, plus what a model needs to be rebuilt."""
+    """Tensors of one fixed train/validation/test split, plus what a model needs to be rebuilt.
+
+    The test split is held out from the search: trials get `for_trials()`, which has none, and
+    the job scores only its final model on it (`test_view()`), once.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -38,6 +43,18 @@ class Dataset:
     y_val: torch.Tensor
     # JSON-like facts (shapes, classes, feature names, normalization) stored in checkpoints.
     info: dict[str, Any] = field(default_factory=dict)
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+
+    def for_trials(self) -> Dataset:
+        """What a trial may see: training and validation data only."""
+        return dataclasses.replace(self, x_test=None, y_test=None)
+
+    def test_view(self) -> Dataset | None:
+        """The test split where the task's `evaluate` reads validation data, or None without one."""
+        if self.x_test is None or self.y_test is None:
+            return None
+        return dataclasses.replace(self, x_val=self.x_test, y_val=self.y_test, x_test=None, y_test=None)
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -17,12 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from trainables.classification import (
+    check_fractions,
     cross_entropy,
     evaluate_classifier,
     feature_frame,
     feedforward,
     smoke_subset,
-    stratified_split,
+    split_three_ways,
     with_probabilities,
 )
 from trainables.loop import Dataset, Task, run_trial
@@ -40,11 +41,14 @@ class DataConfig(BaseModel):
     path: str | None = None  # csv only
     target: str | None = None  # csv only: the label column
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # Held out from every trial; only the registered model is scored on it.
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
     seed: int = 0
     smoke: bool = False
 
     @model_validator(mode="after")
     def _csv_needs_path_and_target(self) -> DataConfig:
+        check_fractions(self.val_fraction, self.test_fraction)
         if self.dataset != "csv":
             return self
         if not self.path:
@@ -80,7 +84,9 @@ def load_data(data: dict[str, Any]) -> Dataset:
         classes = [str(c) for c in uniques]
     if cfg.smoke:
         features, labels = smoke_subset(features, labels, SMOKE_ROWS, cfg.seed)
-    x_train, x_val, y_train, y_val = stratified_split(features, labels, cfg.val_fraction, cfg.seed)
+    x_train, x_val, x_test, y_train, y_val, y_test = split_three_ways(
+        features, labels, cfg.val_fraction, cfg.test_fraction, cfg.seed
+    )
     info = {
         "dataset": cfg.dataset,
         "feature_names": names,
@@ -90,9 +96,8 @@ def load_data(data: dict[str, Any]) -> Dataset:
         "mean": x_train.mean(axis=0).tolist(),
         "std": x_train.std(axis=0).tolist(),
     }
-    return Dataset(
-        torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_val), torch.from_numpy(y_val), info
-    )
+    tensors = [torch.from_numpy(a) for a in (x_train, y_train, x_val, y_val)]
+    return Dataset(*tensors, info, torch.from_numpy(x_test), torch.from_numpy(y_test))
 
 
 def build_model(config: dict[str, Any], info: dict[str, Any]) -> nn.Module:

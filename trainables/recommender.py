@@ -13,6 +13,7 @@ positives plus `num_negatives` freshly sampled negatives per positive each epoch
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,15 +111,28 @@ def generate_interactions(num_users: int, num_items: int, seed: int, latent_dim:
     return pd.concat(frames, ignore_index=True)
 
 
-def leave_latest_out(
-    interactions: pd.DataFrame, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], list[int]]:
-    """The NCF split on raw ids.
+@dataclass
+class RankingSplit:
+    """The NCF split on item and user indices: training pairs (n, 2); for validation and test,
+    candidate rows (users, 1 + 99) with the held-out item in column 0, and the users of those
+    rows; the raw user and item ids in index order."""
 
-    Returns training pairs (n, 2) and held-out candidates (users, 1 + 99) as item indices with
-    the held-out item in column 0, the users of those rows, and the raw user and item ids in
-    index order. Users with a single interaction have nothing to hold out and only train.
-    A user needs at least 99 untouched items to be evaluated.
+    pairs: np.ndarray
+    val_candidates: np.ndarray
+    val_users: np.ndarray
+    test_candidates: np.ndarray
+    test_users: np.ndarray
+    user_ids: list[int]
+    item_ids: list[int]
+
+
+def leave_latest_out(interactions: pd.DataFrame, seed: int) -> RankingSplit:
+    """Each user's latest item is the test item, the latest before it the validation item,
+    the rest trains (He et al. 2017 hold out the latest for testing; validation is taken the
+    same way from what remains, so no trial ever sees a test item).
+
+    A user needs two interactions to give a test item and three to give a validation item too;
+    a user with one only trains. A user needs at least 99 untouched items to be ranked.
     """
     frame = interactions.drop_duplicates(["user_id", "item_id"], keep="last").reset_index(drop=True)
     user_index, user_ids = pd.factorize(frame["user_id"], sort=True)
@@ -126,20 +140,40 @@ def leave_latest_out(
     frame = frame.assign(user=user_index, item=item_index)
     # Stable sort: ties in time keep file order, so the split never depends on the sort algorithm.
     frame = frame.sort_values(["user", "timestamp"], kind="stable")
-    counts = frame.groupby("user")["item"].transform("size")
-    latest = frame.groupby("user").tail(1)
-    held_out = latest[counts.loc[latest.index] >= 2]
-
     num_items = len(item_ids)
     if num_items < EVAL_NEGATIVES + 1:
         raise ValueError(f"the data has {num_items} items; ranking needs at least {EVAL_NEGATIVES + 1}")
     rng = np.random.default_rng(seed)
     seen = frame.groupby("user")["item"].agg(set)
+    test = _latest_rankable(frame, seen, num_items)
+    rest = frame.drop(test.index)
+    val = _latest_rankable(rest, seen, num_items)
+    train = rest.drop(val.index)
+    # Copies: pandas hands out read-only views, which torch warns about.
+    return RankingSplit(
+        pairs=train[["user", "item"]].to_numpy(dtype=np.int64, copy=True),
+        val_candidates=_candidates(val, seen, num_items, rng),
+        val_users=val["user"].to_numpy(dtype=np.int64, copy=True),
+        test_candidates=_candidates(test, seen, num_items, rng),
+        test_users=test["user"].to_numpy(dtype=np.int64, copy=True),
+        user_ids=list(map(int, user_ids)),
+        item_ids=list(map(int, item_ids)),
+    )
+
+
+def _latest_rankable(frame: pd.DataFrame, seen: pd.Series, num_items: int) -> pd.DataFrame:
+    """Each user's latest row, for users with another row left to train on and 99 untouched items."""
+    counts = frame.groupby("user")["item"].transform("size")
+    latest = frame.groupby("user").tail(1)
+    latest = latest[counts.loc[latest.index] >= 2]
     # A user who touched all but a few items cannot be ranked against 99 unseen ones; they
     # still train, they are just not evaluated.
-    rankable = [num_items - len(seen[user]) >= EVAL_NEGATIVES for user in held_out["user"]]
-    held_out = held_out[np.array(rankable, dtype=bool)]
-    train = frame.drop(held_out.index)
+    rankable = [num_items - len(seen[user]) >= EVAL_NEGATIVES for user in latest["user"]]
+    return latest[np.array(rankable, dtype=bool)]
+
+
+def _candidates(held_out: pd.DataFrame, seen: pd.Series, num_items: int, rng: np.random.Generator) -> np.ndarray:
+    """The held-out item and 99 fixed items the user never touched, per held-out row."""
     candidates = np.empty((len(held_out), EVAL_NEGATIVES + 1), dtype=np.int64)
     for row, (user, item) in enumerate(zip(held_out["user"], held_out["item"], strict=True)):
         excluded = seen[user]
@@ -151,10 +185,17 @@ def leave_latest_out(
                     if len(negatives) == EVAL_NEGATIVES:
                         break
         candidates[row] = [item, *negatives]
-    # Copies: pandas hands out read-only views, which torch warns about.
-    pairs = train[["user", "item"]].to_numpy(dtype=np.int64, copy=True)
-    eval_users = held_out["user"].to_numpy(dtype=np.int64, copy=True)
-    return pairs, candidates, eval_users, list(map(int, user_ids)), list(map(int, item_ids))
+    return candidates
+
+
+def _ranking_rows(users: np.ndarray, candidates: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user, item) rows of every candidate, and labels: 1 for the held-out item."""
+    x = torch.stack(
+        [torch.from_numpy(users)[:, None].expand(candidates.shape), torch.from_numpy(candidates)], dim=2
+    ).reshape(-1, 2)
+    y = torch.zeros(candidates.shape, dtype=torch.float32)
+    y[:, 0] = 1.0
+    return x, y.reshape(-1)
 
 
 def load_data(data: dict[str, Any]) -> Dataset:
@@ -167,22 +208,20 @@ def load_data(data: dict[str, Any]) -> Dataset:
         if cfg.smoke:
             keep = np.sort(interactions["user_id"].unique())[:SMOKE_USERS]
             interactions = interactions[interactions["user_id"].isin(keep)]
-    pairs, candidates, eval_users, user_ids, item_ids = leave_latest_out(interactions, cfg.seed)
-    x_val = torch.stack(
-        [torch.from_numpy(eval_users)[:, None].expand(candidates.shape), torch.from_numpy(candidates)], dim=2
-    ).reshape(-1, 2)
-    y_val = torch.zeros(candidates.shape, dtype=torch.float32)
-    y_val[:, 0] = 1.0
+    split = leave_latest_out(interactions, cfg.seed)
+    x_val, y_val = _ranking_rows(split.val_users, split.val_candidates)
+    x_test, y_test = _ranking_rows(split.test_users, split.test_candidates)
     info = {
         "dataset": cfg.dataset,
-        "num_users": len(user_ids),
-        "num_items": len(item_ids),
+        "num_users": len(split.user_ids),
+        "num_items": len(split.item_ids),
         "num_candidates": EVAL_NEGATIVES + 1,
         # Raw ids in index order: the served model maps a user's ids through them.
-        "user_ids": user_ids,
-        "item_ids": item_ids,
+        "user_ids": split.user_ids,
+        "item_ids": split.item_ids,
     }
-    return Dataset(torch.from_numpy(pairs), torch.ones(len(pairs)), x_val, y_val.reshape(-1), info)
+    pairs = torch.from_numpy(split.pairs)
+    return Dataset(pairs, torch.ones(len(pairs)), x_val, y_val, info, x_test, y_test)
 
 
 class NeuMF(nn.Module):
@@ -227,7 +266,8 @@ def bce_loss(config: dict[str, Any]) -> LossFn:
 def train_batches(data: Dataset, config: dict[str, Any], generator: torch.Generator) -> Batches:
     """The positives plus `num_negatives` new negatives each, shuffled into batches.
 
-    A negative is an item the user has no interaction with (the held-out one included);
+    A negative is an item the user has no known interaction with (the validation item included;
+    the test item is never shown to a trial);
     collisions are redrawn a few times, and the rare survivors are dropped.
     """
     positives = data.x_train

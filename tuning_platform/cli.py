@@ -110,7 +110,11 @@ def format_summary(outcome: TuneResult, request: JobRequest, top: int = 5) -> st
             lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     if outcome.best is not None:
         best = outcome.best
-        lines.append(f"Best trial {best.trial_id}: {spec.metric}={best.value:.4f}")
+        line = f"Best trial {best.trial_id}: {spec.metric}={best.value:.4f} (validation)"
+        test_name = f"test_{spec.metric.removeprefix('val_')}"
+        if test_name in outcome.test_metrics:
+            line += f", {test_name}={outcome.test_metrics[test_name]:.4f} (held-out test split, scored once)"
+        lines.append(line)
         lines.append("  config: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
     if outcome.baseline is not None:
         lines.append(_baseline_line(outcome.baseline, outcome.best, spec.metric, spec.mode))

@@ -100,6 +100,11 @@ class TuneResult:
         return None if self.registration is None else self.registration.champion_version
 
     @property
+    def test_metrics(self) -> dict[str, float]:
+        """The registered model's scores on the test split no trial saw."""
+        return {} if self.registration is None else dict(self.registration.test_metrics)
+
+    @property
     def took_champion(self) -> bool:
         return self.registration is not None and self.registration.took_champion
 

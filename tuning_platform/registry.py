@@ -46,6 +46,8 @@ class Registration:
     version: str
     champion_version: str | None
     notes: list[str] = field(default_factory=list)
+    # The model's scores on the test split no trial saw (`test_accuracy`, ...); empty without one.
+    test_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def took_champion(self) -> bool:
@@ -80,6 +82,7 @@ def register_best(
         name += SMOKE_SUFFIX
     with checkpoint.as_directory() as directory:
         model, state = rebuild_model(task, directory)
+    test_metrics = score_on_test(task, model, state, dataset)
     code = code_paths(request.trainable.module)
     version = _log_model(
         tracker,
@@ -98,10 +101,12 @@ def register_best(
         "trial_id": best.trial_id,
         "epoch": str(state["epoch"]),
         "parent_run_id": tracker.parent_run_id,
+        **{key: repr(value) for key, value in test_metrics.items()},
     }
+    tracker.log_to_parent(metrics=test_metrics)
     for key, value in tags.items():
         tracker.client.set_model_version_tag(name, version, key, value)
-    registration = Registration(name, version, settle_champion(tracker.client, name))
+    registration = Registration(name, version, settle_champion(tracker.client, name), test_metrics=test_metrics)
     if request.smoke_test:
         registration.notes.append(
             f"note: --smoke-test: registered as {name} (smoke data differs), never as {spec.registered_model_name}"
@@ -116,6 +121,21 @@ def register_best(
                 "under its own name (tracking.register_model)"
             )
     return registration
+
+
+def score_on_test(task: Any, model: Any, state: dict[str, Any], dataset: Any) -> dict[str, float]:
+    """The model's metrics on the dataset's held-out test split, named `test_*` for `val_*`.
+
+    Done once, for the model the job registers: no trial ever had the test split, so this
+    score was never used to choose anything.
+    """
+    import torch
+
+    view = dataset.test_view() if hasattr(dataset, "test_view") else None
+    if view is None:
+        return {}
+    metrics = task.evaluate(model, view, task.loss_fn(state["config"]), torch.device("cpu"))
+    return {f"test_{key.removeprefix('val_')}": float(value) for key, value in metrics.items() if math.isfinite(value)}
 
 
 def _log_model(

@@ -95,7 +95,7 @@ def build_trainable(
         trainable: Any = request.trainable.function
         if dataset is not None:
             # Loaded once here; Ray ships it to each node once through the object store.
-            trainable = tune.with_parameters(trainable, data=dataset)
+            trainable = tune.with_parameters(trainable, data=trial_data(dataset))
         return tune.with_resources(trainable, resources)
 
     from trainables.distributed import DRIVER_RESOURCES, data_parallel
@@ -112,8 +112,14 @@ def build_trainable(
         mode=spec.mode,
     )
     # A reference inside a list stays a reference: the workers fetch the one stored copy.
-    trainable = tune.with_parameters(trainable, data=[ray.put(dataset)])
+    trainable = tune.with_parameters(trainable, data=[ray.put(trial_data(dataset))])
     return tune.with_resources(trainable, DRIVER_RESOURCES)
+
+
+def trial_data(dataset: Any) -> Any:
+    """The data a trial gets: a built-in dataset without its test split, which only the final
+    model is scored on (`registry.score_on_test`)."""
+    return dataset.for_trials() if hasattr(dataset, "for_trials") else dataset
 
 
 def fit(
