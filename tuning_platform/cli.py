@@ -116,6 +116,8 @@ def format_summary(outcome: TuneResult, request: JobRequest, top: int = 5) -> st
             line += f", {test_name}={outcome.test_metrics[test_name]:.4f} (held-out test split, scored once)"
         lines.append(line)
         lines.append("  config: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
+    if outcome.selection is not None:
+        lines.extend(outcome.selection.lines(spec.metric))
     if outcome.baseline is not None:
         lines.append(_baseline_line(outcome.baseline, outcome.best, spec.metric, spec.mode))
     lines.append(

@@ -81,8 +81,9 @@ def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[s
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-    from tuning_platform.study import distributions, fitting_params
+    from tuning_platform.study import distributions, fitting_params, quiet_optuna
 
+    quiet_optuna()
     dists = distributions(spec)
     study = optuna.create_study(direction="maximize" if spec.mode == "max" else "minimize")
     for trial, value in scored:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from tuning_platform.insight import Insight
     from tuning_platform.request import JobRequest
+    from tuning_platform.selection import Selection
     from tuning_platform.study import RecordedTrial
     from tuning_platform.tracking import JobTracker
 
@@ -70,6 +71,8 @@ class TuneResult:
     interrupted: bool = False
     # Importances and pictures of the search, on the parent run.
     insight: Insight | None = None
+    # The reseeded top configurations, with `selection` in the spec.
+    selection: Selection | None = None
 
     @property
     def best_config(self) -> dict[str, Any] | None:
@@ -173,10 +176,20 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
             recorded = _recorded(spec, tracker)
             _add_earlier_trials(spec, recorded, run_name, result)
             _write_insight(spec, recorded, tracker, result)
+            registered = result.best
+            if spec.selection is not None and result.best is not None and not result.interrupted:
+                from tuning_platform.selection import reseed_top
+
+                selection = reseed_top(
+                    request, result.rows, trainable, run_name, storage_path, tracker, resources, capacity
+                )
+                result.selection, result.interrupted = selection, selection.interrupted
+                results, registered = selection.results, selection.registered_row
+                ran_here |= {run.trial_id for c in selection.candidates for run in c.runs}
             if result.interrupted:
                 tracker.finish("KILLED")
             else:
-                _register_and_finish(request, results, dataset, tracker, result, ran_here)
+                _register_and_finish(request, results, dataset, tracker, result, ran_here, registered)
         result.wall_s = time.time() - started
         return result
 
@@ -371,17 +384,39 @@ def _read_outcome(spec: Spec, results: Any, run_name: str, fit_started: float, r
 
 
 def _register_and_finish(
-    request: JobRequest, results: Any, dataset: Any, tracker: JobTracker, result: TuneResult, ran_here: set[str]
+    request: JobRequest,
+    results: Any,
+    dataset: Any,
+    tracker: JobTracker,
+    result: TuneResult,
+    ran_here: set[str],
+    registered: TrialRow | None,
 ) -> None:
+    """Register `registered` (the best trial, or with `selection` the chosen configuration's
+    best reseeded run) and end the parent run with the job's figures."""
     from tuning_platform.registry import register_best
 
-    spec, best = request.spec, result.best
-    if best is not None and best.trial_id not in ran_here:
-        result.notes.append(
-            f"The best trial {best.trial_id} ran before this extension; the registered model stays as that run left it."
+    spec, best, selection = request.spec, result.best, result.selection
+    extra: dict[str, str] = {}
+    if selection is not None and selection.chosen is not None:
+        chosen = selection.chosen
+        extra = {
+            "selection_mean": repr(chosen.mean),
+            "selection_std": repr(chosen.std),
+            "selection_seeds": str(len(chosen.values)),
+        }
+        tracker.log_to_parent(
+            metrics={f"selection.mean_{spec.metric}": chosen.mean, f"selection.std_{spec.metric}": chosen.std},
+            params={f"chosen.{k}": v for k, v in chosen.source.params.items()},
+            tags={"selection_chosen_trial": chosen.source.trial_id},
         )
-    elif best is not None:
-        result.registration = register_best(request, results, dataset, tracker, best)
+    if registered is not None and registered.trial_id not in ran_here:
+        result.notes.append(
+            f"The best trial {registered.trial_id} ran before this extension; the registered model stays as that "
+            "run left it."
+        )
+    elif registered is not None:
+        result.registration = register_best(request, results, dataset, tracker, registered, extra)
         if result.registration is not None:
             result.notes.extend(result.registration.notes)
     tracker.log_to_parent(

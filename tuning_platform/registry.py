@@ -59,10 +59,16 @@ class Registration:
 
 
 def register_best(
-    request: JobRequest, results: ResultGrid, dataset: Any, tracker: JobTracker, best: TrialRow
+    request: JobRequest,
+    results: ResultGrid,
+    dataset: Any,
+    tracker: JobTracker,
+    best: TrialRow,
+    extra_tags: dict[str, str] | None = None,
 ) -> Registration | None:
     """Rebuild the best trial's best checkpoint into a model, register it and settle the alias.
-    None (with a logged note) when there is nothing to register."""
+    None (with a logged note) when there is nothing to register. `best.value` is the figure
+    the champion rule compares (with `selection`: the configuration's mean over seeds)."""
     from trainables.loop import rebuild_model
     from tuning_platform.results import best_checkpoint
 
@@ -102,6 +108,7 @@ def register_best(
         "epoch": str(state["epoch"]),
         "parent_run_id": tracker.parent_run_id,
         **{key: repr(value) for key, value in test_metrics.items()},
+        **(extra_tags or {}),
     }
     tracker.log_to_parent(metrics=test_metrics)
     for key, value in tags.items():

@@ -212,6 +212,14 @@ class BudgetSpec(StrictModel):
     time_s: float | None = Field(default=None, gt=0)
 
 
+class SelectionSpec(StrictModel):
+    """A robust champion: the `top_k` configurations of the search trained again with `seeds`
+    new seeds each, to the full epoch budget; the best mean wins."""
+
+    top_k: int = Field(default=3, ge=1)
+    seeds: int = Field(default=3, ge=2)
+
+
 class Spec(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
     description: str | None = None
@@ -225,6 +233,7 @@ class Spec(StrictModel):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    selection: SelectionSpec | None = None
     storage_path: str | None = None
 
     @property
@@ -363,6 +372,8 @@ def _check_relations(spec: Spec, file: str) -> None:
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise SpecError(file, "search.fixed.epochs", "must be an integer >= 1", epochs)
 
+    if spec.selection is not None and "seed" in spec.search.space:
+        raise SpecError(file, "selection", "reseeds the best configurations, so seed cannot be searched", "seed")
     if spec.search.warm_start is not None and spec.search.algorithm != "optuna":
         raise SpecError(
             file, "search.warm_start", "needs algorithm: optuna (random search learns nothing)", spec.search.algorithm

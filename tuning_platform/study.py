@@ -170,8 +170,7 @@ def study_of(
     trials that did not fit."""
     import optuna
 
-    # Optuna's INFO lines ("A new study created in memory ...") say nothing to a user here.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     dists = distributions(spec)
     study = optuna.create_study(
         storage=storage or optuna.storages.InMemoryStorage(),
@@ -188,6 +187,13 @@ def study_of(
             continue
         study.add_trial(frozen_trial(trial, params, dists))
     return study, skipped
+
+
+def quiet_optuna() -> None:
+    """Optuna's INFO lines ("A new study created in memory ...") say nothing to a user here."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def build_sampler(spec: Spec, history_size: int = 0) -> optuna.samplers.TPESampler:

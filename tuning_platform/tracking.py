@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import math
 import queue
@@ -153,10 +154,15 @@ class JobTracker:
         self.client.log_batch(parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def trial_callback(
-        self, metric: str, max_t: int | None, ray_run: str = "", shown_params: tuple[str, ...] = ()
+        self,
+        metric: str,
+        max_t: int | None,
+        ray_run: str = "",
+        shown_params: tuple[str, ...] = (),
+        reseed: dict[str, str] | None = None,
     ) -> TrialRunsCallback:
         return TrialRunsCallback(
-            self.tracking_uri, self.experiment_id, self.parent_run_id, metric, max_t, ray_run, shown_params
+            self.tracking_uri, self.experiment_id, self.parent_run_id, metric, max_t, ray_run, shown_params, reseed
         )
 
     def close_trial_runs(self, statuses: dict[str, str], errors: dict[str, str] | None = None) -> None:
@@ -174,7 +180,9 @@ class JobTracker:
                 continue
             trial_id = run.data.tags.get("trial_id", "")
             status = statuses.get(trial_id, "interrupted")
-            tags = [RunTag("trial_status", status)]
+            # A reseeded run of `selection` keeps its status and says how it ended beside it.
+            reseeded = run.data.tags.get("trial_status") == RESEED
+            tags = [RunTag("outcome" if reseeded else "trial_status", status)]
             if trial_id in errors:
                 tags.append(RunTag("error", errors[trial_id][:500]))
             end_run(self.client, run.info.run_id, tags, RUN_STATUS[status])
@@ -473,6 +481,7 @@ class TrialRunsCallback(Callback):
         max_t: int | None,
         ray_run: str = "",
         shown_params: tuple[str, ...] = (),
+        reseed: dict[str, str] | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -483,6 +492,8 @@ class TrialRunsCallback(Callback):
         self.ray_run = ray_run
         # Searched parameters shown in a trial run's name, in the spec's order.
         self.shown_params = tuple(shown_params)
+        # Reseeded runs of `selection` (trial_status=reseed): their config key -> source trial.
+        self.reseed = dict(reseed or {})
         self._writer: RunWriter | None = None
         # Trial runs of this parent so far: the next one is numbered after them.
         self._numbered = 0
@@ -535,6 +546,10 @@ class TrialRunsCallback(Callback):
         tags = {PARENT_RUN_ID_TAG: self.parent_run_id, "trial_id": trial_id, "trial_status": "running"}
         if self.ray_run:
             tags[RAY_RUN_TAG] = self.ray_run
+        if self.reseed:
+            source = self.reseed.get(config_key(trial.config, self.shown_params), "")
+            tags.update({"trial_status": RESEED, RESEED_OF_TAG: source})
+            run_name = f"{run_name} seed={trial.config.get('seed')} (reseed of {source})"
         params = [Param(k, v) for k, v in trial_params(trial.config).items()]
         tries: list[int] = []
         this_run = f"tags.trial_id = '{trial_id}' and tags.`{PARENT_RUN_ID_TAG}` = '{self.parent_run_id}'"
@@ -573,7 +588,10 @@ class TrialRunsCallback(Callback):
         last = trial.last_result or {}
         epochs = int(last.get("epoch", last.get("training_iteration", 0)) or 0)
         status = finished_status(last, self.metric, self.max_t)
-        tags = [RunTag("trial_status", status), RunTag("epochs_run", str(epochs))]
+        # A reseeded run stays `reseed`, so it never counts as a trial of the search.
+        tags = [RunTag("trial_status", RESEED if self.reseed else status), RunTag("epochs_run", str(epochs))]
+        if self.reseed:
+            tags.append(RunTag("outcome", status))
         if status == "failed":
             tags.append(RunTag("error", missing_metric_error(self.metric, last)))
         self.writer.update(trial.trial_id, functools.partial(end_run, tags=tags, status=RUN_STATUS[status]))
@@ -601,6 +619,13 @@ class TrialRunsCallback(Callback):
 
 # On a trial run: the Ray run (experiment folder) its trial belongs to.
 RAY_RUN_TAG = "ray_run"
+# A reseeded run of `selection`, and the search trial whose configuration it trains again.
+RESEED, RESEED_OF_TAG = "reseed", "reseed_of"
+
+
+def config_key(config: dict[str, Any], params: tuple[str, ...]) -> str:
+    """The searched parameters of a configuration as one JSON string, to match it by."""
+    return json.dumps({name: config.get(name) for name in params}, sort_keys=True, default=str)
 
 
 def trial_run_name(number: int, config: dict[str, Any], shown: tuple[str, ...], limit: int = 3) -> str:

@@ -20,10 +20,13 @@ if TYPE_CHECKING:
     from tuning_platform.tracking import JobTracker
 
 
-def build_search(spec: Spec, history: list[RecordedTrial] | None = None) -> Any:
+def build_search(
+    spec: Spec, history: list[RecordedTrial] | None = None, points: list[dict[str, Any]] | None = None
+) -> Any:
     """Optuna TPE with the spec's sampler settings (or random search). `history`: earlier
     trials the searcher starts from (an extended or warm-started job); those that fit the
-    space are added to its study as finished trials, so TPE weighs them as its own."""
+    space are added to its study as finished trials, so TPE weighs them as its own.
+    `points`: configurations random search runs first (the reseeded ones of `selection`)."""
     if spec.search.algorithm == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -36,7 +39,7 @@ def build_search(spec: Spec, history: list[RecordedTrial] | None = None) -> Any:
         return OptunaSearch(sampler=build_sampler(spec, len(history or [])), storage=storage, study_name=spec.name)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=spec.search.seed)
+    return BasicVariantGenerator(points_to_evaluate=points, random_state=spec.search.seed)
 
 
 def build_scheduler(spec: Spec) -> Any:
@@ -57,6 +60,7 @@ def tune_config(
     resources: dict[str, float],
     capacity: Capacity | None = None,
     history: list[RecordedTrial] | None = None,
+    points: list[dict[str, Any]] | None = None,
 ) -> TuneConfig:
     """How Tune runs the job's trials: metric, searcher, scheduler, samples, concurrency, actors.
 
@@ -69,7 +73,7 @@ def tune_config(
     return tune.TuneConfig(
         metric=spec.metric,
         mode=spec.mode,
-        search_alg=build_search(spec, history),
+        search_alg=build_search(spec, history, points),
         scheduler=build_scheduler(spec),
         num_samples=spec.search.num_samples,
         max_concurrent_trials=concurrent_groups(spec, resources, capacity),
@@ -132,20 +136,26 @@ def fit(
     resources: dict[str, float],
     capacity: Capacity,
     history: list[RecordedTrial] | None = None,
+    reseed: list[tuple[dict[str, Any], str]] | None = None,
 ) -> ResultGrid:
     """A new Tune run, to its end (or to Ctrl-C / SIGTERM, after which Tune saved its state):
-    a new job's, or an extension's. `history`: the earlier trials its searcher starts from."""
+    a new job's, an extension's, or the reseeded runs of `selection`. `history`: the earlier
+    trials its searcher starts from. `reseed`: the configurations to run (searched params and
+    a seed) with the trial each one comes from."""
     from ray import tune
 
     from tuning_platform.checkpoints import SurvivingCheckpoints, checkpoint_config
     from tuning_platform.guard import TrialGuard
     from tuning_platform.interrupt import TrialOutcomes
+    from tuning_platform.tracking import config_key
     from tuning_platform.waiting import WaitingForNodes
 
+    shown = tuple(spec.search.space)
+    sources = {config_key(point, shown): source for point, source in reseed or []}
     callbacks = [
         SurvivingCheckpoints(),
         TrialOutcomes(run_name),
-        tracker.trial_callback(spec.metric, spec.max_t, run_name, tuple(spec.search.space)),
+        tracker.trial_callback(spec.metric, spec.max_t, run_name, shown, sources),
     ]
     if capacity.autoscaling:
         callbacks.append(WaitingForNodes())
@@ -153,7 +163,7 @@ def fit(
     tuner = tune.Tuner(
         trainable,
         param_space=trial_config(spec, data),
-        tune_config=tune_config(spec, resources, capacity, history),
+        tune_config=tune_config(spec, resources, capacity, history, [point for point, _ in reseed or []] or None),
         # Tune saves this run config with the job's state; `resume` gets the same back.
         run_config=tune.RunConfig(
             name=run_name,
