@@ -1,4 +1,9 @@
-"""The CLI as a user runs it: help, and bad input that ends in one line, exit 2, nothing written."""
+"""The CLI as a user runs it: help, and bad input that ends in one line, exit 2, nothing written.
+
+The table of bad inputs runs in this process through `cli.main` (what the console command
+calls), so each case costs milliseconds, not a new interpreter importing torch, Ray and MLflow;
+the last tests run the real command in a subprocess, one per way it exits on bad input.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,20 @@ import socket
 import pytest
 
 from tests.helpers import SPECS, run_cli, write_spec
+from tuning_platform.cli import main
 
 GOOD = (SPECS / "mlp.yaml").read_text()
 RECOMMENDER = (SPECS / "recommender.yaml").read_text()
 FRAUD = (SPECS / "fraud.yaml").read_text()
 
 
-def test_help_lists_the_options():
-    result = run_cli("--help")
-    assert result.returncode == 0
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
     for option in ("--set", "--smoke-test", "--address", "--tracking-uri", "--storage-path", "--name", "--resume"):
-        assert option in result.stdout
+        assert option in shown
 
 
 def _free_port() -> int:
@@ -82,17 +90,30 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("text, args, fragment", BAD_INPUTS)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, text, args, fragment):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, capsys, text, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
     spec = write_spec(tmp_path, text)
     args = [a.format(tmp=tmp_path, port=_free_port()) for a in args]
-    result = run_cli(str(spec), *args, cwd=tmp_path, timeout=120)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    code = main([str(spec), *args])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
     assert lines[0].startswith(f"error: {spec}") or lines[0].startswith("error: "), lines[0]
     assert fragment in lines[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"], "nothing may be written"
+
+
+def test_bad_input_from_the_real_command_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    spec = write_spec(tmp_path, GOOD.replace("trainable: mlp", "trainable: mpl"))
+    result = run_cli(str(spec), cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {spec}: trainable: unknown trainable, did you mean 'mlp'?")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
 
 def test_missing_spec_file(tmp_path):
