@@ -269,11 +269,15 @@ def test_ctrl_c_then_sigterm_on_object_storage_each_stop_the_job_and_resume_fini
     starts = _starts(tmp_path)
     assert starts[mid_trial][0] == 0 and starts[mid_trial][-1] > 0, starts
 
+    # Finished: nothing to resume, and to extend it the budget must grow.
     again = run_cli(*args, "--resume", cwd=tmp_path, timeout=120)
     assert again.returncode == 2
-    assert again.stderr.strip() == (
-        f"error: spec.yaml: --resume: nothing to resume: every job of experiment 'resumable' in {uri} has finished"
-    )
+    line = again.stderr.strip()
+    assert line.startswith("error: spec.yaml: --resume: nothing to resume: job resumable-"), line
+    assert line.endswith(
+        f"has finished its {SAMPLES} trials; to extend it, raise search.num_samples above {SAMPLES} "
+        "(or budget.time_s) with --set"
+    ), line
 
 
 def _check_stopped(client: MlflowClient) -> None:
