@@ -2,7 +2,7 @@
 short trials, and Ray's own MLflowLoggerCallback for comparison.
 
     python -m benchmarks.overhead            # 60 trials per variant, 3 rounds
-    python -m benchmarks.overhead --smoke    # 6 trials, 1 round
+    python -m benchmarks.overhead --smoke    # 4 trials, 1 round
 
 Each round runs the three variants back to back on one embedded Ray, each with its own SQLite
 store (created before the clock starts); the ratio is the median platform (or
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     if args.smoke:
-        args.trials, args.rounds = 6, 1
+        args.trials, args.rounds = 4, 1
     quiet()
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 

@@ -2,7 +2,7 @@
 same trainable, number of trials and seeds.
 
     python -m benchmarks.search             # mlp spec, 30 trials, seeds 0 1 2
-    python -m benchmarks.search --smoke     # 6 trials, seed 0
+    python -m benchmarks.search --smoke     # 4 trials, seed 0
     python -m benchmarks.search --set scheduler.grace_period=1   # other ASHA settings
 
 Both run through the platform (spec `search_spaces/mlp.yaml`: the MLP on breast cancer,
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.smoke:
-        args.trials, args.seeds = 6, [0]
+        args.trials, args.seeds = 4, [0]
     quiet()
     from tuning_platform.tracking import open_client
 

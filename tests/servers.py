@@ -215,5 +215,7 @@ def autoscaling_ray_head(folder: Path, worker_types: dict, head_cpus: int, env: 
         wait_for_http(f"http://127.0.0.1:{dashboard}/api/version", process, log, timeout=120, headers=bearer)
         yield RayHead(f"{ip}:{port}", f"http://127.0.0.1:{dashboard}", client_env)
     finally:
-        stop_group(process)
+        # `ray start --block` takes over 15 s to stop on SIGTERM; nothing of it is kept after the
+        # tests, so 5 s of grace and then SIGKILL for the whole group.
+        stop_group(process, grace_s=5)
         shutil.rmtree(ray_temp, ignore_errors=True)

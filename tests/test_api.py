@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.helpers import SPECS
 
@@ -49,13 +50,17 @@ try:
     raise AssertionError("a bad spec must raise")
 except SpecError as err:
     spec_error = str(err)
-smoke = tune(sys.argv[1], overrides={"search.num_samples": 2}, tracking_uri=tracking, smoke_test=True)
+# The smoke job also picks its champion by the mean of its top 2 configurations over 2 new seeds.
+smoke = tune(sys.argv[1], overrides={"search.num_samples": 2, "selection": {"top_k": 2, "seeds": 2}},
+             tracking_uri=tracking, smoke_test=True)
 print(json.dumps({
     "best_config": result.best_config, "best_metric": result.best_metric, "best_trial_id": result.best_trial_id,
     "experiment_id": result.experiment_id, "parent_run_id": result.parent_run_id,
     "trials": result.trials.to_dict("records"), "model_uri": result.model_uri,
     "smoke_model_uri": smoke.model_uri, "smoke_took_champion": smoke.took_champion,
     "smoke_model_name": smoke.model_name, "spec_error": spec_error, "logged": seen,
+    "smoke_test_metrics": smoke.test_metrics, "smoke_parent_run_id": smoke.parent_run_id,
+    "smoke_chosen_mean": smoke.selection.chosen.mean, "smoke_candidates": len(smoke.selection.candidates),
     "environ_kept": dict(os.environ) == environ, "uri_kept": mlflow.get_tracking_uri() == uri_before,
     "sigterm_kept": signal.getsignal(signal.SIGTERM) == sigterm,
 }))
@@ -90,3 +95,17 @@ def test_tune_from_a_notebook_returns_a_result_and_leaves_the_process_as_it_was(
     assert answer["smoke_model_name"] == "mlp-breast-cancer-smoke"
     assert answer["smoke_model_uri"] == "models:/mlp-breast-cancer-smoke/1" and answer["smoke_took_champion"]
     assert answer["environ_kept"] and answer["uri_kept"] and answer["sigterm_kept"]
+
+    # selection: the registered version is valued at its configuration's mean over the new seeds.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    version = client.get_model_version("mlp-breast-cancer-smoke", "1")
+    mean = answer["smoke_chosen_mean"]
+    assert float(version.tags["selection_mean"]) == float(version.tags["metric_value"]) == pytest.approx(mean)
+    assert version.tags["selection_seeds"] == "2" and answer["smoke_candidates"] == 2
+    parent = client.get_run(answer["smoke_parent_run_id"])
+    assert parent.data.metrics["selection.mean_val_roc_auc"] == pytest.approx(mean)
+    reseeded = client.search_runs(
+        [parent.info.experiment_id], filter_string="tags.trial_status = 'reseed'", max_results=100
+    )
+    assert len(reseeded) == 4 and {r.data.params["seed"] for r in reseeded} == {"1", "2"}
+    assert answer["smoke_test_metrics"]["test_roc_auc"] == pytest.approx(parent.data.metrics["test_roc_auc"])

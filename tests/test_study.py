@@ -191,6 +191,9 @@ def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_p
 
     first = run_cli(*args, cwd=tmp_path, timeout=300)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # A user's function from the working directory: tracked, and nothing to register.
+    assert "note: toy:bowl exposes no TASK, so no model was registered" in first.stdout
+    assert (tmp_path / "ray_results").is_dir()  # the default storage path is the working directory
     # Asked in-process, as the CLI asks before anything starts (its exit 2).
     with pytest.raises(SpecError) as same:
         build_request(wide_file, tracking_uri=uri, resume=True)
@@ -214,6 +217,9 @@ def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_p
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 12 and len({c.data.tags["trial_id"] for c in children}) == 12
     assert [c.info.run_name.split()[0] for c in children] == [f"t{n:02d}" for n in range(1, 13)]
+    for child in children:  # one value per epoch run, in order
+        history = client.get_metric_history(child.info.run_id, "loss")
+        assert [m.step for m in history] == list(range(1, int(child.data.tags["epochs_run"]) + 1))
     assert parents[0].data.tags["extended"] == "1" and parents[0].data.tags["budget_num_samples"] == "12"
     # The insight covers all twelve trials, written again at the extension's end.
     assert {"importance.x", "importance.y", "importance.kind"} <= set(parents[0].data.metrics)
