@@ -25,6 +25,7 @@ from trainables.classification import (
     stratified_split,
     with_probabilities,
 )
+from trainables.files import DataError, read_cifar10, read_mnist
 from trainables.loop import Dataset, Task, run_trial
 
 METRICS = ("val_accuracy", "val_roc_auc", "val_loss", "train_loss", "epoch")
@@ -38,7 +39,7 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10"] = "digits"
-    root: str | None = None  # folder holding the torchvision dataset files
+    root: str | None = None  # folder holding the dataset's original files (see trainables/files.py)
     download: bool = False
     # Validation rows are drawn from the training data; the test split is held out from every
     # trial and scores only the registered model: the official test files of MNIST, Fashion-MNIST
@@ -54,8 +55,8 @@ class DataConfig(BaseModel):
         if self.dataset != "digits" and not self.download:
             if self.root is None:
                 raise ValueError(
-                    f"root: required for dataset {self.dataset!r}: a folder with the torchvision "
-                    "files (or set download: true)"
+                    f"root: required for dataset {self.dataset!r}: a folder with its original files "
+                    "(IDX for MNIST and Fashion-MNIST, the python batches for CIFAR-10), or set download: true"
                 )
             if not Path(self.root).expanduser().is_dir():
                 raise ValueError(f"root: folder does not exist for dataset {self.dataset!r}: {self.root}")
@@ -73,7 +74,7 @@ def load_data(data: dict[str, Any]) -> Dataset:
             images, digits.target, cfg.val_fraction, cfg.test_fraction, cfg.seed
         )
     else:
-        x_official, y_official, x_test, y_test = _load_torchvision(cfg)
+        x_official, y_official, x_test, y_test = _load_files(cfg)
         x_train, x_val, y_train, y_val = stratified_split(x_official, y_official, cfg.val_fraction, cfg.seed)
     if cfg.smoke:
         x_train, y_train = smoke_subset(x_train, y_train, SMOKE_TRAIN_ROWS, cfg.seed)
@@ -93,28 +94,26 @@ def load_data(data: dict[str, Any]) -> Dataset:
     return Dataset(images[0], labels[0], images[1], labels[1], info, images[2], labels[2])
 
 
-def _load_torchvision(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _load_files(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train images, labels, then the official test split's, from the dataset's own files."""
+    root = Path(cfg.root or "data").expanduser()
+    if cfg.download:
+        _download(cfg, root)
+    if cfg.dataset == "cifar10":
+        return read_cifar10(root)
+    return read_mnist(root, cfg.dataset)
+
+
+def _download(cfg: DataConfig, root: Path) -> None:
+    """`download: true` only: torchvision fetches the original files into `root` (its layout,
+    which the readers know). Off by default: nothing is downloaded unless asked."""
     try:
         import torchvision.datasets as tv
     except ImportError as err:
-        raise RuntimeError(f"dataset {cfg.dataset!r} needs torchvision: pip install torchvision ({err})") from None
+        raise DataError(f"data.download: true needs torchvision: pip install torchvision ({err})") from None
     cls = getattr(tv, TORCHVISION_DATASETS[cfg.dataset])
-    root = str(Path(cfg.root or "data").expanduser())
-    try:
-        train = cls(root, train=True, download=cfg.download)
-        test = cls(root, train=False, download=cfg.download)
-    except RuntimeError as err:  # torchvision's "Dataset not found" message
-        raise RuntimeError(
-            f"{cfg.dataset} files not found under {root}: place the torchvision "
-            f"{TORCHVISION_DATASETS[cfg.dataset]} files there or set data.download: true ({err})"
-        ) from None
-
-    def arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
-        images = np.asarray(split.data, dtype=np.float32) / 255.0
-        images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-        return images, np.asarray(split.targets, dtype=np.int64)
-
-    return (*arrays(train), *arrays(test))
+    for train in (True, False):
+        cls(str(root), train=train, download=True)
 
 
 class ConvNet(nn.Module):

@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 from trainables.classification import check_fractions, feature_frame, feedforward, smoke_subset, split_three_ways
+from trainables.files import DataError
 from trainables.loop import Dataset, LossFn, Task, predict, run_trial
 from trainables.metrics import recall_at_precision
 
@@ -123,7 +124,7 @@ def load_data(data: dict[str, Any]) -> Dataset:
         features, labels = smoke_subset(features, labels, SMOKE_ROWS, cfg.seed)
     if labels.sum() < 3 or labels.sum() > len(labels) - 3:
         # Each of the training, validation and test splits needs both classes.
-        raise ValueError(
+        raise DataError(
             f"the data needs both classes, 3 rows of each at least; it has {int(labels.sum())} positives "
             f"in {len(labels)} rows"
         )

@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from trainables.files import DataError
 from trainables.loop import Batches, Dataset, LossFn, Task, predict, run_trial, shuffled_batches
 from trainables.metrics import ranking_metrics
 
@@ -142,7 +143,7 @@ def leave_latest_out(interactions: pd.DataFrame, seed: int) -> RankingSplit:
     frame = frame.sort_values(["user", "timestamp"], kind="stable")
     num_items = len(item_ids)
     if num_items < EVAL_NEGATIVES + 1:
-        raise ValueError(f"the data has {num_items} items; ranking needs at least {EVAL_NEGATIVES + 1}")
+        raise DataError(f"the data has {num_items} items; ranking needs at least {EVAL_NEGATIVES + 1}")
     rng = np.random.default_rng(seed)
     seen = frame.groupby("user")["item"].agg(set)
     test = _latest_rankable(frame, seen, num_items)

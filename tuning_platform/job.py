@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tuning_platform.cluster import Capacity, check_storage_shared, connect_ray, fit_resources
+from tuning_platform.errors import JobError
 from tuning_platform.registry import Registration
 from tuning_platform.results import TrialRow
 from tuning_platform.resume import (
@@ -137,8 +138,9 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
     spec = request.spec
     started = time.time()
     _set_tune_variables()
+    # First: a data file that cannot be used stops the job before Ray or MLflow start.
+    dataset, baseline = _load_data(request)
     with _connected(request) as (resources, capacity):
-        dataset, baseline = _load_data(request)
         run_name, storage_path = _run_name_and_storage(request)
         from tuning_platform.tuner import build_trainable, fit, restore
 
@@ -282,7 +284,12 @@ def _load_data(request: JobRequest) -> tuple[Any, tuple[str, dict[str, float]] |
     task = request.trainable.task
     if task is None:
         return None, None
-    dataset = task.load_data(dict(request.data))
+    from trainables.files import DataError
+
+    try:
+        dataset = task.load_data(dict(request.data))
+    except DataError as err:  # a user's file that cannot be used: one line, before any record
+        raise JobError(f"data: {err}") from None
     compute = getattr(task, "baseline", None)
     if compute is None:
         return dataset, None
