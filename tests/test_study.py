@@ -257,3 +257,43 @@ def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_p
     ][0]
     assert narrow_parent.data.tags["warm_start_parent_runs"] == parents[0].info.run_id
     assert narrow_parent.data.tags["warm_start_skipped"] == str(skipped)
+
+
+class _Run:
+    def __init__(self, tags, run_id="parent", experiment_id="1", status="FINISHED"):
+        self.data = type("Data", (), {"tags": tags, "params": {}})()
+        self.info = type("Info", (), {"run_id": run_id, "experiment_id": experiment_id, "status": status})()
+
+
+class _Client:
+    """Answers `child_runs` with `trials` trial runs and one reseeded run, which never counts."""
+
+    def __init__(self, trials):
+        self.runs = [_Run({"trial_id": f"t{n}", "trial_status": "completed"}, f"r{n}") for n in range(trials)]
+        self.runs.append(_Run({"trial_id": "x", "trial_status": "reseed"}, "rx"))
+
+    def search_runs(self, *args, **kwargs):
+        return self.runs
+
+
+def _finished(spec, trials, **tags):
+    from tuning_platform.resume import RUN_NAME_TAG, SETTINGS_HASH_TAG, STORAGE_TAG, budget_tags
+
+    all_tags = {RUN_NAME_TAG: "bowl-1", STORAGE_TAG: "/r", SETTINGS_HASH_TAG: settings_fingerprint(spec)}
+    return _Client(trials), _Run({**all_tags, **budget_tags(spec), **tags})
+
+
+def test_an_extension_runs_what_the_budget_adds():
+    from tuning_platform.resume import _extension
+
+    # A time budget cut the job at 5 of 8 trials; twice the time runs the other 3 with 60 s more.
+    timed = _spec(WIDE, {"budget.time_s": 60})
+    client, run = _finished(timed, trials=5)
+    target = _extension(client, run, _spec(WIDE, {"budget.time_s": 120}), "spec.yaml")
+    assert (target.extend_samples, target.extend_time_s, target.run_name) == (3, 60.0, "bowl-1-x1")
+    # More samples on a job without a time budget; a second extension is named after the first.
+    client, run = _finished(_spec(WIDE), trials=8, extended="1", ray_run_name="bowl-1-x1")
+    target = _extension(client, run, _spec(WIDE, {"search.num_samples": 12}), "spec.yaml")
+    assert (target.extend_samples, target.extend_time_s, target.run_name) == (4, None, "bowl-1-x2")
+    with pytest.raises(SpecError, match="has finished its 8 trials; to extend it, raise search.num_samples above 8"):
+        _extension(client, run, _spec(WIDE), "spec.yaml")
