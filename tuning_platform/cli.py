@@ -77,13 +77,13 @@ def build_parser(prog: str = "tuning-platform") -> argparse.ArgumentParser:
 
 
 def format_summary(outcome: TuneResult, request: JobRequest, top: int = 5) -> str:
+    from tuning_platform.registry import test_metric_name
+    from tuning_platform.results import ranked
     from tuning_platform.tracking import RUN_STATUS, ui_links
 
     spec = request.spec
     lines = [""]
-    rows = sorted(
-        outcome.rows, key=lambda r: (r.value is None, -(r.value or 0) if spec.mode == "max" else (r.value or 0))
-    )
+    rows = ranked(outcome.rows, spec.mode)
     count = {status: sum(r.status == status for r in rows) for status in RUN_STATUS}
     line = (
         f"{len(rows)} trials in {outcome.wall_s:.0f}s: {count['completed']} completed, "
@@ -111,7 +111,7 @@ def format_summary(outcome: TuneResult, request: JobRequest, top: int = 5) -> st
     if outcome.best is not None:
         best = outcome.best
         line = f"Best trial {best.trial_id}: {spec.metric}={best.value:.4f} (validation)"
-        test_name = f"test_{spec.metric.removeprefix('val_')}"
+        test_name = test_metric_name(spec.metric)
         if test_name in outcome.test_metrics:
             line += f", {test_name}={outcome.test_metrics[test_name]:.4f} (held-out test split, scored once)"
         lines.append(line)

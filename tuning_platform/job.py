@@ -31,6 +31,7 @@ from tuning_platform.resume import (
     budget_tags,
     driver_tags,
     experiment_uri,
+    job_of,
     settings_fingerprint,
     spec_fingerprint,
 )
@@ -326,7 +327,7 @@ def _open_parent_run(
         tracker.reattach(resume.parent_run_id, tags)
         logger.info(
             "Extending job %s by %d trials (MLflow parent run %s)",
-            run_name.rsplit("-x", 1)[0],
+            job_of(run_name),
             resume.extend_samples,
             tracker.parent_run_id,
         )

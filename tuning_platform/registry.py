@@ -142,7 +142,12 @@ def score_on_test(task: Any, model: Any, state: dict[str, Any], dataset: Any) ->
     if view is None:
         return {}
     metrics = task.evaluate(model, view, task.loss_fn(state["config"]), torch.device("cpu"))
-    return {f"test_{key.removeprefix('val_')}": float(value) for key, value in metrics.items() if math.isfinite(value)}
+    return {test_metric_name(key): float(value) for key, value in metrics.items() if math.isfinite(value)}
+
+
+def test_metric_name(metric: str) -> str:
+    """`val_accuracy` scored on the test split is `test_accuracy`."""
+    return f"test_{metric.removeprefix('val_')}"
 
 
 def _log_model(

@@ -54,14 +54,25 @@ def read_trials(spec: Spec, results: ResultGrid) -> list[TrialRow]:
     return rows
 
 
+# Trials whose configuration is unstable: never the best, never learned from, never averaged.
+UNSTABLE = ("failed", "diverged")
+
+
+def stable(rows: list[TrialRow]) -> list[TrialRow]:
+    """The rows with a value whose trial neither failed nor diverged, in their order."""
+    return [row for row in rows if row.value is not None and row.status not in UNSTABLE]
+
+
+def ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:
+    """Best value first (ties keep their order), rows without a value last."""
+    return sorted(rows, key=lambda r: (r.value is None, -(r.value or 0) if mode == "max" else (r.value or 0)))
+
+
 def best_trial(spec: Spec, rows: list[TrialRow]) -> TrialRow | None:
     """The trial with the best value; a trial that failed or diverged never is: its
     configuration is unstable."""
-    scored = [row for row in rows if row.value is not None and row.status not in ("failed", "diverged")]
-    if not scored:
-        return None
-    pick = max if spec.mode == "max" else min
-    return pick(scored, key=lambda row: row.value)
+    candidates = ranked(stable(rows), spec.mode)
+    return candidates[0] if candidates else None
 
 
 def best_checkpoint(spec: Spec, results: ResultGrid, trial_id: str) -> Checkpoint | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import socket
 from dataclasses import dataclass
@@ -71,6 +72,11 @@ def experiment_uri(storage_path: str, run_name: str) -> str:
 def spec_fingerprint(spec: Spec) -> str:
     text = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def job_of(run_name: str) -> str:
+    """The job's first Ray run name: an extension's Ray run is named JOB-xN."""
+    return re.sub(r"-x\d+$", "", run_name)
 
 
 def settings_fingerprint(spec: Spec) -> str:
@@ -182,7 +188,7 @@ def find_job_to_resume(tracking_uri: str, spec: Spec, spec_file: str) -> ResumeT
 
 def _extension(client: Any, run: Any, spec: Spec, spec_file: str) -> ResumeTarget:
     """Extend the finished job `run` by the budget the spec adds to its own."""
-    from tuning_platform.tracking import child_runs
+    from tuning_platform.tracking import search_trial_runs
 
     tags = run.data.tags
     name = tags[RUN_NAME_TAG]
@@ -194,10 +200,7 @@ def _extension(client: Any, run: Any, spec: Spec, spec_file: str) -> ResumeTarge
             f"to extend it. To build on it, start a new job with search.warm_start: {{experiment: {spec.name}}}",
             has_got=False,
         )
-    trials = sum(
-        "trial_id" in r.data.tags and r.data.tags.get("trial_status") != "reseed"
-        for r in child_runs(client, run.info.experiment_id, run.info.run_id)
-    )
+    trials = len(search_trial_runs(client, run.info.experiment_id, run.info.run_id))
     old_time = None if tags.get(TIME_TAG, "None") == "None" else float(tags[TIME_TAG])
     new_time = spec.budget.time_s
     more_time = old_time is not None and (new_time is None or new_time > old_time)
@@ -211,10 +214,9 @@ def _extension(client: Any, run: Any, spec: Spec, spec_file: str) -> ResumeTarge
             has_got=False,
         )
     extensions = int(tags.get(EXTENDED_TAG, "0") or 0) + 1
-    base = tags.get(RUN_NAME_TAG, name).rsplit("-x", 1)[0] if extensions > 1 else name
     return ResumeTarget(
         parent_run_id=run.info.run_id,
-        run_name=f"{base}-x{extensions}",
+        run_name=f"{job_of(name)}-x{extensions}",
         storage_path=tags.get(STORAGE_TAG, ""),
         times_resumed=int(tags.get(RESUMED_TAG, "0") or 0),
         extend_samples=samples,

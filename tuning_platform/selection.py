@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tuning_platform.results import TrialRow
+from tuning_platform.results import TrialRow, ranked, stable
 from tuning_platform.spec import Spec
 
 if TYPE_CHECKING:
@@ -32,11 +32,11 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Candidate:
     source: TrialRow  # the search trial whose configuration is trained again
-    runs: list[TrialRow] = field(default_factory=list)  # its reseeded runs
+    runs: list[TrialRow] = field(default_factory=list)  # its reseeded runs, best first
 
     @property
     def values(self) -> list[float]:
-        return [r.value for r in self.runs if r.value is not None and r.status not in ("failed", "diverged")]
+        return [r.value for r in stable(self.runs)]  # type: ignore[misc]
 
     @property
     def mean(self) -> float | None:
@@ -61,7 +61,7 @@ class Selection:
         (the figure the champion rule compares)."""
         if self.chosen is None or self.chosen.mean is None:
             return None
-        best = self.chosen.runs[0]
+        best = stable(self.chosen.runs)[0]  # a diverged run never becomes the model
         return TrialRow(best.trial_id, best.status, best.epochs, self.chosen.mean, dict(best.params))
 
     def lines(self, metric: str) -> list[str]:
@@ -78,10 +78,8 @@ class Selection:
 
 def top_configurations(spec: Spec, rows: list[TrialRow], top_k: int) -> list[TrialRow]:
     """The best `top_k` trials with distinct configurations (failed and diverged never)."""
-    scored = [r for r in rows if r.value is not None and r.status not in ("failed", "diverged")]
-    scored.sort(key=lambda r: r.value if spec.mode == "min" else -r.value)  # type: ignore[operator]
     chosen: list[TrialRow] = []
-    for row in scored:
+    for row in ranked(stable(rows), spec.mode):
         if all(row.params != other.params for other in chosen):
             chosen.append(row)
         if len(chosen) == top_k:
@@ -139,8 +137,8 @@ def reseed_top(
         candidate = candidates.get(config_key(row.params, shown))
         if candidate is not None:
             candidate.runs.append(row)
-    for candidate in candidates.values():  # best run first
-        candidate.runs.sort(key=lambda r: (r.value is None, -(r.value or 0) if spec.mode == "max" else (r.value or 0)))
+    for candidate in candidates.values():
+        candidate.runs = ranked(candidate.runs, spec.mode)
     with_mean = [c for c in candidates.values() if c.mean is not None]
     pick = max if spec.mode == "max" else min
     chosen = pick(with_mean, key=lambda c: c.mean) if with_mean else None  # type: ignore[arg-type, return-value]

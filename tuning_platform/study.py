@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tuning_platform.results import TrialRow
+from tuning_platform.results import UNSTABLE, TrialRow
 from tuning_platform.spec import ChoiceDomain, IntDomain, Spec, SpecError, to_tune_domain
 
 if TYPE_CHECKING:
@@ -53,16 +53,14 @@ class RecordedTrial:
 
 def recorded_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str) -> list[RecordedTrial]:
     """The trial runs of one job, oldest first, with the metric's history of each."""
-    from tuning_platform.tracking import RAY_RUN_TAG, child_runs
+    from tuning_platform.tracking import RAY_RUN_TAG, search_trial_runs
 
     trials = []
-    for run in child_runs(client, experiment_id, parent_run_id):
+    for run in search_trial_runs(client, experiment_id, parent_run_id):
         tags = run.data.tags
-        if "trial_id" not in tags or tags.get("trial_status") == "reseed":
-            continue
-        history = sorted(
-            (m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric) if math.isfinite(m.value)
-        )
+        # A trial resumed from an older checkpoint may have logged an epoch twice: the last counts.
+        logged = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: (m.step, m.timestamp))
+        per_epoch = {m.step: m.value for m in logged if math.isfinite(m.value)}
         trials.append(
             RecordedTrial(
                 trial_id=tags["trial_id"],
@@ -70,7 +68,7 @@ def recorded_trials(client: MlflowClient, experiment_id: str, parent_run_id: str
                 parent_run_id=parent_run_id,
                 status=tags.get("trial_status", "running"),
                 params=dict(run.data.params),
-                history=_one_per_epoch(history),
+                history=sorted(per_epoch.items()),
                 start_ms=run.info.start_time or 0,
                 end_ms=run.info.end_time,
                 ray_run=tags.get(RAY_RUN_TAG, ""),
@@ -80,16 +78,11 @@ def recorded_trials(client: MlflowClient, experiment_id: str, parent_run_id: str
     return trials
 
 
-def _one_per_epoch(history: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    # A trial resumed from an older checkpoint may have logged an epoch twice: keep the last.
-    return sorted(dict(history).items())
-
-
 def best_value(trial: RecordedTrial, mode: str) -> float | None:
     """The trial's best value over its epochs, as the job ranks trials; none when it failed or
     diverged (its configuration is unstable, see `results.best_trial`)."""
     values = [v for _, v in trial.history]
-    if not values or trial.status in ("failed", "diverged"):
+    if not values or trial.status in UNSTABLE:
         return None
     return max(values) if mode == "max" else min(values)
 

@@ -109,6 +109,15 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
     )
 
 
+def search_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """The runs of one job's search trials: its trial runs, less the reseeded runs of `selection`."""
+    return [
+        run
+        for run in child_runs(client, experiment_id, parent_run_id)
+        if "trial_id" in run.data.tags and run.data.tags.get("trial_status") != RESEED
+    ]
+
+
 class JobTracker:
     """The parent run of one tuning job and everything logged around it."""
 
@@ -642,7 +651,7 @@ def trial_run_name(number: int, config: dict[str, Any], shown: tuple[str, ...], 
 
 def compact_number(value: Any) -> str:
     """5.1e-3, 0.25, 128: short, and as precise as a list of runs needs."""
-    if isinstance(value, float) and not isinstance(value, bool):
+    if isinstance(value, float):
         if value != 0 and not 1e-2 <= abs(value) < 1e4:
             mantissa, _, exponent = f"{value:.1e}".partition("e")
             return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
