@@ -67,8 +67,8 @@ def write_insight(spec: Spec, trials: list[RecordedTrial], tracker: JobTracker, 
         "importances.png": lambda: plot_importances(spec, insight.importances),
         "learning_curves.png": lambda: plot_learning_curves(spec, trials),
     }
-    for name, draw in pictures.items():
-        png = draw() if scored else None
+    for name, draw in pictures.items() if scored else ():
+        png = draw()
         if png is not None:
             path = f"{FOLDER}/{name}"
             tracker.log_bytes(png, path)
@@ -157,13 +157,17 @@ def plot_best_so_far(spec: Spec, scored: list[tuple[RecordedTrial, float]], star
     return _png(figure)
 
 
+def _is_log(domain: Any) -> bool:
+    return isinstance(domain, LogUniformDomain) or (isinstance(domain, IntDomain) and domain.log)
+
+
 def _axis_position(value: Any, domain: Any) -> float:
     """A parameter value on its axis, scaled to [0, 1] (log axes for log domains)."""
     if isinstance(domain, ChoiceDomain):
         index = next((i for i, v in enumerate(domain.values) if str(v) == str(value)), 0)
         return index / max(len(domain.values) - 1, 1)
     low, high, value = float(domain.low), float(domain.high), float(value)
-    if isinstance(domain, LogUniformDomain) or (isinstance(domain, IntDomain) and domain.log):
+    if _is_log(domain):
         low, high, value = math.log(low), math.log(high), math.log(max(value, 1e-300))
     return (value - low) / (high - low) if high > low else 0.5
 
@@ -195,7 +199,7 @@ def plot_parallel_coordinates(spec: Spec, scored: list[tuple[RecordedTrial, floa
         if isinstance(domain, ChoiceDomain):
             labels.append(f"{name}\n{' / '.join(str(v) for v in domain.values)}")
         else:
-            log = " (log)" if isinstance(domain, LogUniformDomain) or getattr(domain, "log", False) else ""
+            log = " (log)" if _is_log(domain) else ""
             labels.append(f"{name}{log}\n{domain.low:g} .. {domain.high:g}")
     labels.append(f"{spec.metric}\n{min(values):.4g} .. {max(values):.4g}")
     axes.set_xticks(range(len(labels)), labels, fontsize=7, rotation=20, ha="right")
