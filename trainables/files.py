@@ -44,14 +44,12 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as err:
             raise DataError(f"{path}: not a readable gzip file ({err})") from None
-    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
-        found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
-        raise DataError(
-            f"{path}: not an IDX {'image' if magic == IDX_IMAGES else 'label'} file "
-            f"(magic number {found:#010x} where {magic:#010x} was expected)"
-            if found is not None
-            else f"{path}: not an IDX file (only {len(raw)} bytes)"
-        )
+    if len(raw) < 4:
+        raise DataError(f"{path}: not an IDX file (only {len(raw)} bytes)")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        kind = "image" if magic == IDX_IMAGES else "label"
+        raise DataError(f"{path}: not an IDX {kind} file (magic number {found:#010x} where {magic:#010x} was expected)")
     dims = magic & 0xFF
     header = 4 + 4 * dims
     if len(raw) < header:
