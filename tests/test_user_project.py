@@ -24,8 +24,6 @@ pytestmark = pytest.mark.slow
 USER_MODULE = """
 import dataclasses
 
-from torch import nn
-
 from trainables import mlp
 from trainables.loop import run_trial
 
@@ -33,13 +31,12 @@ METRICS = mlp.METRICS
 DataConfig = mlp.DataConfig
 
 
-class Served(nn.Module):
+class Served:
     def __init__(self, inner):
-        super().__init__()
         self.inner = inner
 
-    def forward(self, x):
-        return self.inner(x)
+    def __call__(self, rows):
+        return self.inner(rows)
 
 
 def _serving(model, info):

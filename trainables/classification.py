@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from trainables.loop import Dataset, LossFn, predict
+from trainables.tables import table_input
 
 
 def cross_entropy(config: dict[str, Any]) -> LossFn:
@@ -54,13 +54,13 @@ class Normalize(nn.Module):
 
 
 def feedforward(config: dict[str, Any], info: dict[str, Any], outputs: int) -> list[nn.Module]:
-    """Layers of a tabular MLP: the raw features normalized with the training split's
-    statistics, `num_layers` hidden layers of `hidden_size` (ReLU, dropout), `outputs` logits."""
+    """Layers of a tabular MLP: the encoded table through `TableInput` (embeddings for the
+    code columns), `num_layers` hidden layers of `hidden_size` (ReLU, dropout), `outputs` logits."""
     width = int(config.get("hidden_size", 64))
     dropout = float(config.get("dropout", 0.1))
-    n_features = len(info["feature_names"])
-    layers: list[nn.Module] = [Normalize(info["mean"], info["std"], (1, n_features))]
-    size = n_features
+    entry = table_input(info)
+    layers: list[nn.Module] = [entry]
+    size = entry.width
     for _ in range(int(config.get("num_layers", 2))):
         layers += [nn.Linear(size, width), nn.ReLU(), nn.Dropout(dropout)]
         size = width
@@ -68,14 +68,8 @@ def feedforward(config: dict[str, Any], info: dict[str, Any], outputs: int) -> l
     return layers
 
 
-def feature_frame(data: Dataset) -> pd.DataFrame:
-    """A few validation rows as the table a tabular model serves, columns named."""
-    # Doubles, so callers with ordinary float64 frames match the signature.
-    return pd.DataFrame(data.x_val[:5].numpy().astype(np.float64), columns=data.info["feature_names"])
-
-
 def with_probabilities(model: nn.Module, info: dict[str, Any] | None = None) -> nn.Module:
-    """The served form of a classifier: class probabilities instead of logits."""
+    """The served form of an image classifier: class probabilities instead of logits."""
     return nn.Sequential(model, nn.Softmax(dim=1)).eval()
 
 

@@ -11,20 +11,29 @@ Class imbalance is a hyperparameter: `pos_weight` weights the rare positives in 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
-from trainables.classification import check_fractions, feature_frame, feedforward, smoke_subset, split_three_ways
+from trainables.classification import check_fractions, feedforward, smoke_subset, split_indices
 from trainables.files import DataError
 from trainables.loop import Dataset, LossFn, Task, predict, run_trial
 from trainables.metrics import recall_at_precision
+from trainables.tables import (
+    Selection,
+    TableEncoding,
+    TableOptions,
+    TablePredictor,
+    category_text,
+    raw_example,
+    table_dataset,
+    target_labels,
+)
 
 METRICS = ("val_auprc", "val_roc_auc", "val_recall_at_90_precision", "val_loss", "train_loss", "epoch")
 FEATURES = ["Time", *(f"V{i}" for i in range(1, 29)), "Amount"]
@@ -36,13 +45,16 @@ SMOKE_FRAUD_RATE = 0.05
 PRECISION_TARGET = 0.9
 
 
-class DataConfig(BaseModel):
-    """The spec's `data` block for this trainable."""
+class DataConfig(TableOptions):
+    """The spec's `data` block for this trainable; the table keys apply to csv and parquet."""
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Literal["synthetic", "csv"] = "synthetic"
-    path: str | None = None  # csv: the credit-card fraud file (creditcard.csv)
+    dataset: Literal["synthetic", "csv", "parquet"] = "synthetic"
+    # csv/parquet: the credit-card fraud file (creditcard.csv), or any table with a 0/1 target.
+    target: str | None = TARGET
+    # The fraud class when the target is not 0/1 or False/True (default: the rarer class).
+    positive: str | int | bool | None = None
     num_rows: int = Field(default=100_000, ge=2_000)  # synthetic only
     fraud_rate: float = Field(default=0.005, gt=0, lt=0.5)  # synthetic only
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -52,18 +64,10 @@ class DataConfig(BaseModel):
     smoke: bool = False
 
     @model_validator(mode="after")
-    def _csv_needs_the_columns(self) -> DataConfig:
+    def _a_file_needs_its_columns(self) -> DataConfig:
         check_fractions(self.val_fraction, self.test_fraction)
-        if self.dataset != "csv":
-            return self
-        if not self.path:
-            raise ValueError("path: required for dataset 'csv': the credit-card fraud file (creditcard.csv)")
-        if not Path(self.path).expanduser().is_file():
-            raise ValueError(f"path: file does not exist: {self.path}")
-        columns = set(pd.read_csv(Path(self.path).expanduser(), nrows=0).columns)
-        missing = [c for c in [*FEATURES, TARGET] if c not in columns]
-        if missing:
-            raise ValueError(f"path: {self.path} lacks the columns {', '.join(missing)}")
+        if self.dataset != "synthetic":
+            self.check_table(self.dataset)
         return self
 
 
@@ -112,35 +116,48 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def load_data(data: dict[str, Any]) -> Dataset:
     cfg = DataConfig.model_validate(data)
     if cfg.dataset == "synthetic":
-        if cfg.smoke:
-            frame = generate_transactions(SMOKE_ROWS, max(cfg.fraud_rate, SMOKE_FRAUD_RATE), cfg.seed)
-        else:
-            frame = generate_transactions(cfg.num_rows, cfg.fraud_rate, cfg.seed)
+        rate = max(cfg.fraud_rate, SMOKE_FRAUD_RATE) if cfg.smoke else cfg.fraud_rate
+        frame = generate_transactions(SMOKE_ROWS if cfg.smoke else cfg.num_rows, rate, cfg.seed)
+        selection = Selection(numeric=FEATURES, categorical=[])
+        labels, positive = frame[TARGET].to_numpy(dtype=np.float32), "1"
     else:
-        frame = pd.read_csv(Path(cfg.path).expanduser(), usecols=[*FEATURES, TARGET])
-    features = frame[FEATURES].to_numpy(dtype=np.float32)
-    labels = frame[TARGET].to_numpy(dtype=np.float32)
-    if cfg.dataset == "csv" and cfg.smoke:
-        features, labels = smoke_subset(features, labels, SMOKE_ROWS, cfg.seed)
+        frame, selection = cfg.read()
+        labels, positive = fraud_labels(frame[cfg.target], cfg.target, cfg.positive, cfg.path, selection.notes)
+    kept = np.arange(len(frame))
+    if cfg.dataset != "synthetic" and cfg.smoke:
+        kept, labels = smoke_subset(kept, labels, SMOKE_ROWS, cfg.seed)
+    frame = frame.iloc[kept].reset_index(drop=True)
     if labels.sum() < 3 or labels.sum() > len(labels) - 3:
         # Each of the training, validation and test splits needs both classes.
         raise DataError(
             f"the data needs both classes, 3 rows of each at least; it has {int(labels.sum())} positives "
             f"in {len(labels)} rows"
         )
-    x_train, x_val, x_test, y_train, y_val, y_test = split_three_ways(
-        features, labels, cfg.val_fraction, cfg.test_fraction, cfg.seed
-    )
-    info = {
-        "dataset": cfg.dataset,
-        "feature_names": FEATURES,
-        "positive_rate": float(y_train.mean()),
-        # Scaling statistics from the training split only.
-        "mean": x_train.mean(axis=0).tolist(),
-        "std": x_train.std(axis=0).tolist(),
-    }
-    tensors = [torch.from_numpy(a) for a in (x_train, y_train, x_val, y_val)]
-    return Dataset(*tensors, info, torch.from_numpy(x_test), torch.from_numpy(y_test))
+    rows = split_indices(labels, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    info = {"dataset": cfg.dataset, "positive": positive, "positive_rate": float(labels[rows["train"]].mean())}
+    return table_dataset(frame, selection, labels, rows, info, cfg.max_onehot)
+
+
+def fraud_labels(
+    values: pd.Series, target: str, positive: Any, source: str, notes: list[str]
+) -> tuple[np.ndarray, str]:
+    """1.0 for the fraud class, 0.0 for the other, and the fraud class's name. Without
+    `positive`: 1 of 0/1, True of False/True, else the rarer class (with a note)."""
+    codes, classes = target_labels(values, target, source)
+    if len(classes) > 2:
+        raise DataError(f"{source}: the target {target!r} has {len(classes)} classes; the fraud detector needs two")
+    if positive is not None:
+        chosen = category_text(positive)
+        if chosen not in classes:
+            raise DataError(f"{source}: data.positive {chosen!r} is not a class of {target!r} ({', '.join(classes)})")
+    elif set(classes) in ({"0", "1"}, {"False", "True"}):
+        chosen = max(classes)
+    else:
+        chosen = classes[int(np.bincount(codes).argmin())]
+        notes.append(
+            f"note: data: {chosen!r} is taken as the fraud class, the rarer one; set data.positive to change it"
+        )
+    return (codes == classes.index(chosen)).astype(np.float32), chosen
 
 
 def build_model(config: dict[str, Any], info: dict[str, Any]) -> nn.Module:
@@ -190,19 +207,20 @@ def evaluate(model: nn.Module, data: Dataset, loss_fn: LossFn, device: torch.dev
 
 
 def logistic_regression_baseline(data: Dataset) -> tuple[str, dict[str, float]]:
-    """A logistic regression on the same split and scaling: the bar the MLP must beat."""
+    """A logistic regression on the same split and encoding (every categorical column one-hot):
+    the bar the MLP must beat."""
     from sklearn.linear_model import LogisticRegression
 
-    mean, std = np.asarray(data.info["mean"]), np.maximum(np.asarray(data.info["std"]), 1e-6)
+    encoding = TableEncoding.from_dict(data.info["table"])
     model = LogisticRegression(max_iter=2000)
-    model.fit((data.x_train.numpy() - mean) / std, data.y_train.numpy())
-    probabilities = model.predict_proba((data.x_val.numpy() - mean) / std)[:, 1]
+    model.fit(encoding.one_hot(data.x_train.numpy()), data.y_train.numpy())
+    probabilities = model.predict_proba(encoding.one_hot(data.x_val.numpy()))[:, 1]
     return "logistic_regression", detection_metrics(data.y_val.numpy(), probabilities)
 
 
-def serving_model(model: nn.Module, info: dict[str, Any] | None = None) -> nn.Module:
-    """The fraud probability of each row."""
-    return nn.Sequential(model, nn.Sigmoid()).eval()
+def serving_model(model: nn.Module, info: dict[str, Any]) -> TablePredictor:
+    """Raw rows in, each row's fraud probability out (column `probability`)."""
+    return TablePredictor(model, info["table"], ["probability"])
 
 
 TASK = Task(
@@ -211,7 +229,7 @@ TASK = Task(
     loss_fn=imbalance_loss,
     evaluate=evaluate,
     serving_model=serving_model,
-    input_example=feature_frame,
+    input_example=raw_example,
     baseline=logistic_regression_baseline,
 )
 

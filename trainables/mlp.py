@@ -1,45 +1,41 @@
 """MLP classifier for tabular data.
 
 Default data: scikit-learn's breast cancer set (569 real patients, 30 features, binary).
-Any CSV works too: `data: {dataset: csv, path: FILE, target: COLUMN}`; numeric columns other
-than the target are the features.
+Any table works too: `data: {dataset: csv, path: FILE, target: COLUMN}` (or `parquet`), with
+numeric, categorical, text and boolean columns and gaps, encoded as `trainables/tables.py`
+describes; the registered model takes the raw rows and returns one probability per class.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 
 from trainables.classification import (
     check_fractions,
     cross_entropy,
     evaluate_classifier,
-    feature_frame,
     feedforward,
     smoke_subset,
-    split_three_ways,
-    with_probabilities,
+    split_indices,
 )
 from trainables.loop import Dataset, Task, run_trial
+from trainables.tables import Selection, TableOptions, TablePredictor, raw_example, table_dataset, target_labels
 
 METRICS = ("val_accuracy", "val_roc_auc", "val_loss", "train_loss", "epoch")
 SMOKE_ROWS = 400
 
 
-class DataConfig(BaseModel):
-    """The spec's `data` block for this trainable."""
+class DataConfig(TableOptions):
+    """The spec's `data` block for this trainable; the table keys apply to csv and parquet."""
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Literal["breast_cancer", "csv"] = "breast_cancer"
-    path: str | None = None  # csv only
-    target: str | None = None  # csv only: the label column
+    dataset: Literal["breast_cancer", "csv", "parquet"] = "breast_cancer"
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     # Held out from every trial; only the registered model is scored on it.
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -47,19 +43,10 @@ class DataConfig(BaseModel):
     smoke: bool = False
 
     @model_validator(mode="after")
-    def _csv_needs_path_and_target(self) -> DataConfig:
+    def _a_file_needs_path_and_target(self) -> DataConfig:
         check_fractions(self.val_fraction, self.test_fraction)
-        if self.dataset != "csv":
-            return self
-        if not self.path:
-            raise ValueError("path: required for dataset 'csv'")
-        if not Path(self.path).expanduser().is_file():
-            raise ValueError(f"path: file does not exist: {self.path}")
-        if not self.target:
-            raise ValueError("target: required for dataset 'csv': the label column")
-        columns = pd.read_csv(Path(self.path).expanduser(), nrows=0).columns
-        if self.target not in columns:
-            raise ValueError(f"target: column {self.target!r} is not in {self.path}")
+        if self.dataset != "breast_cancer":
+            self.check_table(self.dataset)
         return self
 
 
@@ -69,39 +56,29 @@ def load_data(data: dict[str, Any]) -> Dataset:
         from sklearn.datasets import load_breast_cancer
 
         bunch = load_breast_cancer()
-        features = np.asarray(bunch.data, dtype=np.float32)
+        frame = pd.DataFrame(bunch.data, columns=[str(n) for n in bunch.feature_names])
+        selection = Selection(numeric=list(frame.columns), categorical=[])
         labels = np.asarray(bunch.target, dtype=np.int64)
-        names = [str(n) for n in bunch.feature_names]
         classes = [str(c) for c in bunch.target_names]
     else:
-        frame = pd.read_csv(Path(cfg.path).expanduser())
-        target = frame.pop(cfg.target)
-        numeric = frame.select_dtypes("number")
-        features = numeric.to_numpy(dtype=np.float32)
-        names = [str(c) for c in numeric.columns]
-        codes, uniques = pd.factorize(target, sort=True)
-        labels = codes.astype(np.int64)
-        classes = [str(c) for c in uniques]
+        frame, selection = cfg.read()
+        labels, classes = target_labels(frame[cfg.target], cfg.target, cfg.path)
+    kept = np.arange(len(frame))
     if cfg.smoke:
-        features, labels = smoke_subset(features, labels, SMOKE_ROWS, cfg.seed)
-    x_train, x_val, x_test, y_train, y_val, y_test = split_three_ways(
-        features, labels, cfg.val_fraction, cfg.test_fraction, cfg.seed
-    )
-    info = {
-        "dataset": cfg.dataset,
-        "feature_names": names,
-        "classes": classes,
-        "num_classes": len(classes),
-        # Scaling statistics from the training split only.
-        "mean": x_train.mean(axis=0).tolist(),
-        "std": x_train.std(axis=0).tolist(),
-    }
-    tensors = [torch.from_numpy(a) for a in (x_train, y_train, x_val, y_val)]
-    return Dataset(*tensors, info, torch.from_numpy(x_test), torch.from_numpy(y_test))
+        kept, labels = smoke_subset(kept, labels, SMOKE_ROWS, cfg.seed)
+    frame = frame.iloc[kept].reset_index(drop=True)
+    rows = split_indices(labels, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    info = {"dataset": cfg.dataset, "classes": classes, "num_classes": len(classes)}
+    return table_dataset(frame, selection, labels, rows, info, cfg.max_onehot)
 
 
 def build_model(config: dict[str, Any], info: dict[str, Any]) -> nn.Module:
     return nn.Sequential(*feedforward(config, info, int(info["num_classes"])))
+
+
+def serving_model(model: nn.Module, info: dict[str, Any]) -> TablePredictor:
+    """Raw rows in, one probability column per class (named by the class) out."""
+    return TablePredictor(model, info["table"], list(info["classes"]))
 
 
 TASK = Task(
@@ -109,8 +86,8 @@ TASK = Task(
     build_model=build_model,
     loss_fn=cross_entropy,
     evaluate=evaluate_classifier,
-    serving_model=with_probabilities,
-    input_example=feature_frame,
+    serving_model=serving_model,
+    input_example=raw_example,
 )
 
 

@@ -291,6 +291,8 @@ def _load_data(request: JobRequest) -> tuple[Any, tuple[str, dict[str, float]] |
         dataset = task.load_data(dict(request.data))
     except DataError as err:  # a user's file that cannot be used: one line, before any record
         raise JobError(f"data: {err}") from None
+    for note in getattr(dataset, "info", {}).get("notes", []):  # columns left out, a class chosen
+        logger.info(note)
     compute = getattr(task, "baseline", None)
     if compute is None:
         return dataset, None

@@ -11,6 +11,7 @@ A `--smoke-test` job registers under `NAME-smoke`, never beside the real version
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -153,16 +154,31 @@ def test_metric_name(metric: str) -> str:
 def _log_model(
     tracker: JobTracker, model: Any, input_example: Any, name: str, code: list[str], requirements: list[str]
 ) -> str:
-    """Log the model on the parent run and register it as a new version of `name`."""
+    """Log the model on the parent run and register it as a new version of `name`.
+
+    A torch module goes through MLflow's pytorch flavor and takes one float tensor (images, ids).
+    Anything else is a callable on the raw table (`trainables.tables.TablePredictor`: it encodes
+    strings and gaps itself), logged as a python-function model.
+    """
     import mlflow
+    import mlflow.pyfunc
     import mlflow.pytorch
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from mlflow.types import ColSpec, Schema
 
-    rows = input_example.to_numpy(dtype="float32") if hasattr(input_example, "to_numpy") else input_example
-    with torch.no_grad():
-        output = model(torch.tensor(rows, dtype=torch.float32)).numpy()
+    is_module = isinstance(model, torch.nn.Module)
+    if is_module:
+        rows = input_example.to_numpy(dtype="float32") if hasattr(input_example, "to_numpy") else input_example
+        with torch.no_grad():
+            output = model(torch.tensor(rows, dtype=torch.float32)).numpy()
+    else:
+        output = model(input_example)
+    flavor_arguments = (
+        # Pickle takes named table columns as input; MLflow's default (pt2) takes only arrays.
+        {"pytorch_model": model, "serialization_format": "pickle"} if is_module else {"python_model": model}
+    )
     # `log_model` works on MLflow's active run and global tracking URI; this sets both for the
     # call only and puts back what the caller had (mlflow/tracking/_tracking_service/utils.py,
     # `_use_tracking_uri`; tests/test_api.py fails if it stops restoring the URI).
@@ -175,19 +191,37 @@ def _log_model(
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         # Integer id columns (the recommender's) are meant: a missing id is an error anyway.
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(input_example, output),
-            input_example=input_example,
-            code_paths=code,
-            # Pickle takes named table columns as input; MLflow's default (pt2) takes only arrays.
-            serialization_format="pickle",
-            # Listed from the code's imports, so MLflow does not infer them in a subprocess.
-            pip_requirements=requirements,
-            registered_model_name=name,
-        )
+        # The signature is given outright, so type hints on the callable would add nothing.
+        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+        flavor = mlflow.pytorch if is_module else mlflow.pyfunc
+        signature = infer_signature(input_example, output)
+        if not is_module:
+            # The table model fills a gap in any column, so no column is required.
+            optional = [ColSpec(c.type, c.name, required=False) for c in signature.inputs.inputs]
+            signature = ModelSignature(inputs=Schema(optional), outputs=signature.outputs)
+        with _quiet(logging.getLogger("mlflow.pyfunc"), logging.ERROR):
+            # Its cloudpickle caution concerns loading models from strangers; this one is ours.
+            info = flavor.log_model(
+                name="model",
+                signature=signature,
+                input_example=input_example,
+                code_paths=code,
+                # Listed from the code's imports, so MLflow does not infer them in a subprocess.
+                pip_requirements=requirements,
+                registered_model_name=name,
+                **flavor_arguments,
+            )
     return str(info.registered_model_version)
+
+
+@contextlib.contextmanager
+def _quiet(log: logging.Logger, level: int) -> Iterator[None]:
+    before = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 # --- What travels with the model ----------------------------------------------------------------
