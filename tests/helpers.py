@@ -1,4 +1,5 @@
-"""Running the CLI as a user does, in a subprocess, and reading what it left in MLflow."""
+"""Running the CLI as a user does, in a subprocess, and reading what it left in MLflow; a user's
+table to train on."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "search_spaces"
@@ -111,3 +115,24 @@ def train(config):
             "together": together,
         })
 """
+
+
+def customers(rows: int = 400, seed: int = 0) -> pd.DataFrame:
+    """A churn table as users have them: an id, numbers with gaps, a few-valued category with
+    gaps, a 40-valued one (embedded), a boolean, and a text target that depends on them."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{i:05d}" for i in range(rows)],
+            "tenure": rng.integers(0, 72, rows).astype(float),
+            "plan": rng.choice(["basic", "plus", "pro"], rows),
+            "country": rng.choice([f"country_{i}" for i in range(40)], rows),
+            "autopay": rng.choice([True, False], rows),
+            "monthly": rng.normal(50, 15, rows).round(2),
+        }
+    )
+    churn = (frame["plan"] == "basic") & (frame["tenure"] < 24) | (frame["monthly"] > 70)
+    frame["churned"] = np.where(churn, "yes", "no")
+    frame.loc[frame.index % 9 == 0, "tenure"] = np.nan
+    frame.loc[frame.index % 11 == 0, "plan"] = None
+    return frame

@@ -9,34 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import SPECS, write_spec
+from tests.helpers import SPECS, customers, write_spec
 from trainables import fraud, mlp
 from trainables.files import DataError
 from trainables.tables import UNKNOWN, TableEncoding, TableInput, select_columns
 from tuning_platform.cli import main
 
-ROWS = 400
-
-
-def customers(rows: int = ROWS, seed: int = 0) -> pd.DataFrame:
-    """A churn table as users have them: an id, numbers with gaps, a few-valued category with
-    gaps, a 40-valued one (embedded), a boolean, and a text target that depends on them."""
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame(
-        {
-            "customer_id": [f"C{i:05d}" for i in range(rows)],
-            "tenure": rng.integers(0, 72, rows).astype(float),
-            "plan": rng.choice(["basic", "plus", "pro"], rows),
-            "country": rng.choice([f"country_{i}" for i in range(40)], rows),
-            "autopay": rng.choice([True, False], rows),
-            "monthly": rng.normal(50, 15, rows).round(2),
-        }
-    )
-    churn = (frame["plan"] == "basic") & (frame["tenure"] < 24) | (frame["monthly"] > 70)
-    frame["churned"] = np.where(churn, "yes", "no")
-    frame.loc[frame.index % 9 == 0, "tenure"] = np.nan
-    frame.loc[frame.index % 11 == 0, "plan"] = None
-    return frame
+ROWS = 400  # customers()'s default
 
 
 @pytest.fixture
@@ -160,7 +139,9 @@ def test_a_stray_word_in_a_numeric_column_names_its_line_and_column(tmp_path):
     frame.loc[123, "tenure"] = "twelve"
     path = tmp_path / "customers.csv"
     frame.to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"line 125, column 'tenure': 'twelve' is not a number, though 354 of its 355 values"):
+    with pytest.raises(
+        DataError, match=r"line 125, column 'tenure': 'twelve' is not a number, though 354 of its 355 values"
+    ):
         mlp.load_data({"dataset": "csv", "path": str(path), "target": "churned"})
     # Read as a gap when the user says so.
     data = mlp.load_data({"dataset": "csv", "path": str(path), "target": "churned", "na_values": ["twelve"]})

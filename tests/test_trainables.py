@@ -168,7 +168,11 @@ def test_mlp_scaling_uses_training_split_only():
 def test_mlp_reads_any_csv_with_a_target_column(tmp_path):
     module = builtin("mlp")
     frame = pd.DataFrame(
-        {"a": [(i * 37) % 101 for i in range(100)], "b": [i % 7 for i in range(100)], "label": ["yes" if i % 2 else "no" for i in range(100)]}
+        {
+            "a": [(i * 37) % 101 for i in range(100)],
+            "b": [i % 7 for i in range(100)],
+            "label": ["yes" if i % 2 else "no" for i in range(100)],
+        }
     )
     path = tmp_path / "table.csv"
     frame.to_csv(path, index=False)

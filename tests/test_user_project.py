@@ -14,7 +14,7 @@ import mlflow.artifacts
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, customers
 from tuning_platform.cluster import WORKING_DIR_EXCLUDES
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ name: user-project
 trainable: mymodule:train
 metric: val_roc_auc
 mode: max
-data: {dataset: breast_cancer}
+data: {dataset: csv, path: customers.csv, target: churned}
 search:
   algorithm: optuna
   num_samples: 2
@@ -75,7 +75,16 @@ mlflow.set_tracking_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model("models:/user-model@champion")
 import pandas as pd
 example = pd.read_json(sys.argv[2], orient="split")
-print(json.dumps({"rows": len(model.predict(example)), "user_module": sys.modules["mymodule"].__file__}))
+# Raw rows as a user has them: a gap in every column, a category never seen in training.
+odd = pd.DataFrame({"tenure": [None, 3.0], "monthly": [None, 80.0], "plan": [None, "enterprise"],
+                    "country": ["atlantis", None], "autopay": [None, "True"]})
+answer = model.predict(odd)
+print(json.dumps({
+    "rows": len(model.predict(example)),
+    "user_module": sys.modules["mymodule"].__file__,
+    "signature": [(c.name, c.type.name, c.required) for c in model.metadata.signature.inputs.inputs],
+    "odd": answer.to_dict(orient="split"),
+}))
 """
 
 
@@ -113,6 +122,7 @@ def project(tmp_path) -> Path:
     folder.mkdir()
     (folder / "mymodule.py").write_text(USER_MODULE)
     (folder / "spec.yaml").write_text(USER_SPEC)
+    customers().to_csv(folder / "customers.csv", index=False)
     return folder
 
 
@@ -164,6 +174,18 @@ def test_the_console_command_runs_a_users_project_and_their_code_travels_with_th
     assert answer["rows"] > 0
     assert answer["user_module"].startswith(str(tmp_path / "download")) is False
     assert "/code/mymodule.py" in answer["user_module"]
+    # The signature names every column of the table with its type, none required; the id is not one.
+    assert answer["signature"] == [
+        ["tenure", "double", False],
+        ["monthly", "double", False],
+        ["plan", "string", False],
+        ["country", "string", False],
+        ["autopay", "string", False],
+    ]
+    assert "note: data: column 'customer_id' has a different value in every row" in result.stdout
+    odd = answer["odd"]
+    assert odd["columns"] == ["no", "yes"] and len(odd["data"]) == 2
+    assert all(abs(sum(row) - 1) < 1e-6 for row in odd["data"])
 
 
 def _example_frame(example: Path, folder: Path) -> Path:
