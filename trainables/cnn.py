@@ -1,8 +1,9 @@
 """CNN image classifier.
 
 Default data: scikit-learn's handwritten digits (1,797 real 8x8 images, shipped with the
-package). MNIST, Fashion-MNIST and CIFAR-10 load through torchvision from a local `data.root`;
-nothing is downloaded unless `data.download: true`.
+package). MNIST and Fashion-MNIST (IDX files) and CIFAR-10 (python batches) are read with numpy
+from a local `data.root` (`trainables/files.py`); nothing is downloaded unless
+`data.download: true`, which fetches them with torchvision.
 """
 
 from __future__ import annotations
