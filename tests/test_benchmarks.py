@@ -1,48 +1,57 @@
-"""Each benchmark's `--smoke` mode, run as a user runs it: it finishes, measures real runs and
-prints its table and one verdict line per target. The figures themselves are not asserted (this
-machine is shared and noisy); the scale benchmark's record check is.
+"""Each benchmark's `--smoke` mode through its `main`, as `python -m benchmarks.NAME --smoke`
+runs it: it finishes, measures real runs and prints its table and one verdict line per target.
+The figures themselves are not asserted (this machine is shared and noisy); the scale
+benchmark's record check is. In-process: a subprocess each would pay the imports again.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
+import logging
 import re
-import subprocess
-import sys
 
+import numpy as np
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, customers
 
 pytestmark = pytest.mark.slow
 
 NUMBER = r"-?\d+\.\d+"
 VERDICT = r"smoke, not a measurement: (pass|falls short): "
+# What `benchmarks.common.quiet` turns down; put back for the tests that follow.
+QUIETED = ("ray", "ray.tune", "ray.train", "mlflow", "optuna")
 
 
-def _smoke(name: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    done = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", "--smoke"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
+@pytest.fixture
+def smoke(capsys, monkeypatch):
+    def run(name: str, *args: str) -> str:
+        monkeypatch.chdir(ROOT)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        monkeypatch.setenv("RAY_DEDUP_LOGS", "1")
+        levels = {logger: logging.getLogger(logger).level for logger in QUIETED}
+        try:
+            code = importlib.import_module(f"benchmarks.{name}").main(["--smoke", *args])
+        finally:
+            for logger, level in levels.items():
+                logging.getLogger(logger).setLevel(level)
+        out = capsys.readouterr().out
+        assert code == 0, out[-3000:]
+        return out
+
+    return run
 
 
-def test_overhead_times_three_variants_side_by_side():
-    out = _smoke("overhead")
+def test_overhead_times_three_variants_side_by_side(smoke):
+    out = smoke("overhead")
     for variant in ("plain Ray Tune", "platform (full MLflow)", "MLflowLoggerCallback"):
         assert re.search(rf"^{re.escape(variant)}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$", out, re.M), out[-2000:]
     assert re.search(rf"^{VERDICT}platform / plain Ray Tune wall time {NUMBER}x \(target <= 1.15x\)$", out, re.M)
 
 
-def test_utilization_reads_training_time_back_from_mlflow():
-    out = _smoke("utilization")
+def test_utilization_reads_training_time_back_from_mlflow(smoke):
+    out = smoke("utilization")
     row = re.search(rf"^platform\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+(-?\d+)$", out, re.M)
     assert row, out[-2000:]
     wall, training, utilization = (float(row.group(i)) for i in (1, 2, 3))
@@ -50,8 +59,8 @@ def test_utilization_reads_training_time_back_from_mlflow():
     assert re.search(rf"^{VERDICT}slot utilization {NUMBER} \(target >= 0.85\)$", out, re.M)
 
 
-def test_search_compares_tpe_asha_with_random_fifo():
-    out = _smoke("search")
+def test_search_compares_tpe_asha_with_random_fifo(smoke):
+    out = smoke("search")
     fifo = re.search(rf"^\s+0 random\+FIFO\s+(\d+)\s+{NUMBER}\s+({NUMBER})\s+({NUMBER}|never)$", out, re.M)
     asha = re.search(rf"^\s+0 TPE\+ASHA\s+(\d+)\s+{NUMBER}\s+({NUMBER})\s+({NUMBER}|never)$", out, re.M)
     assert fifo and asha, out[-2000:]
@@ -60,19 +69,48 @@ def test_search_compares_tpe_asha_with_random_fifo():
     assert re.search(rf"^{VERDICT}epoch share of TPE\+ASHA, mean {NUMBER} \(target <= 0.4\)$", out, re.M)
 
 
-def test_scale_checks_one_child_run_per_trial():
-    out = _smoke("scale")
+def test_scale_checks_one_child_run_per_trial(smoke):
+    out = smoke("scale")
     assert "MLflow: 40 child runs for 40 trials, 40 FINISHED, most per trial: 1" in out, out[-2000:]
     assert "PASS: every trial completed with exactly one FINISHED child run" in out
     assert re.search(rf"^{VERDICT}trials per minute {NUMBER} \(target >= 300\)$", out, re.M)
     assert re.search(rf"^{VERDICT}driver peak memory {NUMBER} GiB \(target <= 1.5 GiB\)$", out, re.M)
 
 
-def test_fractional_gpu_says_when_there_is_no_gpu():
+def test_fractional_gpu_says_when_there_is_no_gpu(smoke):
     import torch
 
-    out = _smoke("fractional_gpu")
+    out = smoke("fractional_gpu")
     if torch.cuda.is_available():
         assert re.search(rf"^{VERDICT}throughput gpu 0.25 / gpu 1 {NUMBER}x", out, re.M), out[-2000:]
     else:
         assert out.strip() == "skipped: no GPU"
+
+
+def test_public_data_sets_the_platform_beside_baselines_on_the_same_split(smoke, tmp_path):
+    """UCI Adult's own format (no header, `, ` separators, `?` gaps) becomes a table the
+    baselines read; a transactions table goes through a real fraud job beside them."""
+    rng = np.random.default_rng(0)
+    rows = [
+        f"{rng.integers(17, 90)}, {rng.choice(['Private', 'State-gov', '?'])}, {rng.integers(10**4, 10**6)}, "
+        f"{rng.choice(['Bachelors', 'HS-grad', 'Masters'])}, {rng.integers(1, 16)}, Never-married, "
+        f"{rng.choice(['Sales', 'Tech-support', '?'])}, Not-in-family, White, {rng.choice(['Male', 'Female'])}, "
+        f"0, 0, {rng.integers(10, 80)}, United-States, {rng.choice(['<=50K', '>50K'], p=[0.75, 0.25])}"
+        for _ in range(300)
+    ]
+    adult = tmp_path / "adult.data"
+    adult.write_text("\n".join(rows) + "\n")
+    out = smoke("public_data", "--adult", str(adult), "--baselines-only", "--workdir", str(tmp_path / "a"))
+    assert "skipped: movielens: no --movielens given (GroupLens" in out
+    for trainable in ("mlp", "fraud"):
+        assert f"== adult through {trainable} " in out
+    assert len(re.findall(rf"^logistic_regression\s+{NUMBER}\s+{NUMBER}$", out, re.M)) == 2
+    assert len(re.findall(rf"^hist_gradient_boosting\s+{NUMBER}\s+{NUMBER}$", out, re.M)) == 2
+
+    table = tmp_path / "transactions.csv"
+    customers(600).rename(columns={"churned": "Class"}).to_csv(table, index=False)
+    out = smoke("public_data", "--fraud-table", str(table), "--workdir", str(tmp_path / "b"))
+    assert re.search(rf"^platform: best of 4 trials \(\d+\.\d min\)\s+{NUMBER}\s+{NUMBER}$", out, re.M), out[-2000:]
+    assert re.search(
+        rf"^{VERDICT}fraud-table: best val_auprc - logistic regression {NUMBER} \(target >= 0\)$", out, re.M
+    )
