@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from trainables import recommender
+from trainables.files import DataError
 from trainables.loop import make_optimizer, train_one_epoch
 
 
@@ -154,6 +155,26 @@ def test_movielens_config_errors_say_what_to_fix(tmp_path, data, message):
     data = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in data.items()}
     with pytest.raises(ValueError, match=message):
         recommender.DataConfig.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    "name, spoil, message",
+    [
+        ("u.data", lambda t: t.replace("\n", "\nx7\t1\t4\t99\n", 1), r"u.data: line 2, column user_id: 'x7' is not"),
+        (
+            "ratings.csv",
+            lambda t: t.replace("\n", "\n1,2,4,soon\n", 1),
+            r"ratings.csv: line 2, column timestamp: 'soon'",
+        ),
+        ("ratings.dat", lambda t: t.replace("::", ";", 2), r"ratings.dat: line 2: 4 fields where the first line has 2"),
+        ("u.data", lambda t: "", r"u.data: the file is empty"),
+    ],
+)
+def test_a_broken_movielens_file_names_the_line_and_column(tmp_path, name, spoil, message):
+    path = _write_movielens(recommender.generate_interactions(50, 200, seed=1), tmp_path, name)
+    path.write_text(spoil(path.read_text()))
+    with pytest.raises(DataError, match=message):
+        recommender.load_data({"dataset": "movielens", "path": str(path)})
 
 
 @pytest.mark.slow

@@ -119,7 +119,7 @@ def test_the_fraud_detector_takes_a_transactions_table_with_categories(tmp_path)
 
 
 CSV_FAULTS = [
-    ("a,b,y\n1,2,x\n3,4,z\n5,6,7,8\n", "line 4: 4 fields where the header has 3"),
+    ("a,b,y\n1,2,x\n3,4,z\n5,6,7,8\n", "line 4: 4 fields where the first line has 3"),
     ("", "the file is empty"),
     ("a,b,y\n", "the table has no rows"),
 ]
@@ -162,6 +162,12 @@ def test_a_target_a_classifier_cannot_learn_is_named(tmp_path, change, message):
         mlp.load_data({"dataset": "csv", "path": str(path), "target": "churned"})
 
 
+def test_a_missing_target_column_is_named_before_anything_is_read(table):
+    for module in (mlp, fraud):
+        with pytest.raises(ValueError, match=f"target: column 'label' is not in {table}"):
+            module.DataConfig.model_validate({"dataset": "csv", "path": str(table), "target": "label"})
+
+
 def test_rows_without_a_target_are_left_out_with_a_note(tmp_path):
     frame = customers()
     frame.loc[:9, "churned"] = None
@@ -180,5 +186,5 @@ def test_a_bad_table_is_one_line_from_the_command_and_writes_nothing(tmp_path, m
     spec = write_spec(tmp_path, (SPECS / "mlp.yaml").read_text())
     code = main([str(spec), "--set", "data.dataset=csv", "--set", f"data.path={path}", "--set", "data.target=churned"])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and lines == [f"error: {spec}: data: {path}: line 4: 4 fields where the header has 3"]
+    assert code == 2 and lines == [f"error: {spec}: data: {path}: line 4: 4 fields where the first line has 3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["customers.csv", "spec.yaml"], "no store, no Ray results"

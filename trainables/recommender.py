@@ -26,6 +26,7 @@ from torch import nn
 from trainables.files import DataError
 from trainables.loop import Batches, Dataset, LossFn, Task, predict, run_trial, shuffled_batches
 from trainables.metrics import ranking_metrics
+from trainables.tables import reader_fault
 
 METRICS = ("val_ndcg_at_10", "val_hit_rate_at_10", "val_loss", "train_loss", "epoch")
 TOP_K = 10
@@ -81,10 +82,28 @@ def movielens_file(path: str) -> Path:
 
 
 def read_movielens(path: str) -> pd.DataFrame:
+    """user_id, item_id, timestamp as integers; a broken line is a `DataError` naming the file,
+    the line and the column."""
     file = movielens_file(path)
-    frame = pd.read_csv(file, **MOVIELENS_FILES[file.name])
+    options = MOVIELENS_FILES[file.name]
+    try:
+        frame = pd.read_csv(file, **options)
+    except Exception as err:  # noqa: BLE001 - any reader fault is the file's
+        raise DataError(f"{file}: {reader_fault(err)}") from None
+    if frame.shape[1] < 4:
+        raise DataError(f"{file}: {frame.shape[1]} columns where MovieLens ratings have 4 (user, item, rating, time)")
     frame = frame.iloc[:, :4]
     frame.columns = ["user_id", "item_id", "rating", "timestamp"]
+    first_line = 2 if options["header"] == 0 else 1
+    for column in ("user_id", "item_id", "timestamp"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() | (values % 1 != 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{file}: line {row + first_line}, column {column}: {frame[column].iloc[row]!r} is not a whole number"
+            )
+        frame[column] = values
     return frame[["user_id", "item_id", "timestamp"]].astype("int64")
 
 

@@ -64,7 +64,7 @@ def table_columns(path: str | Path) -> list[str]:
             return list(pq.read_schema(path).names)
         return [str(c) for c in pd.read_csv(path, nrows=0).columns]
     except Exception as err:  # noqa: BLE001 - any reader fault is the file's
-        raise DataError(f"{path}: {_reader_fault(err)}") from None
+        raise DataError(f"{path}: {reader_fault(err)}") from None
 
 
 def read_table(path: str | Path, na_values: list[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
@@ -82,19 +82,19 @@ def read_table(path: str | Path, na_values: list[str] | None = None, columns: li
                 path, na_values=na_values or None, usecols=columns, skipinitialspace=True, low_memory=False
             )
     except Exception as err:  # noqa: BLE001 - any reader fault is the file's
-        raise DataError(f"{path}: {_reader_fault(err)}") from None
+        raise DataError(f"{path}: {reader_fault(err)}") from None
     if frame.empty:
         raise DataError(f"{path}: the table has no rows")
     return frame
 
 
-def _reader_fault(err: Exception) -> str:
+def reader_fault(err: Exception) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     # pandas' C parser: "Error tokenizing data. C error: Expected 3 fields in line 7, saw 4"
     fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
     if fields:
         expected, line, saw = fields.groups()
-        return f"line {line}: {saw} fields where the header has {expected}"
+        return f"line {line}: {saw} fields where the first line has {expected}"
     if isinstance(err, pd.errors.EmptyDataError):
         return "the file is empty"
     if isinstance(err, UnicodeDecodeError):
