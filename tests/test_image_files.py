@@ -135,3 +135,52 @@ def test_a_bad_data_file_ends_the_command_with_one_line_before_anything_starts(t
     assert lines[0].startswith(f"error: {spec}: data: {raw / 't10k-images-idx3-ubyte'}: 5000 bytes where")
     assert lines[0].endswith("(the file is truncated)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "spec.yaml"], "no store, no Ray results"
+
+
+def _write_image_folder(root, classes=("cat", "dog"), per_class=12, mode="RGB", size=(12, 10)):
+    """PNG files in the ImageFolder layout; each class a colour of its own plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for n in range(per_class):
+            channels = 3 if mode == "RGB" else 1
+            base = np.full((size[1], size[0], channels), 60 + 120 * index, dtype=np.int64)
+            pixels = np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels if mode == "RGB" else pixels[:, :, 0], mode=mode).save(folder / f"{n:03d}.png")
+
+
+def test_an_image_folder_loads_with_its_class_names_resized_and_split(tmp_path):
+    _write_image_folder(tmp_path / "pets")
+    data = cnn.load_data({"dataset": "image_folder", "root": str(tmp_path / "pets"), "image_size": 16})
+    assert data.info["classes"] == ["cat", "dog"] and data.info["input_shape"] == [3, 16, 16]
+    assert len(data.x_train) + len(data.x_val) + len(data.x_test) == 24
+    assert 0.0 <= float(data.x_train.min()) and float(data.x_train.max()) <= 1.0
+    # Greyscale folders stay one channel; root/train and root/test keep the given test split.
+    for split, count in (("train", 10), ("test", 5)):
+        _write_image_folder(tmp_path / "grey" / split, per_class=count, mode="L")
+    grey = cnn.load_data({"dataset": "image_folder", "root": str(tmp_path / "grey"), "image_size": 8})
+    assert grey.info["input_shape"] == [1, 8, 8] and len(grey.x_test) == 10
+    assert len(grey.x_train) + len(grey.x_val) == 20
+    model = cnn.build_model({"channels": 4}, grey.info)
+    assert model(grey.x_val).shape == (len(grey.x_val), 2)
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda root: (root / "dog" / "003.png").write_bytes(b"not a png"), r"dog/003.png: not a readable image"),
+        (lambda root: [p.unlink() for p in sorted((root / "dog").iterdir())[3:]], r"class 'dog' has 3 images; each"),
+        (
+            lambda root: (root / "dog").rename(root.parent / "elsewhere"),
+            r"1 class folders; an image classifier needs two",
+        ),
+    ],
+)
+def test_a_bad_image_folder_is_named(tmp_path, spoil, message):
+    _write_image_folder(tmp_path / "pets")
+    spoil(tmp_path / "pets")
+    with pytest.raises(DataError, match=message):
+        cnn.load_data({"dataset": "image_folder", "root": str(tmp_path / "pets")})

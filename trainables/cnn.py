@@ -26,11 +26,28 @@ from trainables.classification import (
     stratified_split,
     with_probabilities,
 )
-from trainables.files import DataError, read_cifar10, read_mnist
+from trainables.files import DataError, read_cifar10, read_image_folder, read_mnist
 from trainables.loop import Dataset, Task, run_trial
 
 METRICS = ("val_accuracy", "val_roc_auc", "val_loss", "train_loss", "epoch")
 TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+MIN_FOLDER_IMAGES = 5
+# The label names of the sets whose files hold only numbers (the digits' are their own names).
+CLASSES = {
+    "fashion_mnist": [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+}
 SMOKE_TRAIN_ROWS, SMOKE_VAL_ROWS = 600, 300
 
 
@@ -39,25 +56,29 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10"] = "digits"
+    dataset: Literal["digits", "mnist", "fashion_mnist", "cifar10", "image_folder"] = "digits"
     root: str | None = None  # folder holding the dataset's original files (see trainables/files.py)
     download: bool = False
+    image_size: int = Field(default=32, ge=8, le=512)  # image_folder only: each image resized to this square
     # Validation rows are drawn from the training data; the test split is held out from every
     # trial and scores only the registered model: the official test files of MNIST, Fashion-MNIST
-    # and CIFAR-10, a `test_fraction` of the rows for digits.
+    # and CIFAR-10 (and root/test of an image folder), a `test_fraction` of the rows otherwise.
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    test_fraction: float = Field(default=0.2, gt=0, lt=1)  # digits only
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)  # digits, image folders without root/test
     seed: int = 0
     smoke: bool = False
 
     @model_validator(mode="after")
     def _root_for_torchvision(self) -> DataConfig:
         check_fractions(self.val_fraction, self.test_fraction)
+        if self.download and self.dataset == "image_folder":
+            raise ValueError("download: an image folder is your own; there is nothing to download")
         if self.dataset != "digits" and not self.download:
             if self.root is None:
                 raise ValueError(
                     f"root: required for dataset {self.dataset!r}: a folder with its original files "
-                    "(IDX for MNIST and Fashion-MNIST, the python batches for CIFAR-10), or set download: true"
+                    "(IDX for MNIST and Fashion-MNIST, the python batches for CIFAR-10, root/CLASS/*.png for "
+                    "an image folder), or set download: true"
                 )
             if not Path(self.root).expanduser().is_dir():
                 raise ValueError(f"root: folder does not exist for dataset {self.dataset!r}: {self.root}")
@@ -74,9 +95,26 @@ def load_data(data: dict[str, Any]) -> Dataset:
         x_train, x_val, x_test, y_train, y_val, y_test = split_three_ways(
             images, digits.target, cfg.val_fraction, cfg.test_fraction, cfg.seed
         )
+        classes = [str(c) for c in range(10)]
+    elif cfg.dataset == "image_folder":
+        x_all, y_all, x_test, y_test, classes = read_image_folder(cfg.root, cfg.image_size)
+        counts = np.bincount(y_all, minlength=len(classes))
+        if counts.min() < MIN_FOLDER_IMAGES:
+            few = classes[int(counts.argmin())]
+            raise DataError(
+                f"{cfg.root}: class {few!r} has {counts.min()} images; each class needs {MIN_FOLDER_IMAGES} at "
+                "least, to appear in the training, validation and test splits"
+            )
+        if x_test is None:  # no root/test: the test rows are drawn like digits'
+            x_train, x_val, x_test, y_train, y_val, y_test = split_three_ways(
+                x_all, y_all, cfg.val_fraction, cfg.test_fraction, cfg.seed
+            )
+        else:
+            x_train, x_val, y_train, y_val = stratified_split(x_all, y_all, cfg.val_fraction, cfg.seed)
     else:
         x_official, y_official, x_test, y_test = _load_files(cfg)
         x_train, x_val, y_train, y_val = stratified_split(x_official, y_official, cfg.val_fraction, cfg.seed)
+        classes = CLASSES.get(cfg.dataset, [str(c) for c in range(10)])
     if cfg.smoke:
         x_train, y_train = smoke_subset(x_train, y_train, SMOKE_TRAIN_ROWS, cfg.seed)
         x_val, y_val = smoke_subset(x_val, y_val, SMOKE_VAL_ROWS, cfg.seed)
@@ -86,7 +124,8 @@ def load_data(data: dict[str, Any]) -> Dataset:
     info = {
         "dataset": cfg.dataset,
         "input_shape": list(x_train.shape[1:]),
-        "num_classes": int(max(y_train.max(), y_val.max()) + 1),
+        "num_classes": len(classes),
+        "classes": classes,
         "mean": mean,
         "std": std,
     }

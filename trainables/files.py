@@ -5,6 +5,8 @@
   in the folder given or in torchvision's layout below it (`MNIST/raw`, `FashionMNIST/raw`).
 - CIFAR-10: the python version's pickled batches (`data_batch_1` .. `data_batch_5`,
   `test_batch`) in `cifar-10-batches-py/` below the folder given, or in the folder itself.
+- Any image folder in torchvision's ImageFolder layout (`root/CLASS/*.png`, optionally
+  `root/train/CLASS` and `root/test/CLASS`), read with Pillow and resized.
 
 A file that is missing, truncated or not what its name says is a `DataError` naming the file
 and what is wrong with it.
@@ -112,3 +114,72 @@ def read_cifar10(root: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     train = [_cifar_batch(folder / name) for name in CIFAR_TRAIN_BATCHES]
     test_images, test_labels = _cifar_batch(folder / "test_batch")
     return np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train]), test_images, test_labels
+
+
+# --- An image folder (torchvision's ImageFolder convention) ------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_images(root: Path, classes: list[str], size: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    pixels = np.asarray(image.convert(mode).resize((size, size), Image.Resampling.BILINEAR))
+            except (UnidentifiedImageError, OSError, ValueError) as err:
+                raise DataError(f"{file}: not a readable image ({err})") from None
+            images.append(pixels.reshape(size, size, -1).transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
+    return np.stack(images).astype(np.float32) / 255.0, np.asarray(labels, dtype=np.int64)
+
+
+def image_mode(root: Path) -> str:
+    """`L` when every image of the first class folders is greyscale, else `RGB`."""
+    from PIL import Image
+
+    for folder in _class_folders(root)[:3]:
+        for file in sorted(folder.rglob("*"))[:20]:
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                try:
+                    with Image.open(file) as image:
+                        if image.mode not in ("L", "1", "I;16"):
+                            return "RGB"
+                except OSError:
+                    continue  # read again, and named, by _read_images
+    return "L"
+
+
+def read_image_folder(
+    root: str | Path, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
+    """Images (N, C, size, size) in 0..1 and labels from `root/CLASS/*.png` (any depth below
+    the class folder), each resized to size x size; with `root/train/CLASS` and
+    `root/test/CLASS`, the test folder is the test split (else None). The classes are the
+    sorted folder names."""
+    root = Path(root).expanduser()
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    train_root = root / "train" if has_splits else root
+    classes = [p.name for p in _class_folders(train_root)]
+    if len(classes) < 2:
+        raise DataError(f"{train_root}: {len(classes)} class folders; an image classifier needs two (root/CLASS/*.png)")
+    mode = image_mode(train_root)
+    x_train, y_train = _read_images(train_root, classes, size, mode)
+    if not has_splits:
+        return x_train, y_train, None, None, classes
+    unknown = [p.name for p in _class_folders(root / "test") if p.name not in classes]
+    if unknown:
+        raise DataError(f"{root / 'test'}: class folders {', '.join(unknown)} are not in {train_root}")
+    x_test, y_test = _read_images(root / "test", classes, size, mode)
+    return x_train, y_train, x_test, y_test, classes
