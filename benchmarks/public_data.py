@@ -190,12 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fraud-table", help="any transactions table (CSV/Parquet) for the fraud detector")
     p.add_argument("--fraud-target", default="Class", help="its label column (default Class)")
     p.add_argument("--baselines-only", action="store_true", help="no tuning job: the baselines alone")
+    p.add_argument("--trainable", choices=["mlp", "fraud", "recommender", "cnn"], help="only this trainable's cases")
     p.add_argument("--trials", type=int, help="search.num_samples of each job (default: the spec's)")
     p.add_argument("--pixel-rows", type=int, default=20_000, help="training rows of the pixel baseline")
     args = p.parse_args(argv)
     quiet()
     with workdir(args.workdir) as folder:
         chosen, skipped = cases(args, folder)
+        chosen = [case for case in chosen if args.trainable in (None, case.trainable)]
         for line in skipped:
             print(line, flush=True)
         if not chosen:
@@ -248,9 +250,10 @@ def targets(case: Case, best: float, baselines: dict[str, dict[str, float]], smo
 
 
 def _yaml(value: Any) -> str:
+    """A `--set` value: JSON is YAML, and quotes text such as `>50K` that YAML would misread."""
     import json
 
-    return json.dumps(value) if isinstance(value, list) else str(value)
+    return json.dumps(value)
 
 
 if __name__ == "__main__":
