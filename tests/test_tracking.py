@@ -63,3 +63,27 @@ def test_jobs_opening_a_fresh_sqlite_store_at_once_all_get_their_parent_run(tmp_
     experiment = client.get_experiment_by_name("shared")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 4 and all(run.info.status == "FINISHED" for run in runs)
+
+
+def test_metric_histories_read_in_bulk_from_a_sql_store_equal_the_per_run_reads(tmp_path, monkeypatch):
+    """The bulk read is an MLflow internal (`SqlAlchemyStore.get_metric_history_bulk`): this
+    fails when it changes, and checks it gives what the public per-run call gives."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from tuning_platform import tracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("bulk")
+    runs = [client.create_run(experiment).info.run_id for _ in range(5)]
+    for n, run_id in enumerate(runs):
+        metrics = [Metric("val", float(n * 10 + step), 1000 + step, step) for step in range(1, n + 1)]
+        client.log_batch(run_id, metrics=metrics + [Metric("other", 1.0, 1000, 1)])
+    assert callable(client._tracking_client.store.get_metric_history_bulk)
+    monkeypatch.setattr(tracking, "HISTORY_CHUNK", 2)  # three queries, across chunk edges
+    bulk = tracking.metric_histories(client, runs, "val")
+    one_by_one = {run_id: client.get_metric_history(run_id, "val") for run_id in runs}
+    assert {r: [(m.step, m.value) for m in ms] for r, ms in bulk.items()} == {
+        r: [(m.step, m.value) for m in ms] for r, ms in one_by_one.items()
+    }
+    assert [len(bulk[r]) for r in runs] == [0, 1, 2, 3, 4]

@@ -53,13 +53,15 @@ class RecordedTrial:
 
 def recorded_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str) -> list[RecordedTrial]:
     """The trial runs of one job, oldest first, with the metric's history of each."""
-    from tuning_platform.tracking import RAY_RUN_TAG, search_trial_runs
+    from tuning_platform.tracking import RAY_RUN_TAG, metric_histories, search_trial_runs
 
+    runs = search_trial_runs(client, experiment_id, parent_run_id)
+    histories = metric_histories(client, [run.info.run_id for run in runs], metric)
     trials = []
-    for run in search_trial_runs(client, experiment_id, parent_run_id):
+    for run in runs:
         tags = run.data.tags
         # A trial resumed from an older checkpoint may have logged an epoch twice: the last counts.
-        logged = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: (m.step, m.timestamp))
+        logged = sorted(histories[run.info.run_id], key=lambda m: (m.step, m.timestamp))
         per_epoch = {m.step: m.value for m in logged if math.isfinite(m.value)}
         trials.append(
             RecordedTrial(
