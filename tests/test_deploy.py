@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import re
+import tomllib
 
 import pytest
-import ray
 import yaml
+from packaging.requirements import Requirement
 
 from tests.helpers import ROOT
 
 CLUSTER_YAML = ROOT / "cluster.yaml"
 KUBERAY = ROOT / "deploy" / "kuberay"
+
+
+def pinned(name: str):
+    """The version range pyproject.toml allows for a dependency, such as `>=2.60,<2.61`."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (requirement,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == name]
+    return requirement.specifier
+
+
+def test_ray_mlflow_and_optuna_are_bounded_above_and_ci_pins_them():
+    constraints = dict(
+        line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line
+    )
+    for name in ("ray", "mlflow", "optuna"):
+        assert any(spec.operator == "<" for spec in pinned(name)), name
+        assert constraints[name] in pinned(name), (name, constraints[name])
+
+
+def _ray_version(image: str) -> str:
+    """`rayproject/ray:2.60.0-py311-gpu` -> `2.60.0`."""
+    return image.split(":", 1)[1].split("-", 1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +70,12 @@ def test_every_node_installs_the_mounted_project(cluster_config):
     mounted = [remote for remote, local in cluster_config["file_mounts"].items() if local == "."]
     assert len(mounted) == 1
     assert any("pip install" in c and mounted[0] in c for c in cluster_config["setup_commands"])
-    # One image for all nodes, with the Ray version the driver runs.
+    # One image for all nodes, with a Ray version the project's pinned range allows.
     docker = cluster_config["docker"]
     for image in (docker["image"], docker["head_image"]):
-        assert image.startswith(f"rayproject/ray:{ray.__version__}-py311")
+        assert image.startswith("rayproject/ray:") and "-py311" in image
+        assert _ray_version(image) in pinned("ray"), image
+    assert _ray_version(docker["image"]) == _ray_version(docker["head_image"])
 
 
 def test_head_runs_mlflow_and_nothing_listens_publicly(cluster_config):
@@ -86,7 +110,9 @@ def test_rayjob_runs_the_platform_with_gpu_workers():
     assert "python -m platform.tune search_spaces/" in spec["entrypoint"]
     assert spec["shutdownAfterJobFinishes"] is True
     cluster = spec["rayClusterSpec"]
-    assert cluster["rayVersion"] == ray.__version__
+    assert cluster["rayVersion"] in pinned("ray")
+    dockerfile = (KUBERAY / "Dockerfile").read_text()
+    assert _ray_version(re.search(r"^FROM (\S+)", dockerfile, re.M).group(1)) == cluster["rayVersion"]
     assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
     gpu_groups = [
         group
