@@ -66,17 +66,32 @@ def same_trials(trials: int) -> list[str]:
     ]
 
 
-def job_request(spec: str | Path, overrides: Sequence[str], folder: Path, name: str) -> Any:
-    """The request `tuning-platform SPEC --set ... --tracking-uri ... --name NAME` makes."""
+def job_request(
+    spec: str | Path, overrides: Sequence[str], folder: Path, name: str, tracking_uri: str | None = None
+) -> Any:
+    """The request `tuning-platform SPEC --set ... --tracking-uri ... --name NAME` makes; its
+    own SQLite store in `folder` unless a tracking URI (a server) is given."""
     from tuning_platform.request import build_request
 
     return build_request(
         str(spec),
         list(overrides),
         name=name,
-        tracking_uri=f"sqlite:///{folder / name}.db",
+        tracking_uri=tracking_uri or f"sqlite:///{folder / name}.db",
         storage_path=str(folder / "ray_results"),
     )
+
+
+@contextmanager
+def tracking_server(folder: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite behind it, one worker), as on a cluster's
+    head node; yields its URI. Started and stopped by its own process group, the way the
+    tests run it (tests/servers.py)."""
+    from tests.servers import mlflow_server
+
+    (folder / "server").mkdir(exist_ok=True)
+    with mlflow_server(folder / "server") as server:
+        yield server.uri
 
 
 def create_store(tracking_uri: str) -> float:

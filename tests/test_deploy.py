@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
-import tomllib
 
 import pytest
 import yaml
@@ -16,9 +16,10 @@ KUBERAY = ROOT / "deploy" / "kuberay"
 
 
 def pinned(name: str):
-    """The version range pyproject.toml allows for a dependency, such as `>=2.60,<2.61`."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    (requirement,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == name]
+    """The version range the project allows for a dependency, such as `>=2.60,<2.61`."""
+    # The installed project's metadata: pyproject.toml's dependencies as pip enforces them.
+    requirements = [Requirement(r) for r in importlib.metadata.requires("tuning-platform")]
+    (requirement,) = [r for r in requirements if r.name == name and not r.marker]
     return requirement.specifier
 
 
