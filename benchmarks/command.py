@@ -80,7 +80,7 @@ def timed(command: list[str], folder: Path, log: Path) -> float:
     return seconds
 
 
-def import_seconds(statement: str, repeat: int = 3) -> float:
+def import_seconds(statement: str, repeat: int) -> float:
     """A new interpreter running one import, median of `repeat`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     runs = []
@@ -99,17 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.trials, args.rounds = [8], 1
     ok = True
-    repeat = 1 if args.smoke else 3
+    repeat = 3
     with workdir(args.workdir) as folder:
         (folder / "plain.py").write_text(PLAIN)
-        print(f"Before any trial, in a new process (median of {repeat}):", flush=True)
-        print(f"  python itself              {import_seconds('pass', repeat):6.2f} s")
-        print(f"  import ray.tune            {import_seconds('import ray.tune', repeat):6.2f} s")
-        print(f"  import the platform's CLI  {import_seconds('import tuning_platform.cli', repeat):6.2f} s")
-        job_modules = import_seconds("import tuning_platform.job, tuning_platform.tuner", repeat)
-        print(f"  plus its job's modules     {job_modules:6.2f} s")
-        probe = folder / "store-probe.db"
-        print(f"  a fresh SQLite store       {create_store(f'sqlite:///{probe}'):6.2f} s")
+        if not args.smoke:  # a dozen new interpreters: seconds that a smoke run need not spend
+            print(f"Before any trial, in a new process (median of {repeat}):", flush=True)
+            print(f"  python itself              {import_seconds('pass', repeat):6.2f} s")
+            print(f"  import ray.tune            {import_seconds('import ray.tune', repeat):6.2f} s")
+            print(f"  import the platform's CLI  {import_seconds('import tuning_platform.cli', repeat):6.2f} s")
+            job_modules = import_seconds("import tuning_platform.job, tuning_platform.tuner", repeat)
+            print(f"  plus its job's modules     {job_modules:6.2f} s")
+            probe = folder / "store-probe.db"
+            print(f"  a fresh SQLite store       {create_store(f'sqlite:///{probe}'):6.2f} s")
         for trials in args.trials:
             spec = folder / f"spec-{trials}.yaml"
             spec.write_text(SPEC.format(trials=trials))

@@ -46,6 +46,10 @@ def time_to_reach(curve: list[tuple[float, float]], level: float) -> float | Non
     return next((seconds for seconds, value in curve if value >= level), None)
 
 
+# --smoke: enough epochs for ASHA's rungs at 3 and 9 to stop some trials, fewer than the spec's 20.
+SMOKE_EPOCHS = 9
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=30)
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.trials, args.seeds = 4, [0]
+        args.overrides = [*args.overrides, f"search.fixed.epochs={SMOKE_EPOCHS}"]
     quiet()
     from tuning_platform.tracking import open_client
 

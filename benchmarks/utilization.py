@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=5, help="epochs per trial (5 take about 2 s here)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.trials = 4
+        args.trials, args.epochs = 4, 2
     quiet()
     from tuning_platform.tracking import child_runs, open_client
 

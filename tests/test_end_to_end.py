@@ -244,8 +244,12 @@ def _model_folder(job: Job, folder) -> Path:
     return Path(mlflow.artifacts.download_artifacts(location, dst_path=str(folder)))
 
 
-def test_champion_is_served_over_http_and_answers_its_serving_example(job, tmp_path):
+# One of each served form: a tensor (cnn), ids in a table to a torch model (recommender), a raw
+# table to a python-function model (mlp; fraud's is the same form and loads in a fresh venv below).
+@pytest.mark.parametrize("name", ["cnn", "recommender", "mlp"])
+def test_champion_is_served_over_http_and_answers_its_serving_example(smoke_job, name, tmp_path):
     """`mlflow models serve -m models:/NAME@champion --env-manager local`, as the README says."""
+    job = smoke_job(name)
     payload = (_model_folder(job, tmp_path / "model") / "serving_input_example.json").read_text()
     port = free_port()
     log = tmp_path / "serve.log"
