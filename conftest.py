@@ -1,9 +1,28 @@
 """Tests import the project from this folder, installed or not (`pytest` from a fresh clone)."""
 
+import signal
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def _process_state_kept():
+    """Each test gets the process as the one before found it: in-process jobs and CLI calls
+    (`cli.main`, a benchmark's `main`) may set os.environ (MLflow's `set_tracking_uri` writes
+    MLFLOW_TRACKING_URI), MLflow's global URI and Tune's or Ray's SIGINT/SIGTERM handlers, which
+    a process of its own would drop on exit; a later in-process test would inherit them."""
+    from tuning_platform.api import environment_kept
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with environment_kept():
+        yield
+    for sig, handler in handlers.items():
+        if signal.getsignal(sig) is not handler and handler is not None:
+            signal.signal(sig, handler)
