@@ -20,6 +20,10 @@ def _process_state_kept():
     a process of its own would drop on exit; a later in-process test would inherit them."""
     from tuning_platform.api import environment_kept
 
+    # Python's own Ctrl-C handler, as a fresh process has it, whatever a module-scoped fixture
+    # (a Ray or Tune run in this process) installed before this test.
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with environment_kept():
         yield
