@@ -9,13 +9,11 @@ from __future__ import annotations
 import importlib
 import logging
 import re
-import signal
 
 import numpy as np
 import pytest
 
 from tests.helpers import ROOT, customers
-from tuning_platform.api import environment_kept
 
 pytestmark = pytest.mark.slow
 
@@ -32,18 +30,14 @@ def smoke(capsys, monkeypatch):
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
         monkeypatch.setenv("RAY_DEDUP_LOGS", "1")
+        # The signal handlers, environment and MLflow URI a script's Tune run changes are put
+        # back by conftest.py's autouse fixture; the loggers `quiet` turned down, here.
         levels = {logger: logging.getLogger(logger).level for logger in QUIETED}
-        # A script runs Tune as a process of its own would: put back the signal handlers Tune
-        # and Ray install, the environment and MLflow's URI, for the tests that follow.
-        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with environment_kept():
-                code = importlib.import_module(f"benchmarks.{name}").main(["--smoke", *args])
+            code = importlib.import_module(f"benchmarks.{name}").main(["--smoke", *args])
         finally:
             for logger, level in levels.items():
                 logging.getLogger(logger).setLevel(level)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
         out = capsys.readouterr().out
         assert code == 0, out[-3000:]
         return out

@@ -67,20 +67,18 @@ def table_columns(path: str | Path) -> list[str]:
         raise DataError(f"{path}: {reader_fault(err)}") from None
 
 
-def read_table(path: str | Path, na_values: list[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+def read_table(path: str | Path, na_values: list[str] | None = None) -> pd.DataFrame:
     """The whole table; a file that cannot be read is a `DataError` naming it, and the line
     where the CSV parser stopped."""
     path = Path(path).expanduser()
     try:
         if table_format(path) == "parquet":
-            frame = pd.read_parquet(path, columns=columns)
+            frame = pd.read_parquet(path)
             if na_values:
                 frame = frame.replace(na_values, np.nan)
         else:
             # Strings with surrounding spaces (UCI's ", " separators) are the same category.
-            frame = pd.read_csv(
-                path, na_values=na_values or None, usecols=columns, skipinitialspace=True, low_memory=False
-            )
+            frame = pd.read_csv(path, na_values=na_values or None, skipinitialspace=True, low_memory=False)
     except Exception as err:  # noqa: BLE001 - any reader fault is the file's
         raise DataError(f"{path}: {reader_fault(err)}") from None
     if frame.empty:
@@ -328,7 +326,7 @@ class TableEncoding:
         gaps = part.isna().any(axis=1).to_numpy()
         order = [*np.flatnonzero(gaps)[:2], *np.flatnonzero(~gaps)][:rows]
         picked = self.raw_frame(part.iloc[order])
-        data = [[None if _is_gap(v) else v for v in row] for row in picked.astype(object).to_numpy().tolist()]
+        data = [[None if pd.isna(v) else v for v in row] for row in picked.astype(object).to_numpy().tolist()]
         return {"columns": columns, "data": data}
 
     def raw_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -343,10 +341,6 @@ class TableEncoding:
 
     def example_frame(self, example: dict[str, Any]) -> pd.DataFrame:
         return self.raw_frame(pd.DataFrame(example["data"], columns=example["columns"]))
-
-
-def _is_gap(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 # --- The model's side ---------------------------------------------------------------------------
