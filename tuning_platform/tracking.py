@@ -6,7 +6,6 @@ nodes never need to reach the tracking server and a SQLite store sees a single w
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -16,7 +15,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,6 +23,7 @@ from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 from ray.tune import Callback
 
 from tuning_platform.guard import DIVERGED_KEY, TUNE_RESULT_KEYS, is_diverged, missing_metric_error
@@ -294,9 +294,11 @@ class RunWriter:
 
     Tune calls its callbacks on its event loop, between scheduling decisions, so a write done
     there (a SQLite commit, an HTTP round trip: 10-20 ms each) delays every trial's next step.
-    Here a write is queued in microseconds, and the thread merges what queued up while it was
-    busy: all waiting results of one run become one `log_batch`. Writes for one trial keep
-    their order; `flush` returns once everything queued before it is written.
+    Here a write is queued in microseconds. The thread lets writes gather for LINGER_S and
+    merges what queued up: a run's params, waiting results and end tags become one
+    `log_batch`, so a short trial costs a tracking server three requests (create, one batch,
+    end), not one per epoch. Writes for one trial keep their order; `flush` returns once
+    everything queued before it is written.
 
     A tracking server that goes away for a while loses nothing: MLflow's client retries a
     request with backoff, and a write that still fails is tried again, with backoff, for up to
@@ -333,9 +335,15 @@ class RunWriter:
         """Queue `change(client, run_id)` for the trial's run."""
         self._put(trial_id, _UPDATE, change)
 
-    def log(self, trial_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
-        """Queue one result; waiting results of a run are written together."""
-        self._put(trial_id, _LOG, (metrics, tags))
+    def log(
+        self,
+        trial_id: str,
+        metrics: Sequence[Metric] = (),
+        tags: Sequence[RunTag] = (),
+        params: Sequence[Param] = (),
+    ) -> None:
+        """Queue metrics, tags and params of the trial's run; what waits for one run is written together."""
+        self._put(trial_id, _LOG, (list(metrics), list(tags), list(params)))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is written, or `timeout` seconds; whether it was."""
@@ -403,8 +411,9 @@ class RunWriter:
             self._thread = threading.Thread(target=self._run, name="mlflow-run-writer", daemon=True)
             self._thread.start()
         if kind in (_CREATE, _UPDATE, _LOG):
+            counted = _UPDATE if kind == _LOG and not payload[0] else kind  # params or tags only: an update
             with self._lock:
-                self._outstanding[(trial_id, kind)] = self._outstanding.get((trial_id, kind), 0) + 1
+                self._outstanding[(trial_id, counted)] = self._outstanding.get((trial_id, counted), 0) + 1
             self.report_stall()
         self._queue.put((trial_id, kind, payload))
 
@@ -415,21 +424,20 @@ class RunWriter:
     def _run(self) -> None:
         while True:
             items = [self._queue.get()]
-            while True:  # everything that queued up while the last writes ran
+            if items[0][1] not in (_FLUSH, _STOP):
+                time.sleep(LINGER_S)  # let the trial's next writes queue up and join this request
+            while True:  # everything that queued up meanwhile
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            pending: dict[str, tuple[list[Metric], list[RunTag], int]] = {}
+            pending: dict[str, _Batch] = {}
             for trial_id, kind, payload in items:
                 if kind == _LOG:
-                    metrics, tags, count = pending.get(trial_id, ([], [], 0))
-                    metrics.extend(payload[0])
-                    tags.extend(payload[1])
-                    pending[trial_id] = (metrics, tags, count + 1)
+                    pending.setdefault(trial_id, _Batch()).add(*payload)
                     continue
                 if trial_id in pending:  # this trial's results first: its writes keep their order
-                    self._write(trial_id, *pending.pop(trial_id))
+                    self._write(trial_id, pending.pop(trial_id))
                 if kind == _CREATE:
                     self._attempt(self._create, trial_id, payload)
                     self._done(trial_id, kind)
@@ -439,13 +447,13 @@ class RunWriter:
                     self._done(trial_id, kind)
                 elif kind in (_FLUSH, _STOP):
                     for waiting, batch in pending.items():
-                        self._write(waiting, *batch)
+                        self._write(waiting, batch)
                     pending.clear()
                     if kind == _STOP:
                         return
                     payload.set()
             for trial_id, batch in pending.items():
-                self._write(trial_id, *batch)
+                self._write(trial_id, batch)
 
     @property
     def client(self) -> MlflowClient:
@@ -456,15 +464,13 @@ class RunWriter:
     def _create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
         self.run_ids[trial_id] = make(self.client)
 
-    def _write(self, trial_id: str, metrics: list[Metric], tags: list[RunTag], results: int) -> None:
+    def _write(self, trial_id: str, batch: _Batch) -> None:
         run_id = self.run_ids.get(trial_id)
         if run_id is not None:  # else its run could not be made; that failure is counted already
-            # MLflow takes at most 1000 metrics in one batch. The tags are a trial's two placement
-            # tags at most (sent once per trial), well under its 100, so they go with the first chunk.
-            for start in range(0, max(len(metrics), 1), 1000):
-                chunk_tags = tags if start == 0 else []
-                self._attempt(self.client.log_batch, run_id, metrics=metrics[start : start + 1000], tags=chunk_tags)
-        self._done(trial_id, _LOG, results)
+            for metrics, tags, params in batch.requests():
+                self._attempt(self.client.log_batch, run_id, metrics=metrics, params=params, tags=tags)
+        self._done(trial_id, _LOG, batch.results)
+        self._done(trial_id, _UPDATE, batch.updates)
 
     def _attempt(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """One write, retried with backoff while the store is unreachable (up to RETRY_FOR_S)."""
@@ -489,6 +495,46 @@ class RunWriter:
 
 
 _CREATE, _UPDATE, _LOG, _FLUSH, _STOP = "create", "update", "log", "flush", "stop"
+# Seconds the writer lets writes gather before it sends them: a trial's params, its first
+# results and (for a trial this short) its end go in one request instead of one each.
+LINGER_S = 0.2
+
+
+class _Batch:
+    """What waits to be written to one run, and how many queued results and updates it merges."""
+
+    def __init__(self) -> None:
+        self.metrics: list[Metric] = []
+        self.tags: list[RunTag] = []
+        self.params: list[Param] = []
+        self.results = self.updates = 0
+
+    def add(self, metrics: list[Metric], tags: list[RunTag], params: list[Param]) -> None:
+        self.metrics += metrics
+        self.tags += tags
+        self.params += params
+        if metrics:
+            self.results += 1
+        else:
+            self.updates += 1
+
+    def requests(self) -> Iterator[tuple[list[Metric], list[RunTag], list[Param]]]:
+        """The batch cut to MLflow's limits per `log_batch`: at most 100 params and tags
+        together, 1000 entities in all (mlflow/utils/validation.py). Always one request, even
+        an empty one, so a run's order of writes is the order they were queued in."""
+        metrics, tags, params = self.metrics, self.tags, self.params
+        while True:
+            request_params = params[:MAX_PARAMS_TAGS_PER_BATCH]
+            request_tags = tags[: MAX_PARAMS_TAGS_PER_BATCH - len(request_params)]
+            room = MAX_ENTITIES_PER_BATCH - len(request_params) - len(request_tags)
+            request_metrics = metrics[: min(room, MAX_METRICS_PER_BATCH)]
+            params, tags = params[len(request_params) :], tags[len(request_tags) :]
+            metrics = metrics[len(request_metrics) :]
+            yield request_metrics, request_tags, request_params
+            if not (metrics or tags or params):
+                return
+
+
 # Writers of this process, so the job can flush them before reading its runs back. The Tune
 # callback that owns one is out of the job's reach after `--resume` (Tune unpickles it).
 _OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
@@ -599,7 +645,7 @@ class TrialRunsCallback(Callback):
             return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
         self.writer.create(trial_id, make)
-        self.writer.update(trial_id, lambda client, run_id: client.log_batch(run_id, params=params))
+        self.writer.log(trial_id, params=params)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if trial.trial_id not in self._known:
@@ -630,11 +676,17 @@ class TrialRunsCallback(Callback):
             tags.append(RunTag("outcome", status))
         if status == "failed":
             tags.append(RunTag("error", missing_metric_error(self.metric, last)))
-        self.writer.update(trial.trial_id, functools.partial(end_run, tags=tags, status=RUN_STATUS[status]))
+        self._end(trial.trial_id, tags, RUN_STATUS[status])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tags = [RunTag("trial_status", "failed"), RunTag("error", last_error_line(trial))]
-        self.writer.update(trial.trial_id, functools.partial(end_run, tags=tags, status="FAILED"))
+        self._end(trial.trial_id, tags, "FAILED")
+
+    def _end(self, trial_id: str, tags: list[RunTag], status: str) -> None:
+        """A trial run's last record, as `end_run` writes it: the outcome tags (in the batch
+        with its last results), then its MLflow status."""
+        self.writer.log(trial_id, tags=tags)
+        self.writer.update(trial_id, lambda client, run_id: client.set_terminated(run_id, status))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         writer = self.writer
