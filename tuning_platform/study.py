@@ -192,15 +192,17 @@ def quiet_optuna() -> None:
 
 
 def build_sampler(spec: Spec, history_size: int = 0) -> optuna.samplers.TPESampler:
-    """TPE with the spec's stated settings (`search.sampler`), seeded by `search.seed`.
+    """TPE with the spec's stated settings (`search.sampler`), seeded by `search.seed`, over a
+    bounded window of a long study (`sampler.py`).
 
     A searcher that starts from earlier trials has its seed moved on by their count: with the
     job's own seed an extension would first propose again what the job began with.
     """
-    import optuna
+    from tuning_platform.sampler import WindowedTPESampler
 
     settings = spec.search.sampler
-    return optuna.samplers.TPESampler(
+    return WindowedTPESampler(
+        window=settings.window,
         seed=spec.search.seed + history_size,
         n_startup_trials=settings.n_startup_trials,
         n_ei_candidates=settings.n_ei_candidates,
