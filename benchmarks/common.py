@@ -41,11 +41,15 @@ def workdir(path: str | None) -> Iterator[Path]:
 
 @contextmanager
 def ray_running(cpus: int) -> Iterator[None]:
-    """One embedded Ray, started the way a job starts it, shared by every variant."""
+    """One embedded Ray, started the way a job starts it, shared by every variant. A Ray this
+    process already runs (the test suite's, shared by the smoke runs) is used and left running."""
     import ray
 
     from tuning_platform.cluster import start_local_ray
 
+    if ray.is_initialized():
+        yield
+        return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     start_local_ray(cpus)
     try:

@@ -1,8 +1,10 @@
-"""Running the CLI as a user does, in a subprocess, and reading what it left in MLflow; a user's
-table to train on."""
+"""Running the CLI as a user does, in a subprocess or in this process, and reading what it left
+in MLflow; a user's table to train on."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -34,6 +36,27 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The CLI run as `run_cli` runs it, in this process through `cli.main` (what the console
+    command calls): the same arguments and working directory, stdout and stderr captured, no
+    cluster or store of the caller's. It saves a new interpreter's imports of torch, Ray and
+    MLflow (4-5 s here); the process state a job changes (signal handlers, environment,
+    MLflow's URI) is put back by conftest.py's autouse fixture."""
+    from tuning_platform.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_cwd = os.getcwd()
+    callers = {key: os.environ.pop(key) for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI") if key in os.environ}
+    try:
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args), prog="python -m platform.tune")
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.update(callers)
+    return subprocess.CompletedProcess(["python", "-m", "platform.tune", *args], code, out.getvalue(), err.getvalue())
 
 
 def cli_env() -> dict[str, str]:

@@ -23,6 +23,19 @@ VERDICT = r"smoke, not a measurement: (pass|falls short): "
 QUIETED = ("ray", "ray.tune", "ray.train", "mlflow", "optuna")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_ray_for_every_smoke():
+    """The scripts' in-process runs share one embedded Ray, started as `ray_running` starts
+    it, instead of paying Ray's start and stop (5-8 s here) once each."""
+    import ray
+
+    from benchmarks.common import ray_running
+
+    with ray_running(cpus=2):
+        yield
+    assert not ray.is_initialized()
+
+
 @pytest.fixture
 def smoke(capsys, monkeypatch):
     def run(name: str, *args: str) -> str:

@@ -26,8 +26,8 @@ def test_two_worker_trials_train_report_and_register(tmp_path):
         "--smoke-test",
         "--set",
         "resources.workers=2",
-        "--set",  # two trials of two workers: each starts a Ray Train group, about 25 s here
-        "search.num_samples=2",
+        "--set",  # one trial of two workers: a Ray Train group starts in about 25 s here
+        "search.num_samples=1",
         "--tracking-uri",
         uri,
         "--storage-path",
@@ -41,7 +41,7 @@ def test_two_worker_trials_train_report_and_register(tmp_path):
     experiment = client.get_experiment_by_name("mlp-breast-cancer")
     runs = client.search_runs([experiment.experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 2
+    assert len(children) == 1
     for child in children:
         epochs = int(child.data.tags["epochs_run"])
         history = client.get_metric_history(child.info.run_id, "val_roc_auc")

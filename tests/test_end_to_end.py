@@ -1,7 +1,8 @@
 """Real tuning jobs through the CLI: real local Ray, real SQLite MLflow store, real torch.
 
-Each shipped spec runs once with --smoke-test; the tests below check what a user would look
-at afterwards in the MLflow UI and registry.
+Each shipped spec runs once with --smoke-test, through `cli.main` in this process (the console
+command as a new process is tested in test_user_project.py); the tests below check what a user
+would look at afterwards in the MLflow UI and registry.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import SPECS, cli_env, run_cli
+from tests.helpers import SPECS, cli_env, run_main
 from tests.servers import free_port, stop_group, wait_for_http
 from trainables import fraud
 from tuning_platform.insight import DPI, FIGSIZE, PICTURES
@@ -73,7 +74,7 @@ def smoke_job(tmp_path_factory):
             # gpu=0.5 also exercises the embedded no-GPU path: CPU with one warning, never a hang.
             args = [str(SPECS / f"{name}.yaml"), "--smoke-test", "--tracking-uri", uri]
             args += ["--storage-path", str(folder / "ray_results"), "--set", "resources.gpu=0.5"]
-            result = run_cli(*args, timeout=300)
+            result = run_main(*args)  # in this process: the console command itself is tested elsewhere
             spec, _, _ = load_spec(SPECS / f"{name}.yaml")
             done[name] = Job(name, spec, uri, result.stdout, result.stderr, result.returncode)
         return done[name]

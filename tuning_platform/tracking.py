@@ -419,7 +419,11 @@ class RunWriter:
 
     def _done(self, trial_id: str, kind: str, count: int = 1) -> None:
         with self._lock:
-            self._outstanding[(trial_id, kind)] = self._outstanding.get((trial_id, kind), 0) - count
+            left = self._outstanding.get((trial_id, kind), 0) - count
+            if left:
+                self._outstanding[(trial_id, kind)] = left
+            else:  # a job of 10,000 trials keeps no entry per finished trial
+                self._outstanding.pop((trial_id, kind), None)
 
     def _run(self) -> None:
         while True:
