@@ -102,11 +102,13 @@ def result_metrics(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Any]:
-    """The trial runs of one job."""
-    return client.search_runs(
-        [experiment_id], filter_string=f"tags.`{PARENT_RUN_ID_TAG}` = '{parent_run_id}'", max_results=50000
-    )
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str | None = None) -> list[Any]:
+    """The trial runs of one job; with `status`, only those in it (the store filters, so a job
+    of 10,000 finished trials does not read them all to find the few still RUNNING)."""
+    where = f"tags.`{PARENT_RUN_ID_TAG}` = '{parent_run_id}'"
+    if status is not None:
+        where += f" and attributes.status = '{status}'"
+    return client.search_runs([experiment_id], filter_string=where, max_results=50000)
 
 
 def search_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Any]:
@@ -211,9 +213,7 @@ class JobTracker:
         """
         errors = errors or {}
         flush_run_writers()  # the trial callback's writes still queued
-        for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
-            if run.info.status != "RUNNING":
-                continue
+        for run in child_runs(self.client, self.experiment_id, self.parent_run_id, status="RUNNING"):
             trial_id = run.data.tags.get("trial_id", "")
             status = statuses.get(trial_id, "interrupted")
             # A reseeded run of `selection` keeps its status and says how it ended beside it.
