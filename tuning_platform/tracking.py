@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -411,7 +412,7 @@ class RunWriter:
             self._thread = threading.Thread(target=self._run, name="mlflow-run-writer", daemon=True)
             self._thread.start()
         if kind in (_CREATE, _UPDATE, _LOG):
-            counted = _UPDATE if kind == _LOG and not payload[0] else kind  # params or tags only: an update
+            counted = _counted_as(kind, payload)
             with self._lock:
                 self._outstanding[(trial_id, counted)] = self._outstanding.get((trial_id, counted), 0) + 1
             self.report_stall()
@@ -473,8 +474,8 @@ class RunWriter:
         if run_id is not None:  # else its run could not be made; that failure is counted already
             for metrics, tags, params in batch.requests():
                 self._attempt(self.client.log_batch, run_id, metrics=metrics, params=params, tags=tags)
-        self._done(trial_id, _LOG, batch.results)
-        self._done(trial_id, _UPDATE, batch.updates)
+        for kind, count in batch.counts.items():
+            self._done(trial_id, kind, count)
 
     def _attempt(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """One write, retried with backoff while the store is unreachable (up to RETRY_FOR_S)."""
@@ -504,23 +505,26 @@ _CREATE, _UPDATE, _LOG, _FLUSH, _STOP = "create", "update", "log", "flush", "sto
 LINGER_S = 0.2
 
 
+def _counted_as(kind: str, payload: Any) -> str:
+    """The kind a queued write counts as in `not_written`: a log without metrics (a run's
+    params or end tags) is a run update, not a result."""
+    return _UPDATE if kind == _LOG and not payload[0] else kind
+
+
 class _Batch:
-    """What waits to be written to one run, and how many queued results and updates it merges."""
+    """What waits to be written to one run, and how many queued writes of each counted kind it merges."""
 
     def __init__(self) -> None:
         self.metrics: list[Metric] = []
         self.tags: list[RunTag] = []
         self.params: list[Param] = []
-        self.results = self.updates = 0
+        self.counts: Counter[str] = Counter()
 
     def add(self, metrics: list[Metric], tags: list[RunTag], params: list[Param]) -> None:
         self.metrics += metrics
         self.tags += tags
         self.params += params
-        if metrics:
-            self.results += 1
-        else:
-            self.updates += 1
+        self.counts[_counted_as(_LOG, (metrics, tags, params))] += 1
 
     def requests(self) -> Iterator[tuple[list[Metric], list[RunTag], list[Param]]]:
         """The batch cut to MLflow's limits per `log_batch`: at most 100 params and tags
