@@ -17,6 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "search_spaces"
 
 
+# The cluster and tracking store of whoever runs the tests: never the ones a test's job uses.
+CALLERS_VARIABLES = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str | None] | None = None
 ) -> subprocess.CompletedProcess:
@@ -48,7 +52,7 @@ def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
     out, err = io.StringIO(), io.StringIO()
     saved_cwd = os.getcwd()
-    callers = {key: os.environ.pop(key) for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI") if key in os.environ}
+    callers = {key: os.environ.pop(key) for key in CALLERS_VARIABLES if key in os.environ}
     try:
         os.chdir(cwd or ROOT)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -62,7 +66,7 @@ def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 def cli_env() -> dict[str, str]:
     """This process's environment for a CLI a test starts: no cluster or store of the caller's,
     and the project found through PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k not in CALLERS_VARIABLES}
     env["PYTHONPATH"] = str(ROOT)
     return env
 

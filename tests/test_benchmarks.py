@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, customers
+from tests.helpers import CALLERS_VARIABLES, ROOT, customers
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,8 @@ def one_ray_for_every_smoke():
 def smoke(capsys, monkeypatch):
     def run(name: str, *args: str) -> str:
         monkeypatch.chdir(ROOT)
-        monkeypatch.delenv("RAY_ADDRESS", raising=False)
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        for variable in CALLERS_VARIABLES:
+            monkeypatch.delenv(variable, raising=False)
         monkeypatch.setenv("RAY_DEDUP_LOGS", "1")
         # The signal handlers, environment and MLflow URI a script's Tune run changes are put
         # back by conftest.py's autouse fixture; the loggers `quiet` turned down, here.

@@ -8,6 +8,7 @@ import random
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
+from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
 from tuning_platform.sampler import BEST_KEPT, WindowedTPESampler
@@ -20,21 +21,29 @@ def score(x: float, y: float) -> float:
     return -((x - 0.3) ** 2) - (y - 0.7) ** 2
 
 
-def study_with(sampler: optuna.samplers.BaseSampler, points: list[tuple[float, float]]) -> optuna.Study:
+def signed_score(study: optuna.Study, x: float, y: float) -> float:
+    """The score as a study of either direction ranks it: best at the same point."""
+    return score(x, y) if study.direction == StudyDirection.MAXIMIZE else -score(x, y)
+
+
+def study_with(
+    sampler: optuna.samplers.BaseSampler, points: list[tuple[float, float]], direction: str = "maximize"
+) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=sampler, direction="maximize")
+    study = optuna.create_study(sampler=sampler, direction=direction)
     for x, y in points:
-        study.add_trial(create_trial(params={"x": x, "y": y}, distributions=SPACE, value=score(x, y)))
+        study.add_trial(create_trial(params={"x": x, "y": y}, distributions=SPACE, value=signed_score(study, x, y)))
     return study
 
 
 def proposals(study: optuna.Study, count: int = 5) -> list[dict[str, float]]:
-    """What the sampler proposes next, trial after trial, each told its score."""
+    """What the sampler proposes next, trial after trial, each told its score (asked and told:
+    completions reach the sampler through after_trial)."""
     made = []
     for _ in range(count):
         trial = study.ask(fixed_distributions=SPACE)
         made.append(trial.params)
-        study.tell(trial, score(**trial.params))
+        study.tell(trial, signed_score(study, **trial.params))
     return made
 
 
@@ -74,15 +83,8 @@ def test_past_the_window_tpe_sees_only_the_best_and_the_recent_trials():
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
 def test_the_window_keeps_the_best_trials_found_since_the_study_was_read(direction):
     sampler = WindowedTPESampler(window=30, seed=0, **SETTINGS)
-    study = optuna.create_study(sampler=sampler, direction=direction)
-    sign = 1 if direction == "maximize" else -1
-    for x, y in points(100, seed=6):
-        study.add_trial(create_trial(params={"x": x, "y": y}, distributions=SPACE, value=sign * score(x, y)))
-    proposals_made = 0
-    for _ in range(120):  # asked and told: completions reach the sampler through after_trial
-        trial = study.ask(fixed_distributions=SPACE)
-        study.tell(trial, sign * score(**trial.params))
-        proposals_made += 1
+    study = study_with(sampler, points(100, seed=6), direction)
+    proposals(study, count=120)
     trials = study.get_trials(deepcopy=False)
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     ranked = sorted(completed, key=lambda t: t.value, reverse=direction == "maximize")
