@@ -3,6 +3,8 @@
     python -m benchmarks.scale                   # 1,000 trials
     python -m benchmarks.scale --trials 10000    # the 10,000-trial targets too
     python -m benchmarks.scale --smoke           # 40 trials
+    python -m benchmarks.scale --trials 10000 --plain    # the same trials through plain Ray Tune
+    python -m benchmarks.scale --trials 10000 --census   # which objects the driver gains
 
 This process is the job's driver (the same code `python -m platform.tune` runs). It prints
 trials per minute, the driver's peak memory, and checks that MLflow holds exactly one child run
@@ -15,11 +17,21 @@ of the job (from the last trial's end to the job's return: summary, insight, reg
 Targets with 10,000 trials (issue 16): >= 600 trials/min; memory at the end within 1.25x of
 memory at 2,000 trials; the last 500 proposals within 3x the time of the first 500 after
 TPE's start-up trials; the end of the job under 30 s.
+
+`--plain` runs the same trials through Ray Tune alone (the job's trainable, searcher, scheduler
+and concurrency, no tracking) and follows it the same way, so growth that plain Ray Tune shows
+too is told apart from the platform's. It is a separate command, not a variant of one run:
+a driver's resident memory does not go down when a job ends, so two jobs in one process would
+measure the second on top of the first. `--census` counts the driver's objects (those Python's
+garbage collector tracks) by type once a fifth of the trials have been proposed and again at the
+last proposal, and prints the types that grew most: where the memory goes.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import resource
 import statistics
 import sys
@@ -29,8 +41,18 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from benchmarks.common import job_request, parser, quiet, ray_running, run_platform, verdict, workdir
+from benchmarks.common import (
+    job_request,
+    parser,
+    quiet,
+    ray_running,
+    run_plain_tune,
+    run_platform,
+    verdict,
+    workdir,
+)
 
 SPEC = Path(__file__).resolve().parent / "specs" / "trivial.yaml"
 TARGET_PER_MINUTE = 300
@@ -102,6 +124,58 @@ def timed_proposals() -> Iterator[list[float]]:
         OptunaSearch.suggest = original
 
 
+def object_census() -> Counter[str]:
+    """The driver's objects that the garbage collector tracks, counted by type."""
+    return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+
+
+@contextmanager
+def census_at(proposals: list[float], marks: tuple[int, ...]) -> Iterator[list[Counter[str]]]:
+    """An object census as soon as each of `marks` proposals have been made: the last mark is
+    the job's last trial, so Tune's end (its result grid) and the platform's are not counted."""
+    taken: list[Counter[str]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        for mark in marks:
+            while len(proposals) < mark:
+                if done.wait(0.5):
+                    return
+            taken.append(object_census())
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield taken
+    finally:
+        done.set()
+        thread.join()
+
+
+def print_census(taken: list[Counter[str]], marks: tuple[int, ...], top: int = 15) -> None:
+    if len(taken) < 2:
+        print("object census: not taken (the job ended before its last proposal)")
+        return
+    grown = (taken[1] - taken[0]).most_common(top)
+    print(f"objects the driver gained from proposal {marks[0]} to proposal {marks[1]} (count, type):")
+    for name, count in grown:
+        print(f"  {count:>9,}  {name}")
+
+
+def trial_end_clock() -> Any:
+    """A Tune callback that notes when each trial ends: plain Ray Tune has no child runs to read it from."""
+    from ray.tune import Callback
+
+    class TrialEnds(Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001 - Tune's signature
+            self.times.append(time.time())
+
+    return TrialEnds()
+
+
 def memory_at(samples: list[tuple[float, float]], end_times: list[float], finished: int) -> float:
     """Resident memory at the first sample taken once `finished` trials had ended."""
     for at, gib in samples:
@@ -113,17 +187,31 @@ def memory_at(samples: list[tuple[float, float]], end_times: list[float], finish
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=1000)
+    p.add_argument("--plain", action="store_true", help="the same trials through plain Ray Tune, no tracking")
+    p.add_argument("--census", action="store_true", help="count the driver's objects by type as the job grows")
     args = p.parse_args(argv)
     if args.smoke:
         args.trials = 40
     quiet()
     from tuning_platform.tracking import child_runs, open_client
 
+    marks = (max(1, args.trials // 5), args.trials)
     with workdir(args.workdir) as folder, ray_running(args.cpus):
         request = job_request(SPEC, [f"search.num_samples={args.trials}"], folder, "scale")
-        with sampled_memory() as samples, timed_proposals() as proposals:
+        with contextlib.ExitStack() as stack:
+            samples = stack.enter_context(sampled_memory())
+            proposals = stack.enter_context(timed_proposals())
+            census = stack.enter_context(census_at(proposals, marks)) if args.census else None
             started = time.time()
-            outcome, seconds = run_platform(request)
+            if args.plain:
+                ends = trial_end_clock()
+                results, seconds = run_plain_tune(request, [ends])
+            else:
+                outcome, seconds = run_platform(request)
+        if census is not None:
+            print_census(census, marks)
+        if args.plain:
+            return plain_reference(args, results, seconds, started, samples, sorted(ends.times), proposals)
         client = open_client(request.tracking_uri)
         runs = child_runs(client, outcome.experiment_id, outcome.parent_run_id)
     peak = peak_rss_gib()
@@ -146,13 +234,22 @@ def main(argv: list[str] | None = None) -> int:
         "trials per minute", len(outcome.rows) / seconds * 60, TARGET_PER_MINUTE, at_most=False, smoke=args.smoke
     )
     memory_ok = verdict("driver peak memory", peak, TARGET_MEMORY_GIB, at_most=True, unit=" GiB", smoke=args.smoke)
-    large_ok = growth(args, outcome, seconds, started, samples, end_times, proposals)
+    large_ok = growth(args, len(outcome.rows), seconds, started, samples, end_times, proposals)
     return 0 if complete and (args.smoke or (rate_ok and memory_ok and large_ok)) else 1
 
 
-def growth(args, outcome, seconds, started, samples, end_times, proposals) -> bool:  # noqa: ANN001
+def plain_reference(args, results, seconds, started, samples, end_times, proposals) -> int:  # noqa: ANN001
+    """The same figures for plain Ray Tune: a reference, so no verdicts."""
+    errors = sum(result.error is not None for result in results)
+    print(f"\nScale: {args.trials} trivial trials, plain Ray Tune (Optuna TPE, no tracking), {args.cpus} CPUs")
+    print(f"{len(results)} trials ({errors} errored) in {seconds:.1f} s: {len(results) / seconds * 60:.0f} trials/min")
+    print(f"driver peak memory {peak_rss_gib():.2f} GiB")
+    growth(args, len(results), seconds, started, samples, end_times, proposals, judged=False)
+    return 0 if len(results) == args.trials and errors == 0 else 1
+
+
+def growth(args, trials, seconds, started, samples, end_times, proposals, judged=True) -> bool:  # noqa: ANN001
     """How memory and proposal time grow with the trials, and the end of the job."""
-    trials = len(outcome.rows)
     marks = sorted({m for m in (trials // 5, trials // 2, trials) if m})
     print("driver resident memory by trials finished: " + ", ".join(
         f"{m}: {memory_at(samples, end_times, m):.2f} GiB" for m in marks
@@ -167,13 +264,16 @@ def growth(args, outcome, seconds, started, samples, end_times, proposals) -> bo
     )
     end_s = started + seconds - end_times[-1] if end_times else float("nan")
     print(f"end of the job (last trial's end to the job's return): {end_s:.1f} s")
+    at_fifth = memory_at(samples, end_times, max(1, trials // 5))
+    print(f"memory at {trials} / at {trials // 5} trials: {memory_at(samples, end_times, trials) / at_fifth:.2f}x")
+    if not judged:
+        return True
     if trials < LARGE and not args.smoke:
         print(f"(the {LARGE:,}-trial targets are checked with --trials {LARGE})")
         return True
     ok = verdict(
         "trials per minute, whole job", trials / seconds * 60, TARGET_LARGE_PER_MINUTE, False, smoke=args.smoke
     )
-    at_fifth = memory_at(samples, end_times, max(1, trials // 5))
     ok &= verdict(
         f"memory at {trials} / at {trials // 5} trials",
         memory_at(samples, end_times, trials) / at_fifth,
