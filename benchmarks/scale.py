@@ -124,6 +124,61 @@ def timed_proposals() -> Iterator[list[float]]:
         OptunaSearch.suggest = original
 
 
+# The steps of a job after its trials, timed where `run_job` calls them (module, function).
+END_STEPS = (
+    ("tuning_platform.tuner", "fit"),  # Tune's end: its last state save and its result grid
+    ("tuning_platform.job", "_read_outcome"),
+    ("tuning_platform.job", "_recorded"),
+    ("tuning_platform.job", "_write_insight"),
+    ("tuning_platform.job", "_register_and_finish"),
+)
+
+
+@contextmanager
+def timed_end_steps() -> Iterator[dict[str, float]]:
+    """(step -> finished at, seconds) of the steps of the job's end, timed in this process.
+    `fit` is the whole Tune run: only its end (after the last trial) belongs to the job's end."""
+    import importlib
+
+    spans: dict[str, tuple[float, float]] = {}
+    originals = []
+    for module_name, name in END_STEPS:
+        module = importlib.import_module(module_name)
+        original = getattr(module, name)
+        originals.append((module, name, original))
+
+        def timed(*args, __original=original, __name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            started = time.time()
+            try:
+                return __original(*args, **kwargs)
+            finally:
+                spans[__name] = (started, time.time())
+
+        setattr(module, name, timed)
+    try:
+        yield spans
+    finally:
+        for module, name, original in originals:
+            setattr(module, name, original)
+
+
+def print_end_steps(spans: dict[str, tuple[float, float]], last_end: float, returned: float) -> None:
+    """Seconds of each step after the last trial's end; what is left is the job's other work."""
+    parts = []
+    for _, name in END_STEPS:
+        if name in spans:
+            started, ended = spans[name]
+            parts.append(
+                (name if name != "fit" else "Tune's end (fit after the last trial)", ended - max(started, last_end))
+            )
+    left = (returned - last_end) - sum(seconds for _, seconds in parts)
+    print(
+        "end of the job by step: "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in parts)
+        + f", other {left:.1f} s"
+    )
+
+
 def object_census() -> Counter[str]:
     """The driver's objects that the garbage collector tracks, counted by type."""
     return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
@@ -201,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             samples = stack.enter_context(sampled_memory())
             proposals = stack.enter_context(timed_proposals())
+            steps = stack.enter_context(timed_end_steps())
             census = stack.enter_context(census_at(proposals, marks)) if args.census else None
             started = time.time()
             if args.plain:
@@ -235,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     memory_ok = verdict("driver peak memory", peak, TARGET_MEMORY_GIB, at_most=True, unit=" GiB", smoke=args.smoke)
     large_ok = growth(args, len(outcome.rows), seconds, started, samples, end_times, proposals)
+    if end_times:
+        print_end_steps(steps, end_times[-1], started + seconds)
     return 0 if complete and (args.smoke or (rate_ok and memory_ok and large_ok)) else 1
 
 

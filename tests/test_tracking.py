@@ -87,3 +87,43 @@ def test_metric_histories_read_in_bulk_from_a_sql_store_equal_the_per_run_reads(
         r: [(m.step, m.value) for m in ms] for r, ms in one_by_one.items()
     }
     assert [len(bulk[r]) for r in runs] == [0, 1, 2, 3, 4]
+
+
+def test_trial_runs_read_lean_from_a_sql_store_equal_what_search_runs_finds(tmp_path, monkeypatch):
+    """The lean read queries MLflow's tables (`SqlRun`, `SqlTag`, `SqlParam`) through the store's
+    sessions: this fails when they change, and checks it finds exactly the runs, clocks, tags and
+    params that the public `search_runs` path finds: a job's trial runs, not its reseeded runs,
+    not a deleted run, not another job's."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from tuning_platform import tracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("lean")
+    parent, other = (client.create_run(experiment).info.run_id for _ in range(2))
+
+    def child(of: str, trial_id: str, status: str = "completed") -> str:
+        tags = {tracking.PARENT_RUN_ID_TAG: of, "trial_id": trial_id, "trial_status": status}
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        client.log_batch(run_id, params=[Param("lr", f"0.{trial_id}"), Param("layers", "2")])
+        return run_id
+
+    kept = [child(parent, "1"), child(parent, "2", "early_stopped")]
+    client.set_terminated(kept[0], "FINISHED")
+    child(parent, "3", tracking.RESEED)
+    client.delete_run(child(parent, "4"))
+    child(other, "5")
+    client.create_run(experiment, tags={tracking.PARENT_RUN_ID_TAG: parent})  # not a trial run
+
+    def as_found(records: list) -> dict:
+        return {r.run_id: (r.start_ms, r.end_ms, r.tags, r.params) for r in records}
+
+    assert tracking._sql_store(client) is not None
+    lean = as_found(tracking.trial_run_records(client, experiment, parent))
+    monkeypatch.setattr(tracking, "_sql_store", lambda client: None)
+    searched = as_found(tracking.trial_run_records(client, experiment, parent))
+    assert set(lean) == set(kept)
+    assert lean == searched
+    assert lean[kept[0]][1] is not None and lean[kept[1]][1] is None  # ended, still running
+    assert lean[kept[1]][3] == {"lr": "0.2", "layers": "2"}

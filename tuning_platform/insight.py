@@ -7,7 +7,8 @@ warm-started job, and written at every end of a job, a stopped one included.
 Importances are Optuna's fANOVA (`FanovaImportanceEvaluator`, seed 0: a random forest fitted to
 the trials, then the variance each parameter explains) over every trial that reported the
 metric, each scored by its best value, as the job ranks trials. Early-stopped trials count with
-the value they reached: that is what ASHA judged them on.
+the value they reached: that is what ASHA judged them on. A job of more than IMPORTANCE_TRIALS
+trials is estimated from a seeded sample of that many, with a smaller forest (see below).
 
 The pictures are plain matplotlib (installed with MLflow), PNGs of a fixed size that the MLflow
 UI's artifact viewer shows. An interactive HTML version would need plotly; not added.
@@ -81,6 +82,10 @@ def write_insight(spec: Spec, trials: list[RecordedTrial], tracker: JobTracker, 
 # 10,000 trials of a large job; on a sample of 1,000 about 18 s here, of 500 about 6 s, with
 # importances within 0.03 of the 1,000-trial ones (2 parameters, a 3,000-trial job).
 IMPORTANCE_TRIALS = 500
+# Trees of the forest: Optuna's default, and half of it on a sample. Measured on a 10,000-trial
+# job's samples of 500: 32 trees gave importances within 0.003 of 64 in 2.9 s instead of 6.4 s,
+# while drawing another sample moved them by 0.01.
+TREES, SAMPLED_TREES = 64, 32
 
 
 def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[str, float]:
@@ -92,7 +97,9 @@ def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[s
     from tuning_platform.study import distributions, fitting_params, quiet_optuna
 
     quiet_optuna()
+    trees = TREES
     if len(scored) > IMPORTANCE_TRIALS:
+        trees = SAMPLED_TREES
         logger.info(
             "note: parameter importances are estimated from %d of the %d trials, drawn at random",
             IMPORTANCE_TRIALS,
@@ -112,7 +119,7 @@ def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[s
     if len(study.trials) < 2:
         return {}
     try:
-        found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+        found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(n_trees=trees, seed=0))
     except (RuntimeError, ValueError) as err:  # e.g. every trial has the same value
         logger.info("note: no parameter importances: %s", err)
         return {}
@@ -189,6 +196,7 @@ def _axis_position(value: Any, domain: Any) -> float:
 
 def plot_parallel_coordinates(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> bytes | None:
     """One axis per searched parameter, one line per trial, coloured by its metric."""
+    import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
@@ -201,16 +209,17 @@ def plot_parallel_coordinates(spec: Spec, scored: list[tuple[RecordedTrial, floa
     values = [v for _, v in scored]
     norm = Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1e-9)
     cmap = colormaps["viridis" if spec.mode == "max" else "viridis_r"]
-    lines, colors = [], []
+    positions, shown = [], []
     # Best trials drawn last, on top.
     for trial, value in sorted(scored, key=lambda tv: tv[1] if spec.mode == "max" else -tv[1]):
         params = fitting_params(trial, spec) or {}
-        if len(params) != len(names):
-            continue
-        ys = [_axis_position(params[n], spec.search.space[n]) for n in names] + [norm(value)]
-        lines.append(list(enumerate(ys)))
-        colors.append(cmap(norm(value)))
-    _draw_lines(axes, lines, colors=colors, alpha=0.8, linewidths=1.2)
+        if len(params) == len(names):
+            positions.append([_axis_position(params[n], spec.search.space[n]) for n in names])
+            shown.append(value)
+    # One call of the norm for every trial: called per trial it took seconds for 10,000.
+    shades = np.asarray(norm(np.asarray(shown, dtype=float)), dtype=float)
+    lines = [list(enumerate([*ys, shade])) for ys, shade in zip(positions, shades, strict=True)]
+    _draw_lines(axes, lines, colors=cmap(shades), alpha=0.8, linewidths=1.2)
     labels = []
     for name in names:
         domain = spec.search.space[name]

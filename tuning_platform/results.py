@@ -3,7 +3,6 @@ trial, and the checkpoint of it that becomes the registered model."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from tuning_platform.spec import Spec
 
 if TYPE_CHECKING:
+    import pandas as pd
     from ray.train import Checkpoint, Result
     from ray.tune import ResultGrid
 
@@ -36,12 +36,7 @@ def read_trials(spec: Spec, results: ResultGrid) -> list[TrialRow]:
         history = result.metrics_dataframe
         trial_id = str(last.get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1])
         epochs = int(last.get("epoch", 0) or 0)
-        value = None
-        if history is not None and spec.metric in history:
-            series = history[spec.metric].dropna()
-            series = series[series.map(math.isfinite)]
-            if len(series):
-                value = float(series.max() if spec.mode == "max" else series.min())
+        value = best_of(history[spec.metric], spec.mode) if history is not None and spec.metric in history else None
         error = None
         if result.error is not None:
             status, error = "failed", last_error_text(str(result.error))
@@ -52,6 +47,18 @@ def read_trials(spec: Spec, results: ResultGrid) -> list[TrialRow]:
         params = {k: v for k, v in (result.config or {}).items() if k in spec.search.space}
         rows.append(TrialRow(trial_id, status, epochs, value, params, error))
     return rows
+
+
+def best_of(column: pd.Series, mode: str) -> float | None:
+    """The best finite value of a metric column; none when it has none. One numpy pass: per-row
+    pandas calls cost seconds over the 10,000 trials of a large job."""
+    import numpy as np
+
+    values = column.to_numpy(dtype=float, na_value=np.nan)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    return float(values.max() if mode == "max" else values.min())
 
 
 # Trials whose configuration is unstable: never the best, never learned from, never averaged.

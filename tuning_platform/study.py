@@ -53,26 +53,26 @@ class RecordedTrial:
 
 def recorded_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str) -> list[RecordedTrial]:
     """The trial runs of one job, oldest first, with the metric's history of each."""
-    from tuning_platform.tracking import RAY_RUN_TAG, metric_histories, search_trial_runs
+    from tuning_platform.tracking import RAY_RUN_TAG, metric_histories, trial_run_records
 
-    runs = search_trial_runs(client, experiment_id, parent_run_id)
-    histories = metric_histories(client, [run.info.run_id for run in runs], metric)
+    runs = trial_run_records(client, experiment_id, parent_run_id)
+    histories = metric_histories(client, [run.run_id for run in runs], metric)
     trials = []
     for run in runs:
-        tags = run.data.tags
+        tags = run.tags
         # A trial resumed from an older checkpoint may have logged an epoch twice: the last counts.
-        logged = sorted(histories[run.info.run_id], key=lambda m: (m.step, m.timestamp))
+        logged = sorted(histories[run.run_id], key=lambda m: (m.step, m.timestamp))
         per_epoch = {m.step: m.value for m in logged if math.isfinite(m.value)}
         trials.append(
             RecordedTrial(
                 trial_id=tags["trial_id"],
-                run_id=run.info.run_id,
+                run_id=run.run_id,
                 parent_run_id=parent_run_id,
                 status=tags.get("trial_status", "running"),
-                params=dict(run.data.params),
+                params=run.params,
                 history=sorted(per_epoch.items()),
-                start_ms=run.info.start_time or 0,
-                end_ms=run.info.end_time,
+                start_ms=run.start_ms,
+                end_ms=run.end_ms,
                 ray_run=tags.get(RAY_RUN_TAG, ""),
             )
         )
