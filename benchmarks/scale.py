@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
+import itertools
 import resource
 import statistics
 import sys
@@ -231,6 +232,13 @@ def trial_end_clock() -> Any:
     return TrialEnds()
 
 
+def rate_between(end_times: list[float], first: int, last: int) -> float:
+    """Trials per minute from the end of trial `first` (0: the first trial's end) to that of `last`."""
+    start = end_times[max(first - 1, 0)]
+    seconds = end_times[last - 1] - start
+    return (last - max(first, 1)) / seconds * 60 if seconds > 0 else float("nan")
+
+
 def memory_at(samples: list[tuple[float, float]], end_times: list[float], finished: int) -> float:
     """Resident memory at the first sample taken once `finished` trials had ended."""
     for at, gib in samples:
@@ -311,6 +319,10 @@ def growth(args, trials, seconds, started, samples, end_times, proposals, judged
     marks = sorted({m for m in (trials // 5, trials // 2, trials) if m})
     print("driver resident memory by trials finished: " + ", ".join(
         f"{m}: {memory_at(samples, end_times, m):.2f} GiB" for m in marks
+    ))  # fmt: skip
+    bounds = [0, *marks]
+    print("trials per minute between those marks: " + ", ".join(
+        f"{a}-{b}: {rate_between(end_times, a, b):.0f}" for a, b in itertools.pairwise(bounds) if b <= len(end_times)
     ))  # fmt: skip
     startup = min(10, trials)  # TPE's random start-up trials (Optuna's default), not TPE proposals
     window = max(1, min(PROPOSAL_WINDOW, (len(proposals) - startup) // 4))
