@@ -1,5 +1,6 @@
 """Tests import the project from this folder, installed or not (`pytest` from a fresh clone)."""
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -10,6 +11,11 @@ ROOT = Path(__file__).resolve().parent
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# Every Ray this process starts, not only a job's embedded one (`cluster.start_local_ray` says
+# why): fixtures and tests start many Rays in one process, and Ray 2.60 leaves each one's
+# metrics exporter running in it after `ray.shutdown()`.
+os.environ.setdefault("RAY_enable_metrics_collection", "0")
 
 
 @pytest.fixture(autouse=True)

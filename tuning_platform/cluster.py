@@ -151,10 +151,17 @@ def start_local_ray(cpus: int, dashboard: bool = False) -> None:
 
     Ray's default token authentication stays on; its usage statistics are off unless the user
     turned them on (`RAY_USAGE_STATS_ENABLED=1`): a tuning job does not call out by itself.
+    So are its metrics (`RAY_enable_metrics_collection=1` turns them on): nothing reads them
+    from a Ray that lives for one job, and Ray 2.60 leaves the driver's metrics exporter running
+    after `ray.shutdown()` (it tries every 10 s, with a new thread, to reach the stopped
+    cluster's agent; ray-project/ray#58952 mended part of it). A process that runs job after job
+    (a notebook, the test suite) gathers one per Ray; the test suite's process, with several of
+    them running, once died of a segmentation fault.
     """
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_enable_metrics_collection", "0")
     ray.init(
         address="local",
         num_cpus=cpus,
