@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -85,22 +85,29 @@ def rss_gib() -> float:
 
 
 @contextmanager
-def sampled_memory(every_s: float = 1.0) -> Iterator[list[tuple[float, float]]]:
-    """(wall time, resident GiB) of this process every `every_s` seconds while inside."""
-    samples: list[tuple[float, float]] = []
+def in_background(work: Callable[[threading.Event], None]) -> Iterator[None]:
+    """`work(done)` on a daemon thread while inside; `done` is set on the way out."""
     done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(every_s):
-            samples.append((time.time(), rss_gib()))
-
-    thread = threading.Thread(target=sample, daemon=True)
+    thread = threading.Thread(target=work, args=(done,), daemon=True)
     thread.start()
     try:
-        yield samples
+        yield
     finally:
         done.set()
         thread.join()
+
+
+@contextmanager
+def sampled_memory(every_s: float = 1.0) -> Iterator[list[tuple[float, float]]]:
+    """(wall time, resident GiB) of this process every `every_s` seconds while inside."""
+    samples: list[tuple[float, float]] = []
+
+    def sample(done: threading.Event) -> None:
+        while not done.wait(every_s):
+            samples.append((time.time(), rss_gib()))
+
+    with in_background(sample):
+        yield samples
 
 
 @contextmanager
@@ -190,22 +197,16 @@ def census_at(proposals: list[float], marks: tuple[int, ...]) -> Iterator[list[C
     """An object census as soon as each of `marks` proposals have been made: the last mark is
     the job's last trial, so Tune's end (its result grid) and the platform's are not counted."""
     taken: list[Counter[str]] = []
-    done = threading.Event()
 
-    def watch() -> None:
+    def watch(done: threading.Event) -> None:
         for mark in marks:
             while len(proposals) < mark:
                 if done.wait(0.5):
                     return
             taken.append(object_census())
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
+    with in_background(watch):
         yield taken
-    finally:
-        done.set()
-        thread.join()
 
 
 def print_census(taken: list[Counter[str]], marks: tuple[int, ...], top: int = 15) -> None:

@@ -116,11 +116,12 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, sta
 
 def search_trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Any]:
     """The runs of one job's search trials: its trial runs, less the reseeded runs of `selection`."""
-    return [
-        run
-        for run in child_runs(client, experiment_id, parent_run_id)
-        if "trial_id" in run.data.tags and run.data.tags.get("trial_status") != RESEED
-    ]
+    return [run for run in child_runs(client, experiment_id, parent_run_id) if _is_search_trial(run.data.tags)]
+
+
+def _is_search_trial(tags: dict[str, str]) -> bool:
+    """A child run made for a trial of the search (not a reseeded run of `selection`)."""
+    return "trial_id" in tags and tags.get("trial_status") != RESEED
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ def trial_run_records(client: MlflowClient, experiment_id: str, parent_run_id: s
     return [
         TrialRunRecord(run_id, start or 0, end, tags[run_id], params[run_id])
         for run_id, start, end in runs
-        if "trial_id" in tags[run_id] and tags[run_id].get("trial_status") != RESEED
+        if _is_search_trial(tags[run_id])
     ]
 
 
