@@ -93,6 +93,39 @@ def test_a_resumed_trial_that_mlflow_saw_finish_logs_each_epoch_once(tmp_path):
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "score")) == [1, 2, 3]
 
 
+def test_a_resumed_trial_gets_the_epochs_a_killed_driver_had_not_yet_written_from_ray_s_record(tmp_path):
+    """A driver killed while a trial's results waited in its writer: Ray had saved the trial's
+    checkpoint of epoch 3, MLflow has epoch 1 only. The resumed trial goes on at epoch 4; epochs
+    2 and 3 come from the trial's `result.json` (the last report of an epoch counts; a line the
+    kill cut short is skipped), so the run has every epoch once."""
+    import json
+
+    tracker, callback = _job(tmp_path)
+    trial = FakeTrial(trial_id="a", config={"lr": 0.1}, last_result={}, local_path=str(tmp_path / "trial_a"))
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {"epoch": 1, "score": 0.1, "timestamp": 1000})
+    callback.writer.flush(timeout=30)
+    (tmp_path / "trial_a").mkdir()
+    reports = [(1, 0.1), (2, 0.15), (2, 0.2), (3, 0.3)]  # epoch 2 reported twice: an earlier restore
+    lines = [json.dumps({"epoch": e, "score": v, "timestamp": 1000 + e}) for e, v in reports]
+    (tmp_path / "trial_a" / "result.json").write_text("\n".join(lines) + '\n{"epoch": 4, "sco')
+
+    resumed = tracker.trial_callback("score", max_t=5)
+    resumed.setup()
+    resumed.on_trial_start(0, [], trial)
+    for epoch in (4, 5):
+        result = {"epoch": epoch, "score": epoch / 10, "timestamp": time.time()}
+        resumed.on_trial_result(0, [], trial, result)
+        trial.last_result = result
+    resumed.on_trial_complete(0, [], trial)
+    resumed.on_experiment_end([])
+    client = MlflowClient(tracker.tracking_uri)
+    (run,) = client.search_runs([tracker.experiment_id], filter_string="tags.trial_id = 'a'")
+    history = sorted(client.get_metric_history(run.info.run_id, "score"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4), (5, 0.5)]
+    assert history[1].timestamp == 1002 * 1000  # when the trial reported it, from Ray's record
+
+
 def test_a_slow_store_does_not_hold_up_the_callback_and_results_are_merged(tmp_path):
     tracker, callback = _job(tmp_path)
     calls: list[str] = []

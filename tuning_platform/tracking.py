@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
@@ -726,11 +727,40 @@ class TrialRunsCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if trial.trial_id not in self._known:
             return
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if step <= self._logged_until.get(trial.trial_id, 0):
-            return
+        step = _step(result)
+        if trial.trial_id in self._logged_until:  # a trial of the job this one resumes
+            logged = self._logged_until[trial.trial_id]
+            if step <= logged:
+                return
+            if step > logged + 1:
+                self._log_missed(trial, logged, step)
+            self._logged_until[trial.trial_id] = step
         # When the driver got it, in ms: Tune's own `timestamp` is whole seconds.
-        timestamp = int(time.time() * 1000)
+        self._log_result(trial, result, step, int(time.time() * 1000))
+
+    def _log_missed(self, trial: Any, logged: int, step: int) -> None:
+        """The epochs between the last one MLflow has and the first of a resumed trial: results
+        the killed driver had from the trial but had not yet written (its writer lets writes
+        gather for LINGER_S), while Ray had saved the checkpoint after them, so they never come
+        again. Ray's own record of every result, the trial's `result.json` (flushed per result by
+        Tune's JSON logger, restored from storage when the trial starts again), has them."""
+        missed: dict[int, dict[str, Any]] = {}
+        try:
+            lines = (Path(trial.local_path) / "result.json").read_text().splitlines()
+        except (AttributeError, OSError):
+            lines = []
+        for line in lines:
+            try:
+                result = json.loads(line)
+            except ValueError:  # a line the kill cut short
+                continue
+            if isinstance(result, dict) and logged < _step(result) < step:
+                missed[_step(result)] = result  # the last report of an epoch is the one kept
+        for epoch in sorted(missed):
+            result = missed[epoch]
+            self._log_result(trial, result, epoch, int(float(result.get("timestamp", time.time())) * 1000))
+
+    def _log_result(self, trial: Any, result: dict, step: int, timestamp: int) -> None:
         metrics = result_metrics(result)
         if is_diverged(result, self.metric):
             # The search was told the worst possible value; the run keeps what the trial said.
@@ -744,7 +774,7 @@ class TrialRunsCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        epochs = int(last.get("epoch", last.get("training_iteration", 0)) or 0)
+        epochs = _step(last)
         status = finished_status(last, self.metric, self.max_t)
         # A reseeded run stays `reseed`, so it never counts as a trial of the search.
         tags = [RunTag("trial_status", RESEED if self.reseed else status), RunTag("epochs_run", str(epochs))]
@@ -812,6 +842,11 @@ def compact_number(value: Any) -> str:
             return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
         return f"{value:.3g}"
     return str(value)
+
+
+def _step(result: dict[str, Any]) -> int:
+    """The epoch a result reports (Tune's iteration for a trainable that names none)."""
+    return int(result.get("epoch", result.get("training_iteration", 0)) or 0)
 
 
 def _mark_running(client: MlflowClient, run_id: str) -> None:
