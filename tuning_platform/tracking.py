@@ -744,9 +744,11 @@ class TrialRunsCallback(Callback):
         gather for LINGER_S), while Ray had saved the checkpoint after them, so they never come
         again. Ray's own record of every result, the trial's `result.json` (flushed per result by
         Tune's JSON logger, restored from storage when the trial starts again), has them."""
+        from ray.tune.result import EXPR_RESULT_FILE
+
         missed: dict[int, dict[str, Any]] = {}
         try:
-            lines = (Path(trial.local_path) / "result.json").read_text().splitlines()
+            lines = (Path(trial.local_path) / EXPR_RESULT_FILE).read_text().splitlines()
         except (AttributeError, OSError):
             lines = []
         for line in lines:
@@ -754,8 +756,9 @@ class TrialRunsCallback(Callback):
                 result = json.loads(line)
             except ValueError:  # a line the kill cut short
                 continue
-            if isinstance(result, dict) and logged < _step(result) < step:
-                missed[_step(result)] = result  # the last report of an epoch is the one kept
+            epoch = _step(result) if isinstance(result, dict) else 0
+            if logged < epoch < step:
+                missed[epoch] = result  # the last report of an epoch is the one kept
         for epoch in sorted(missed):
             result = missed[epoch]
             self._log_result(trial, result, epoch, int(float(result.get("timestamp", time.time())) * 1000))
