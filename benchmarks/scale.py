@@ -111,25 +111,32 @@ def sampled_memory(every_s: float = 1.0) -> Iterator[list[tuple[float, float]]]:
 
 
 @contextmanager
+def clocked(owner: Any, name: str, record: Callable[[float, float], None]) -> Iterator[None]:
+    """`owner.name` wrapped while inside: after each call, `record(started, ended)` (wall clock)."""
+    original = getattr(owner, name)
+
+    def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the wrapped callable's own
+        started = time.time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            record(started, time.time())
+
+    setattr(owner, name, timed)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+@contextmanager
 def timed_proposals() -> Iterator[list[float]]:
     """Seconds of each `OptunaSearch.suggest` call made in this process (the driver's)."""
     from ray.tune.search.optuna import OptunaSearch
 
     seconds: list[float] = []
-    original = OptunaSearch.suggest
-
-    def suggest(self, trial_id):  # noqa: ANN001 - Tune's own signature
-        started = time.perf_counter()
-        try:
-            return original(self, trial_id)
-        finally:
-            seconds.append(time.perf_counter() - started)
-
-    OptunaSearch.suggest = suggest
-    try:
+    with clocked(OptunaSearch, "suggest", lambda started, ended: seconds.append(ended - started)):
         yield seconds
-    finally:
-        OptunaSearch.suggest = original
 
 
 # The steps of a job after its trials, timed where `run_job` calls them (module, function).
@@ -143,31 +150,19 @@ END_STEPS = (
 
 
 @contextmanager
-def timed_end_steps() -> Iterator[dict[str, float]]:
-    """(step -> finished at, seconds) of the steps of the job's end, timed in this process.
+def timed_end_steps() -> Iterator[dict[str, tuple[float, float]]]:
+    """(step -> started, ended) of the steps of the job's end, timed in this process.
     `fit` is the whole Tune run: only its end (after the last trial) belongs to the job's end."""
     import importlib
 
     spans: dict[str, tuple[float, float]] = {}
-    originals = []
-    for module_name, name in END_STEPS:
-        module = importlib.import_module(module_name)
-        original = getattr(module, name)
-        originals.append((module, name, original))
-
-        def timed(*args, __original=original, __name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            started = time.time()
-            try:
-                return __original(*args, **kwargs)
-            finally:
-                spans[__name] = (started, time.time())
-
-        setattr(module, name, timed)
-    try:
+    with contextlib.ExitStack() as stack:
+        for module_name, name in END_STEPS:
+            module = importlib.import_module(module_name)
+            stack.enter_context(
+                clocked(module, name, lambda started, ended, step=name: spans.update({step: (started, ended)}))
+            )
         yield spans
-    finally:
-        for module, name, original in originals:
-            setattr(module, name, original)
 
 
 def print_end_steps(spans: dict[str, tuple[float, float]], last_end: float, returned: float) -> None:
