@@ -148,6 +148,22 @@ def test_a_slow_store_does_not_hold_up_the_callback_and_results_are_merged(tmp_p
     assert sorted(steps) == list(range(1, 21))
 
 
+def test_a_flush_does_not_wait_for_writes_to_gather(tmp_path, monkeypatch):
+    # The writer lets a trial's epochs gather for LINGER_S; the end of a job must not wait it out.
+    monkeypatch.setattr(tracking, "LINGER_S", 60.0)
+    tracker, callback = _job(tmp_path)
+    trial = FakeTrial(trial_id="quick", config={"lr": 0.1}, last_result={})
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {"epoch": 1, "score": 0.5})
+    started = time.perf_counter()
+    assert callback.writer.flush(timeout=30)
+    assert time.perf_counter() - started < 30
+    run = MlflowClient(tracker.tracking_uri).search_runs(
+        [tracker.experiment_id], filter_string="tags.trial_id = 'quick'"
+    )[0]
+    assert run.data.metrics["score"] == 0.5
+
+
 def test_the_job_sees_every_queued_write_before_it_closes_the_trial_runs(tmp_path):
     # A second Ctrl-C: Tune never calls on_experiment_end, the job closes the runs itself.
     tracker, callback = _job(tmp_path)
