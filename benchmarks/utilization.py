@@ -10,9 +10,11 @@ fixed architecture and batch size, so every trial does the same work: 5 epochs o
 seeded random learning rates, no early stopping, no model registration. In-trial training time
 is what the training loop itself measures per epoch (`compute_s`: training and evaluation,
 without checkpointing or reporting), read back from the trials' MLflow runs.
-Utilization = that sum / (job wall time x concurrent slots).
-Target: at least 0.85. The per-trial overhead is the rest of the slots' time per trial. The same
-trials through plain Ray Tune (no tracking, same actor reuse) run first, as the reference.
+Utilization = that sum / (job wall time x concurrent slots). The per-trial overhead is the rest
+of the slots' time per trial. The same trials through plain Ray Tune (no tracking, same actor
+reuse) run first, as the reference.
+Targets (issue 16): at least plain Ray Tune's figure of the same run, at any number of trials;
+and at least 0.90 for a job of 120 trials or more.
 
 A job pays a fixed start-up before its first trial trains (Ray Tune's placement groups, actor
 processes importing torch; about 6 s here, for plain Ray Tune as much), then a small cost per
@@ -39,7 +41,8 @@ from benchmarks.common import (
 )
 from trainables.loop import COMPUTE_TIME_KEY
 
-TARGET = 0.85
+# A job this long is mostly its per-trial cost; it must keep TARGET of the slots' time training.
+LONG_JOB, TARGET = 120, 0.90
 
 
 def trial_settings(trials: int, epochs: int) -> list[str]:
@@ -113,7 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         f"platform from the first trial's start to the last trial's end: utilization "
         f"{training_s / trials_slot_s:.3f}, overhead {steady_overhead_ms:.0f} ms/trial"
     )
-    ok = verdict("slot utilization", utilization, TARGET, at_most=False, smoke=args.smoke)
+    ok = verdict(
+        "slot utilization, against plain Ray Tune's",
+        utilization,
+        round(plain_utilization, 3),
+        at_most=False,
+        smoke=args.smoke,
+    )
+    if args.trials >= LONG_JOB:
+        ok &= verdict(f"slot utilization of {LONG_JOB} trials or more", utilization, TARGET, at_most=False)
     return 0 if ok or args.smoke else 1
 
 
