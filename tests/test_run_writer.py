@@ -11,6 +11,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
@@ -97,17 +98,22 @@ def test_a_resumed_trial_gets_the_epochs_a_killed_driver_had_not_yet_written_fro
     """A driver killed while a trial's results waited in its writer: Ray had saved the trial's
     checkpoint of epoch 3, MLflow has epoch 1 only. The resumed trial goes on at epoch 4; epochs
     2 and 3 come from the trial's `result.json` (the last report of an epoch counts; a line the
-    kill cut short is skipped), so the run has every epoch once."""
+    kill cut short is skipped), so the run has every epoch once, in order."""
     import json
 
     tracker, callback = _job(tmp_path)
     trial = FakeTrial(trial_id="a", config={"lr": 0.1}, last_result={}, local_path=str(tmp_path / "trial_a"))
     callback.on_trial_start(0, [], trial)
-    callback.on_trial_result(0, [], trial, {"epoch": 1, "score": 0.1, "timestamp": 1000})
     callback.writer.flush(timeout=30)
+    # The killed driver wrote epoch 1 ten seconds ago, with its millisecond clock; Ray's
+    # `timestamp` is whole seconds: epoch 2 came in the same second, epoch 3 five seconds later.
+    reported = int(time.time()) - 10
+    epoch_1 = Metric("score", 0.1, reported * 1000 + 500, 1)
+    MlflowClient(tracker.tracking_uri).log_batch(callback.writer.run_ids["a"], metrics=[epoch_1])
     (tmp_path / "trial_a").mkdir()
-    reports = [(1, 0.1), (2, 0.15), (2, 0.2), (3, 0.3)]  # epoch 2 reported twice: an earlier restore
-    lines = [json.dumps({"epoch": e, "score": v, "timestamp": 1000 + e}) for e, v in reports]
+    # Epoch 2 reported twice: an earlier restore.
+    reports = [(1, 0.1, reported), (2, 0.15, reported), (2, 0.2, reported), (3, 0.3, reported + 5)]
+    lines = [json.dumps({"epoch": e, "score": v, "timestamp": t}) for e, v, t in reports]
     (tmp_path / "trial_a" / "result.json").write_text("\n".join(lines) + '\n{"epoch": 4, "sco')
 
     resumed = tracker.trial_callback("score", max_t=5)
@@ -121,9 +127,10 @@ def test_a_resumed_trial_gets_the_epochs_a_killed_driver_had_not_yet_written_fro
     resumed.on_experiment_end([])
     client = MlflowClient(tracker.tracking_uri)
     (run,) = client.search_runs([tracker.experiment_id], filter_string="tags.trial_id = 'a'")
-    history = sorted(client.get_metric_history(run.info.run_id, "score"), key=lambda m: m.step)
+    history = client.get_metric_history(run.info.run_id, "score")  # MLflow's order: by time
     assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4), (5, 0.5)]
-    assert history[1].timestamp == 1002 * 1000  # when the trial reported it, from Ray's record
+    assert history[1].timestamp == epoch_1.timestamp + 1  # kept after epoch 1
+    assert history[2].timestamp == (reported + 5) * 1000  # when the trial reported it, from Ray's record
 
 
 def test_a_slow_store_does_not_hold_up_the_callback_and_results_are_merged(tmp_path):

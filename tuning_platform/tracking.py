@@ -673,6 +673,8 @@ class TrialRunsCallback(Callback):
         # The last step already logged per trial, for child runs of a resumed job: a trial
         # resumed from an earlier checkpoint repeats epochs MLflow already has.
         self._logged_until: dict[str, int] = {}
+        # And when MLflow has its last one (ms): epochs written later never go before it.
+        self._logged_at: dict[str, int] = {}
         self._placed: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -681,6 +683,7 @@ class TrialRunsCallback(Callback):
             "_writer": None,
             "_known": set(),
             "_logged_until": {},
+            "_logged_at": {},
             "_placed": set(),
             "_numbered": 0,
         }
@@ -704,7 +707,9 @@ class TrialRunsCallback(Callback):
                 self._known.add(trial_id)
                 # Finished runs too: after a kill, the state Ray saved last can be older than the
                 # trial's end, and then the trial runs its last epochs again.
-                self._logged_until[trial_id] = max((m.step for m in histories[run.info.run_id]), default=0)
+                history = histories[run.info.run_id]
+                self._logged_until[trial_id] = max((m.step for m in history), default=0)
+                self._logged_at[trial_id] = max((m.timestamp for m in history), default=0)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self._known:  # resumed or retried: the same child run goes on
@@ -771,9 +776,14 @@ class TrialRunsCallback(Callback):
             epoch = _step(result) if isinstance(result, dict) else 0
             if logged < epoch < step:
                 missed[epoch] = result  # the last report of an epoch is the one kept
+        # Ray's `timestamp` is whole seconds, so an epoch read here can seem older than the one
+        # before it, which the killed driver wrote with its millisecond clock; MLflow orders a
+        # metric's history by time, so each is kept after the last one MLflow has.
+        after = self._logged_at.get(trial.trial_id, 0)
         for epoch in sorted(missed):
             result = missed[epoch]
-            self._log_result(trial, result, epoch, int(float(result.get("timestamp", time.time())) * 1000))
+            after = max(int(float(result.get("timestamp", time.time())) * 1000), after + 1)
+            self._log_result(trial, result, epoch, after)
 
     def _log_result(self, trial: Any, result: dict, step: int, timestamp: int) -> None:
         metrics = result_metrics(result)
