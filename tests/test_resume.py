@@ -112,11 +112,12 @@ def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen, tmp_pat
         runs = client.search_runs([experiment.experiment_id])
         parent = next((r for r in runs if "mlflow.parentRunId" not in r.data.tags), None)
         children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-        # Three epochs left, so that a Ctrl-C lands before the trial ends on its own.
+        # Four epochs left as MLflow shows it, which is up to a second (the run writer's
+        # gathering) behind the trial: a Ctrl-C lands before the trial ends on its own.
         mid_way = {
             r.data.tags["trial_id"]
             for r in children
-            if r.info.status == "RUNNING" and 1 <= r.data.metrics.get("epoch", 0) <= EPOCHS - 3
+            if r.info.status == "RUNNING" and 1 <= r.data.metrics.get("epoch", 0) <= EPOCHS - 4
         }
         if parent is None or not mid_way or not any(r.info.status == "FINISHED" for r in children):
             continue
