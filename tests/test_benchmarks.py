@@ -94,12 +94,26 @@ def test_search_compares_tpe_asha_with_random_fifo(smoke):
     assert re.search(rf"^{VERDICT}epoch share of TPE\+ASHA, mean {NUMBER} \(target <= 0.4\)$", out, re.M)
 
 
-def test_scale_checks_one_child_run_per_trial(smoke):
-    out = smoke("scale")
+def test_scale_checks_one_child_run_per_trial_and_follows_plain_ray_tune_the_same_way(smoke):
+    out = smoke("scale", "--census")
     assert "MLflow: 40 child runs for 40 trials, 40 FINISHED, most per trial: 1" in out, out[-2000:]
     assert "PASS: every trial completed with exactly one FINISHED child run" in out
     assert re.search(rf"^{VERDICT}trials per minute {NUMBER} \(target >= 300\)$", out, re.M)
     assert re.search(rf"^{VERDICT}driver peak memory {NUMBER} GiB \(target <= 1.5 GiB\)$", out, re.M)
+    assert re.search(r"^end of the job by step: Tune's end \(fit after the last trial\) \d", out, re.M), out[-2000:]
+    # The census: what the driver gained between the marks, most first, the dicts of Tune's trials among them.
+    header = r"^objects the driver gained from proposal 8 to proposal 40 \(count, type\):\n"
+    census = re.search(header + r"((?:\s+[\d,]+  \S+\n)+)", out, re.M)
+    assert census, out[-2000:]
+    counts = [int(line.split()[0].replace(",", "")) for line in census.group(1).splitlines()]
+    assert counts == sorted(counts, reverse=True) and "builtins.dict" in census.group(1)
+
+    # The same trials through plain Ray Tune, followed the same way, without verdicts.
+    plain = smoke("scale", "--plain")
+    assert re.search(r"^40 trials \(0 errored\) in \d+\.\d s: \d+ trials/min$", plain, re.M), plain[-2000:]
+    assert re.search(r"^TPE proposal time: .*; 40 proposals$", plain, re.M)
+    assert re.search(r"^driver resident memory by trials finished: 8: \d", plain, re.M)
+    assert "PASS" not in plain and "FALLS SHORT" not in plain and "MLflow" not in plain
 
 
 def test_fractional_gpu_says_when_there_is_no_gpu(smoke):
