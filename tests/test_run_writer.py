@@ -171,6 +171,24 @@ def test_a_flush_does_not_wait_for_writes_to_gather(tmp_path, monkeypatch):
     assert run.data.metrics["score"] == 0.5
 
 
+def test_a_trial_run_has_the_trial_s_start_and_end_times_not_the_writer_s(tmp_path):
+    tracker, callback = _job(tmp_path)
+    _slow_writes(callback.writer.client, 0.5, [])  # each write sent half a second late
+    trial = FakeTrial(trial_id="timed", config={"lr": 0.1}, last_result={})
+    started_ms = time.time() * 1000
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_result(0, [], trial, {"epoch": 1, "score": 0.5})
+    trial.last_result = {"epoch": 1, "score": 0.5}
+    ended_ms = time.time() * 1000
+    callback.on_trial_complete(0, [], trial)
+    callback.on_experiment_end([])
+    (run,) = MlflowClient(tracker.tracking_uri).search_runs(
+        [tracker.experiment_id], filter_string="tags.trial_id = 'timed'"
+    )
+    assert 0 <= run.info.start_time - int(started_ms) < 250
+    assert 0 <= run.info.end_time - int(ended_ms) < 250
+
+
 def test_the_job_sees_every_queued_write_before_it_closes_the_trial_runs(tmp_path):
     # A second Ctrl-C: Tune never calls on_experiment_end, the job closes the runs itself.
     tracker, callback = _job(tmp_path)

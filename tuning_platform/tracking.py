@@ -727,6 +727,9 @@ class TrialRunsCallback(Callback):
             tags.update({"trial_status": RESEED, RESEED_OF_TAG: source})
             run_name = f"{run_name} seed={trial.config.get('seed')} (reseed of {source})"
         params = [Param(k, v) for k, v in trial_params(trial.config).items()]
+        # The run's clock is the trial's, not the writer's, which sends it up to LINGER_S later
+        # (or after a tracking server's outage).
+        started_ms = int(time.time() * 1000)
         tries: list[int] = []
         this_run = f"tags.trial_id = '{trial_id}' and tags.`{PARENT_RUN_ID_TAG}` = '{self.parent_run_id}'"
 
@@ -736,7 +739,7 @@ class TrialRunsCallback(Callback):
                 if made:
                     return made[0].info.run_id
             tries.append(1)
-            return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            return client.create_run(experiment_id, start_time=started_ms, run_name=run_name, tags=tags).info.run_id
 
         self.writer.create(trial_id, make)
         self.writer.log(trial_id, params=params)
@@ -816,8 +819,9 @@ class TrialRunsCallback(Callback):
     def _end(self, trial_id: str, tags: list[RunTag], status: str) -> None:
         """A trial run's last record, as `end_run` writes it: the outcome tags (in the batch
         with its last results), then its MLflow status."""
+        ended_ms = int(time.time() * 1000)
         self.writer.log(trial_id, tags=tags)
-        self.writer.update(trial_id, lambda client, run_id: client.set_terminated(run_id, status))
+        self.writer.update(trial_id, lambda client, run_id: client.set_terminated(run_id, status, end_time=ended_ms))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         writer = self.writer
