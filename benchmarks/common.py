@@ -151,6 +151,25 @@ def run_plain_tune(request: Any, callbacks: Sequence[Any] = ()) -> tuple[Any, fl
     return results, time.perf_counter() - started
 
 
+def trial_clock() -> Any:
+    """A Tune callback that notes when each trial starts and ends (driver time.time()): plain
+    Ray Tune has no child runs to read it from."""
+    from ray.tune import Callback
+
+    class TrialClock(Callback):
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+            self.ends: list[float] = []
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001 - Tune's signature
+            self.starts.append(time.time())
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001 - Tune's signature
+            self.ends.append(time.time())
+
+    return TrialClock()
+
+
 def spread(values: Sequence[float]) -> str:
     """`mean (min..max)` of a few measurements."""
     if len(values) == 1:

@@ -51,6 +51,7 @@ from benchmarks.common import (
     ray_running,
     run_plain_tune,
     run_platform,
+    trial_clock,
     verdict,
     workdir,
 )
@@ -214,20 +215,6 @@ def print_census(taken: list[Counter[str]], marks: tuple[int, ...], top: int = 1
         print(f"  {count:>9,}  {name}")
 
 
-def trial_end_clock() -> Any:
-    """A Tune callback that notes when each trial ends: plain Ray Tune has no child runs to read it from."""
-    from ray.tune import Callback
-
-    class TrialEnds(Callback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001 - Tune's signature
-            self.times.append(time.time())
-
-    return TrialEnds()
-
-
 def rate_between(end_times: list[float], first: int, last: int) -> float:
     """Trials per minute from the end of trial `first` (0: the first trial's end) to that of `last`."""
     start = end_times[max(first - 1, 0)]
@@ -264,14 +251,14 @@ def main(argv: list[str] | None = None) -> int:
             census = stack.enter_context(census_at(proposals, marks)) if args.census else None
             started = time.time()
             if args.plain:
-                ends = trial_end_clock()
-                results, seconds = run_plain_tune(request, [ends])
+                clock = trial_clock()
+                results, seconds = run_plain_tune(request, [clock])
             else:
                 outcome, seconds = run_platform(request)
         if census is not None:
             print_census(census, marks)
         if args.plain:
-            return plain_reference(args, results, seconds, started, samples, sorted(ends.times), proposals)
+            return plain_reference(args, results, seconds, started, samples, sorted(clock.ends), proposals)
         client = open_client(request.tracking_uri)
         runs = child_runs(client, outcome.experiment_id, outcome.parent_run_id)
     peak = peak_rss_gib()

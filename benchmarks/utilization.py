@@ -19,12 +19,15 @@ and at least 0.90 for a job of 120 trials or more.
 A job pays a fixed start-up before its first trial trains (Ray Tune's placement groups, actor
 processes importing torch; about 6 s here, for plain Ray Tune as much), then a small cost per
 trial. The whole-job figure therefore depends on the number of trials: the default, 120, is a
-job long enough that the figure is mostly the per-trial cost; the script prints both parts.
+job long enough that the figure is mostly the per-trial cost. The script prints, for both
+variants, the time before the first trial started, the trials (first start to last end) and
+after the last trial ended, and the utilization of the trials' span alone.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 from benchmarks.common import (
     SPECS,
@@ -36,6 +39,7 @@ from benchmarks.common import (
     run_plain_tune,
     run_platform,
     same_trials,
+    trial_clock,
     verdict,
     workdir,
 )
@@ -67,16 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     with workdir(args.workdir) as folder, ray_running(args.cpus):
         # The same trials through Ray Tune alone first: the ceiling this machine allows.
         plain = job_request(SPECS / "fraud.yaml", settings, folder, "utilization-plain")
-        results, plain_wall_s = run_plain_tune(plain)
+        clock = trial_clock()
+        plain_started = time.time()
+        results, plain_wall_s = run_plain_tune(plain, [clock])
         plain_training_s = sum(float(r.metrics_dataframe[COMPUTE_TIME_KEY].sum()) for r in results)
 
         request = job_request(SPECS / "fraud.yaml", settings, folder, "utilization")
         create_store(request.tracking_uri)
+        started = time.time()
         outcome, wall_s = run_platform(request)
         client = open_client(request.tracking_uri)
         runs = child_runs(client, outcome.experiment_id, outcome.parent_run_id)
         per_trial = [sum(m.value for m in client.get_metric_history(run.info.run_id, COMPUTE_TIME_KEY)) for run in runs]
-        parent = client.get_run(outcome.parent_run_id).info
     if outcome.best is None or len(per_trial) != args.trials:
         print(f"error: the job ended without a best trial and {len(per_trial)} trial runs", file=sys.stderr)
         return 1
@@ -100,22 +106,21 @@ def main(argv: list[str] | None = None) -> int:
         f"platform training per trial: {training_s / len(per_trial):.2f} s "
         f"(min {min(per_trial):.2f}, max {max(per_trial):.2f})"
     )
-    # Where the platform job's wall time went, from its runs' own clocks (ms).
-    first_start = min(run.info.start_time for run in runs)
-    last_end = max(run.info.end_time for run in runs)
-    print(
-        f"platform phases: before the parent run {wall_s - (parent.end_time - parent.start_time) / 1000:.1f} s, "
-        f"parent start to first trial run {(first_start - parent.start_time) / 1000:.1f} s, "
-        f"trials {(last_end - first_start) / 1000:.1f} s, "
-        f"last trial to job end {(parent.end_time - last_end) / 1000:.1f} s"
-    )
-    # Without the job's start (Tune's set-up and the first actors): what each further trial costs.
-    trials_slot_s = (last_end - first_start) / 1000 * slots
-    steady_overhead_ms = (trials_slot_s - training_s) / len(per_trial) * 1000
-    print(
-        f"platform from the first trial's start to the last trial's end: utilization "
-        f"{training_s / trials_slot_s:.3f}, overhead {steady_overhead_ms:.0f} ms/trial"
-    )
+    # Where each job's wall time went: before its first trial started, the trials, after the
+    # last one ended. The platform's trial clocks are its child runs' (the trial callback's
+    # times), plain Ray Tune's those of a Tune callback.
+    run_starts, run_ends = [r.info.start_time / 1000 for r in runs], [r.info.end_time / 1000 for r in runs]
+    phases = {
+        "platform": (started, run_starts, run_ends, wall_s, training_s),
+        "plain Ray Tune": (plain_started, clock.starts, clock.ends, plain_wall_s, plain_training_s),
+    }
+    print(f"{'phases, s':<16} {'to 1st trial':>12} {'trials':>7} {'after last':>10} {'utilization of the trials':>26}")
+    for name, (began, starts, ends, wall, trained) in phases.items():
+        trials_s = max(ends) - min(starts)
+        print(
+            f"{name:<16} {min(starts) - began:12.1f} {trials_s:7.1f} {began + wall - max(ends):10.1f} "
+            f"{trained / (trials_s * slots):26.3f}"
+        )
     ok = verdict(
         "slot utilization, against plain Ray Tune's",
         utilization,

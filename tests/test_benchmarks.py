@@ -82,6 +82,12 @@ def test_utilization_reads_training_time_back_from_mlflow(smoke):
     assert plain and judged, out[-2000:]
     assert float(judged.group("target")) == float(plain.group(1))
     assert "120 trials or more" not in out
+    # Where each job's time went: start-up, trials, end; plain Ray Tune's from a Tune callback.
+    for variant in ("platform", "plain Ray Tune"):
+        phases = re.search(rf"^{variant}\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})\s+({NUMBER})$", out, re.M)
+        assert phases, out[-2000:]
+        startup, trials, end, _ = (float(phases.group(i)) for i in (1, 2, 3, 4))
+        assert startup > 0 and trials > 0 and end >= 0
 
 
 def test_search_compares_tpe_asha_with_random_fifo(smoke):
