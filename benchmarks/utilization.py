@@ -32,6 +32,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,20 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{slots} slots on {args.cpus} CPUs, {args.rounds} round(s)"
     )
     print(f"{'':<16} {'wall s':>7} {'training s':>10} {'utilization':>11} {'overhead ms/trial':>17}")
-    for round_no in range(args.rounds):
-        for name in (PLATFORM, PLAIN):
-            run = runs[name][round_no]
-            print(
-                f"{name:<16} {run.wall_s:7.1f} {run.training_s:10.1f} {run.utilization(slots):11.3f} "
-                f"{run.overhead_ms(slots):17.0f}"
-            )
+    for name, run in in_rounds(runs):
+        print(
+            f"{name:<16} {run.wall_s:7.1f} {run.training_s:10.1f} {run.utilization(slots):11.3f} "
+            f"{run.overhead_ms(slots):17.0f}"
+        )
     # Where each job's wall time went. The platform's trial clocks are its child runs' (the
     # trial callback's times), plain Ray Tune's those of a Tune callback.
     print(f"{'phases, s':<16} {'to 1st trial':>12} {'trials':>7} {'after last':>10} {'utilization of the trials':>26}")
-    for round_no in range(args.rounds):
-        for name in (PLATFORM, PLAIN):
-            before, trials_s, after, of_trials = runs[name][round_no].phases(slots)
-            print(f"{name:<16} {before:12.1f} {trials_s:7.1f} {after:10.1f} {of_trials:26.3f}")
+    for name, run in in_rounds(runs):
+        before, trials_s, after, of_trials = run.phases(slots)
+        print(f"{name:<16} {before:12.1f} {trials_s:7.1f} {after:10.1f} {of_trials:26.3f}")
     utilization = statistics.median(run.utilization(slots) for run in runs[PLATFORM])
     plain_utilization = statistics.median(run.utilization(slots) for run in runs[PLAIN])
     judged = "median " if args.rounds > 1 else ""
@@ -145,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 PLATFORM, PLAIN = "platform", "plain Ray Tune"
+
+
+def in_rounds(runs: dict[str, list[Run]]) -> Iterator[tuple[str, Run]]:
+    """Each round's runs, the platform's first: the order of the printed rows."""
+    for pair in zip(runs[PLATFORM], runs[PLAIN], strict=True):
+        yield from zip((PLATFORM, PLAIN), pair, strict=True)
 
 
 def plain_run(request: Any) -> Run:
