@@ -171,6 +171,35 @@ def test_a_flush_does_not_wait_for_writes_to_gather(tmp_path, monkeypatch):
     assert run.data.metrics["score"] == 0.5
 
 
+def test_writes_that_waited_behind_slow_requests_go_at_once(tmp_path, monkeypatch):
+    """A busy tracking server: while one request takes 1.5 s, the next trial's run waits in the
+    queue longer than the writer lets writes gather; it is sent right after, not a second later."""
+    monkeypatch.setattr(tracking, "LINGER_S", 1.0)
+    tracker, callback = _job(tmp_path)
+    client = callback.writer.client
+    original = client.create_run
+    spans: list[tuple[float, float]] = []
+
+    def slow_create(*args, **kwargs):
+        started = time.monotonic()
+        time.sleep(1.5)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spans.append((started, time.monotonic()))
+
+    client.create_run = slow_create
+    callback.on_trial_start(0, [], FakeTrial(trial_id="first", config={"lr": 0.1}, last_result={}))
+    time.sleep(1.3)  # the first run is being made now
+    callback.on_trial_start(0, [], FakeTrial(trial_id="second", config={"lr": 0.2}, last_result={}))
+    deadline = time.monotonic() + 30
+    while len(spans) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (_, first_done), (second_sent, _) = spans
+    assert second_sent - first_done < 0.5  # it had waited 1.2 s already: no more gathering
+    callback.on_experiment_end([])
+
+
 def test_a_trial_run_has_the_trial_s_start_and_end_times_not_the_writer_s(tmp_path):
     tracker, callback = _job(tmp_path)
     _slow_writes(callback.writer.client, 0.5, [])  # each write sent half a second late

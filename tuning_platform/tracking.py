@@ -487,7 +487,7 @@ class RunWriter:
             with self._lock:
                 self._outstanding[(trial_id, counted)] = self._outstanding.get((trial_id, counted), 0) + 1
             self.report_stall()
-        self._queue.put((trial_id, kind, payload))
+        self._queue.put((trial_id, kind, payload, time.monotonic()))
         if kind in (_FLUSH, _STOP):
             self._hurry.set()
 
@@ -502,9 +502,12 @@ class RunWriter:
     def _run(self) -> None:
         while True:
             items = [self._queue.get()]
-            if items[0][1] not in (_FLUSH, _STOP):
-                # Let the trials' next writes queue up and join these requests; a flush cuts it short.
-                self._hurry.wait(LINGER_S)
+            _, first_kind, _, queued_at = items[0]
+            if first_kind not in (_FLUSH, _STOP):
+                # Let the trials' next writes queue up and join these requests, for LINGER_S from
+                # when the first was queued: a write that already waited that long behind slow
+                # requests (a busy tracking server) goes at once. A flush cuts it short.
+                self._hurry.wait(max(0.0, queued_at + LINGER_S - time.monotonic()))
             # Cleared before the queue is read: a flush queued after this is seen in this round
             # or ends the next round's wait.
             self._hurry.clear()
@@ -514,7 +517,7 @@ class RunWriter:
                 except queue.Empty:
                     break
             pending: dict[str, _Batch] = {}
-            for trial_id, kind, payload in items:
+            for trial_id, kind, payload, _ in items:
                 if kind == _LOG:
                     pending.setdefault(trial_id, _Batch()).add(*payload)
                     continue
