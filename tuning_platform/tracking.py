@@ -89,8 +89,7 @@ def finished_status(last_result: dict[str, Any], metric: str, max_t: int | None)
         return "diverged"
     if metric not in last_result:
         return "failed"
-    epochs = int(last_result.get("epoch", last_result.get("training_iteration", 0)) or 0)
-    return "completed" if max_t is None or epochs >= max_t else "early_stopped"
+    return "completed" if max_t is None or _step(last_result) >= max_t else "early_stopped"
 
 
 def trial_params(config: dict[str, Any]) -> dict[str, str]:
