@@ -161,14 +161,15 @@ def plain_run(request: Any) -> Run:
 
 def platform_run(request: Any, trials: int) -> Run | None:
     """The platform's job; its training time read back from the trial runs in MLflow."""
-    from tuning_platform.tracking import child_runs, open_client
+    from tuning_platform.tracking import child_runs, metric_histories, open_client
 
     create_store(request.tracking_uri)
     began = time.time()
     outcome, wall_s = run_platform(request)
     client = open_client(request.tracking_uri)
     runs = child_runs(client, outcome.experiment_id, outcome.parent_run_id)
-    per_trial = [sum(m.value for m in client.get_metric_history(run.info.run_id, COMPUTE_TIME_KEY)) for run in runs]
+    histories = metric_histories(client, [run.info.run_id for run in runs], COMPUTE_TIME_KEY)
+    per_trial = [sum(m.value for m in history) for history in histories.values()]
     if outcome.best is None or len(per_trial) != trials:
         print(f"error: the job ended without a best trial and {len(per_trial)} trial runs", file=sys.stderr)
         return None
