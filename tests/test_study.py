@@ -233,6 +233,10 @@ def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_p
     # A user's function from the working directory: tracked, and nothing to register.
     assert "note: toy:bowl exposes no TASK, so no model was registered" in first.stdout
     assert (tmp_path / "ray_results").is_dir()  # the default storage path is the working directory
+    # Tune's own records of each trial are there, TensorBoard's are not (tuner._no_tensorboard_files).
+    trial_folders = [path.parent for path in (tmp_path / "ray_results").rglob("result.json")]
+    assert len(trial_folders) == 8 and all((folder / "progress.csv").is_file() for folder in trial_folders)
+    assert not list((tmp_path / "ray_results").rglob("events.out.tfevents*"))
     # Asked in-process, as the CLI asks before anything starts (its exit 2).
     with pytest.raises(SpecError) as same:
         build_request(wide_file, tracking_uri=uri, resume=True)

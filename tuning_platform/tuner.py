@@ -4,6 +4,7 @@ search), ASHA (or FIFO), the platform's callbacks, and `fit` or, for `resume`, `
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -143,6 +144,7 @@ def fit(
     trials its searcher starts from. `reseed`: the configurations to run (searched params and
     a seed) with the trial each one comes from."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from tuning_platform.checkpoints import SurvivingCheckpoints, checkpoint_config
     from tuning_platform.guard import TrialGuard
@@ -156,6 +158,10 @@ def fit(
         SurvivingCheckpoints(),
         TrialOutcomes(run_name),
         tracker.trial_callback(spec.metric, spec.max_t, run_name, shown, sources),
+        # Tune's own records of each trial, as it writes them by default: its result grid and
+        # `--resume` read them. Its third default, TensorBoard files, is left out (below).
+        CSVLoggerCallback(),
+        JsonLoggerCallback(),
     ]
     if capacity.autoscaling:
         callbacks.append(WaitingForNodes())
@@ -174,7 +180,7 @@ def fit(
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         ),
     )
-    with _tune_resume_hint_hidden():
+    with _tune_resume_hint_hidden(), _no_tensorboard_files():
         return tuner.fit()
 
 
@@ -215,6 +221,32 @@ def _tune_resume_hint_hidden() -> Iterator[None]:
         yield
     finally:
         tune_logger.removeFilter(hint)
+
+
+# Tune adds each default logger a run lacks unless this is "1": `_create_default_callbacks`,
+# ray/tune/utils/callback.py line 123 in Ray 2.60.
+_AUTO_LOGGERS_OFF = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+@contextmanager
+def _no_tensorboard_files() -> Iterator[None]:
+    """With CSV and JSON given, Tune leaves out only its TensorBoard logger. MLflow holds the same
+    metrics, and tensorboardX cost the driver 1.8 s of imports (it imports torch), a file write
+    per result and a writer per trial that `atexit` keeps to the end of the process.
+
+    Set only while the run is built, so a notebook's own Tune runs keep Tune's defaults. A resumed
+    run (`restore`) is left as Tune builds it: a job started before this change has no CSV and
+    JSON loggers of its own, so there it adds all three again.
+    """
+    before = os.environ.get(_AUTO_LOGGERS_OFF)
+    os.environ[_AUTO_LOGGERS_OFF] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_AUTO_LOGGERS_OFF, None)
+        else:
+            os.environ[_AUTO_LOGGERS_OFF] = before
 
 
 def _trial_dirname(trial: Any) -> str:
