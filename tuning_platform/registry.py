@@ -70,9 +70,6 @@ def register_best(
     """Rebuild the best trial's best checkpoint into a model, register it and settle the alias.
     None (with a logged note) when there is nothing to register. `best.value` is the figure
     the champion rule compares (with `selection`: the configuration's mean over seeds)."""
-    from trainables.loop import rebuild_model
-    from tuning_platform.results import best_checkpoint
-
     spec = request.spec
     name = spec.registered_model_name
     task = request.trainable.task
@@ -81,6 +78,10 @@ def register_best(
     if task is None or dataset is None:
         logger.info("note: %s exposes no TASK, so no model was registered", spec.trainable)
         return None
+    # Imported here: it imports torch (1.7 s), which a job that registers nothing never needs.
+    from trainables.loop import rebuild_model
+    from tuning_platform.results import best_checkpoint
+
     checkpoint = best_checkpoint(spec, results, best.trial_id)
     if checkpoint is None:
         logger.warning("warning: the best trial left no checkpoint, so no model was registered")
