@@ -68,6 +68,9 @@ def ui_links(tracking_uri: str, experiment_id: str, run_id: str) -> tuple[str | 
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
+    from tuning_platform.store_template import create_from_template
+
+    create_from_template(tracking_uri)  # a new SQLite file: a copy, not MLflow's migrations
     return MlflowClient(store_uri(tracking_uri))
 
 
