@@ -11,6 +11,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+import pytest
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -198,6 +199,46 @@ def test_writes_that_waited_behind_slow_requests_go_at_once(tmp_path, monkeypatc
     (_, first_done), (second_sent, _) = spans
     assert second_sent - first_done < 0.5  # it had waited 1.2 s already: no more gathering
     callback.on_experiment_end([])
+
+
+@pytest.mark.parametrize("server", [False, True])
+def test_on_a_tracking_server_trials_are_written_side_by_side_each_in_order(tmp_path, monkeypatch, server):
+    """Over HTTP a write is mostly a wait for the server, so four trials' writes go at once; a SQL
+    store (here the real SQLite one) takes them one at a time."""
+    if server:  # this store, as the writer sees a tracking server's
+        monkeypatch.setattr(tracking, "_sql_store", lambda client: None)
+    tracker, callback = _job(tmp_path)
+    client = callback.writer.client
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+    for name in ("create_run", "log_batch", "set_terminated"):
+        original = getattr(client, name)
+
+        def slow(*args, _original=original, **kwargs):
+            with lock:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+            time.sleep(0.3)
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                with lock:
+                    in_flight[0] -= 1
+
+        setattr(client, name, slow)
+    trials = ["a", "b", "c", "d"]
+    for trial_id in trials:
+        _run_trial(callback, trial_id, epochs=4)  # each: create, one batch, end
+    started = time.monotonic()
+    callback.on_experiment_end([])
+    took = time.monotonic() - started
+    assert most[0] == (tracking.PARALLEL_WRITES if server else 1)
+    assert took < 2.5 if server else took > 3.0, took  # 12 writes of 0.3 s, 4 at a time or 1
+    mlflow = MlflowClient(tracker.tracking_uri)
+    for trial_id in trials:
+        (run,) = mlflow.search_runs([tracker.experiment_id], filter_string=f"tags.trial_id = '{trial_id}'")
+        assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "score")] == [1, 2, 3, 4]
+        assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.1"
 
 
 def test_a_trial_run_has_the_trial_s_start_and_end_times_not_the_writer_s(tmp_path):
