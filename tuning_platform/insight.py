@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,19 +63,24 @@ def write_insight(spec: Spec, trials: list[RecordedTrial], tracker: JobTracker, 
         insight.importances = importances(spec, scored)
     else:
         insight.note = f"importances need 2 or more trials that reported {spec.metric}"
-    tracker.log_to_parent(metrics={IMPORTANCE_PREFIX + k: v for k, v in insight.importances.items()})
     pictures = {
         "best_so_far.png": lambda: plot_best_so_far(spec, scored, started_ms),
         "parallel_coordinates.png": lambda: plot_parallel_coordinates(spec, scored),
         "importances.png": lambda: plot_importances(spec, insight.importances),
         "learning_curves.png": lambda: plot_learning_curves(spec, trials),
     }
-    for name, draw in pictures.items() if scored else ():
-        png = draw()
-        if png is not None:
-            path = f"{FOLDER}/{name}"
-            tracker.log_bytes(png, path)
-            insight.pictures.append(path)
+    # Written while the pictures are drawn, each while the next is: over HTTP a write is mostly a wait.
+    with ThreadPoolExecutor(1, thread_name_prefix="insight-upload") as uploads:
+        importances_metrics = {IMPORTANCE_PREFIX + k: v for k, v in insight.importances.items()}
+        sent = [uploads.submit(tracker.log_to_parent, metrics=importances_metrics)]
+        for name, draw in pictures.items() if scored else ():
+            png = draw()
+            if png is not None:
+                path = f"{FOLDER}/{name}"
+                sent.append(uploads.submit(tracker.log_bytes, png, path))
+                insight.pictures.append(path)
+        for upload in sent:
+            upload.result()  # a write's error is the job's, as when it was done here
     return insight
 
 
