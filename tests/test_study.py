@@ -187,6 +187,40 @@ def test_a_large_job_s_importances_come_from_a_sample_with_a_smaller_forest_and_
     assert list(sampled) == list(whole) == ["x", "y"] and sampled["x"] > 0.9
 
 
+def test_one_searched_parameter_has_fanova_s_importance_without_a_forest(monkeypatch, caplog):
+    import dataclasses
+
+    import optuna
+    import optuna.importance
+
+    from tuning_platform import insight
+
+    spec = _spec(NARROW, {"search.space": {"x": {"type": "uniform", "low": 0.0, "high": 1.0}}})
+    assert list(spec.search.space) == ["x"]
+    rng, scored = random.Random(0), []
+    for number in range(1, 21):
+        x = rng.random()
+        trial = _recorded(number, {"x": x, "y": 0.5, "kind": "b", "epochs": 3})
+        scored.append((dataclasses.replace(trial, history=[(3, (x - 0.3) ** 2)]), (x - 0.3) ** 2))
+    study = optuna.create_study()
+    for trial, value in scored:
+        x = optuna.distributions.FloatDistribution(0.0, 1.0)
+        study.add_trial(optuna.trial.create_trial(value=value, params={"x": trial.params["x"]}, distributions={"x": x}))
+    fanova = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
+
+    def no_forest(*args, **kwargs):
+        raise AssertionError("a forest was fitted")
+
+    monkeypatch.setattr(optuna.importance, "FanovaImportanceEvaluator", no_forest)
+    assert insight.importances(spec, scored) == {"x": 1.0} == {k: float(v) for k, v in fanova.items()}
+    flat = [(trial, 0.25) for trial, _ in scored]  # fANOVA: "zero total variance"
+    with caplog.at_level("INFO", logger="tuning_platform.insight"):
+        assert insight.importances(spec, flat) == {}
+    assert "no parameter importances: every trial has the same" in caplog.text
+
+
 def _first_hit(spec, history, seed, threshold=0.01, limit=60):
     """Trials a searcher needs until one lands within 0.1 of the bowl's lowest point."""
     searcher = build_search(_spec(spec.model_dump(), {"search.seed": seed}), history)

@@ -8,7 +8,8 @@ Importances are Optuna's fANOVA (`FanovaImportanceEvaluator`, seed 0: a random f
 the trials, then the variance each parameter explains) over every trial that reported the
 metric, each scored by its best value, as the job ranks trials. Early-stopped trials count with
 the value they reached: that is what ASHA judged them on. A job of more than IMPORTANCE_TRIALS
-trials is estimated from a seeded sample of that many, with a smaller forest (see below).
+trials is estimated from a seeded sample of that many, with a smaller forest (see below). A
+single searched parameter has importance 1, as the forest would find, without fitting one.
 
 The pictures are plain matplotlib (installed with MLflow), PNGs of a fixed size that the MLflow
 UI's artifact viewer shows. An interactive HTML version would need plotly; not added.
@@ -97,10 +98,20 @@ TREES, SAMPLED_TREES = 64, 32
 def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[str, float]:
     """fANOVA importances of the searched parameters, summing to 1, most important first; from
     a seeded sample of IMPORTANCE_TRIALS trials in a larger job."""
+    from tuning_platform.study import distributions, fitting_params, quiet_optuna
+
+    if len(spec.search.space) == 1:
+        # Shares of the variance, summing to 1, of one parameter: 1, as fANOVA's forest would say
+        # (tests/test_study.py compares), without importing scikit-learn and fitting it (2.4 s
+        # at the end of a 300-trial job in a new process). Unless every trial has the same value,
+        # when fANOVA finds no variance to share.
+        values = {value for trial, value in scored if fitting_params(trial, spec) is not None}
+        if len(values) < 2:
+            logger.info("note: no parameter importances: every trial has the same %s", spec.metric)
+            return {}
+        return {next(iter(spec.search.space)): 1.0}
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-
-    from tuning_platform.study import distributions, fitting_params, quiet_optuna
 
     quiet_optuna()
     trees = TREES
