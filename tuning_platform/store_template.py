@@ -28,7 +28,7 @@ def sqlite_file(tracking_uri: str) -> Path | None:
     if not tracking_uri.startswith("sqlite:///"):
         return None
     path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path).expanduser() if path and path != ":memory:" else None
+    return Path(path) if path and path != ":memory:" else None  # as SQLAlchemy reads it: no `~`
 
 
 def create_from_template(tracking_uri: str) -> None:
