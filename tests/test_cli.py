@@ -86,6 +86,13 @@ BAD_INPUTS = [
     (GOOD, ["--set", "resources.workers=2", "--set", "resources.gpu=2"], "resources.gpu: with workers > 1"),
     ("name: [unclosed\n", [], "not valid YAML at line"),
     (GOOD, ["--resume"], "--resume: nothing to resume: no MLflow store at sqlite:///mlflow.db"),
+    (
+        GOOD,
+        ["--set", "search.warm_start.experiment=earlier"],
+        "search.warm_start: no MLflow store at sqlite:///mlflow.db to start from",
+    ),
+    # SQLAlchemy opens `~/mlflow.db` under a folder named `~`, not the home folder.
+    (GOOD, ["--tracking-uri", "sqlite:///~/mlflow.db"], "folder of the SQLite file does not exist"),
 ]
 
 
@@ -105,6 +112,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, 
     assert fragment in lines[0]
     assert "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"], "nothing may be written"
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--resume"], "--resume: nothing to resume: no job of experiment"),
+        (["--set", "search.warm_start.experiment=earlier"], "search.warm_start.experiment: no such MLflow experiment"),
+    ],
+)
+def test_a_sqlite_uri_with_options_reads_the_store_it_names(tmp_path, monkeypatch, capsys, args, fragment):
+    """`sqlite:///mlflow.db?timeout=5` is the store in mlflow.db: what follows `?` are SQLAlchemy's
+    options, not part of the file name."""
+    from tuning_platform.tracking import open_client
+
+    monkeypatch.chdir(tmp_path)
+    open_client("sqlite:///mlflow.db")
+    spec = write_spec(tmp_path, GOOD)
+    code = main([str(spec), "--tracking-uri", "sqlite:///mlflow.db?timeout=5", *args])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert fragment in stderr and "no MLflow store" not in stderr, stderr
 
 
 def test_bad_input_from_the_real_command_is_one_line_exit_2_and_writes_nothing(tmp_path):

@@ -25,6 +25,7 @@ from tuning_platform.spec import (
     smoke_overrides,
     validate_spec,
 )
+from tuning_platform.store_template import sqlite_file
 
 if TYPE_CHECKING:
     from tuning_platform.resolve import ResolvedTrainable
@@ -112,7 +113,8 @@ def _warm_start(uri: str, spec: Spec, file: str) -> WarmStart | None:
     from tuning_platform.study import study_of, warm_start_trials
     from tuning_platform.tracking import open_client
 
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+    store = sqlite_file(uri)
+    if store is not None and not store.exists():
         raise SpecError(file, "search.warm_start", f"no MLflow store at {uri} to start from", has_got=False)
     warm = warm_start_trials(open_client(uri), spec, file)
     study, warm.skipped = study_of(spec, warm.trials)
@@ -141,8 +143,8 @@ def check_tracking_uri(uri: str, source: str, file: str) -> None:
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise SpecError(file, source, f"MLflow tracking server not reachable: {reason}", uri) from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
+    elif (store := sqlite_file(uri)) is not None:
+        folder = store.resolve().parent  # no `~` expansion: SQLAlchemy opens the path as written
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise SpecError(file, source, "folder of the SQLite file does not exist or is not writable", uri)
 

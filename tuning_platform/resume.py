@@ -133,12 +133,14 @@ def find_job_to_resume(tracking_uri: str, spec: Spec, spec_file: str) -> ResumeT
 
     Raises SpecError (exit 2) when there is nothing to resume; reads only, writes nothing.
     """
+    from tuning_platform.store_template import sqlite_file
     from tuning_platform.tracking import PARENT_RUN_ID_TAG, open_client
 
     def nothing(reason: str) -> SpecError:
         return SpecError(spec_file, "--resume", f"nothing to resume: {reason}", has_got=False)
 
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+    store = sqlite_file(tracking_uri)
+    if store is not None and not store.exists():
         raise nothing(f"no MLflow store at {tracking_uri}")
     client = open_client(tracking_uri)
     experiment = client.get_experiment_by_name(spec.name)
