@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -566,11 +566,10 @@ class RunWriter:
                 for write in trial_writes:
                     write()
 
-        side_by_side = 1 if _sql_store(self.client) is not None else PARALLEL_WRITES
         # Daemon threads, as this one: a write stuck on a dead server must not hold up the exit.
         helpers = [
             threading.Thread(target=drain, name="mlflow-run-writer", daemon=True)
-            for _ in range(min(side_by_side, todo.qsize()) - 1)
+            for _ in range(min(self._side_by_side, todo.qsize()) - 1)
         ]
         for helper in helpers:
             helper.start()
@@ -590,6 +589,11 @@ class RunWriter:
         if self._client is None:
             self._client = open_client(self.tracking_uri)
         return self._client
+
+    @cached_property
+    def _side_by_side(self) -> int:
+        """Trials written at once: one on a SQL store (SQLite takes one writer), else several."""
+        return 1 if _sql_store(self.client) is not None else PARALLEL_WRITES
 
     def _create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
         self.run_ids[trial_id] = make(self.client)
