@@ -140,6 +140,16 @@ def timed_proposals() -> Iterator[list[float]]:
         yield seconds
 
 
+@contextmanager
+def timed_trims() -> Iterator[list[float]]:
+    """Seconds of each time the driver handed its freed memory back (`memory.return_freed_memory`)."""
+    from tuning_platform import memory
+
+    seconds: list[float] = []
+    with clocked(memory, "return_freed_memory", lambda started, ended: seconds.append(ended - started)):
+        yield seconds
+
+
 # The steps of a job after its trials, timed where `run_job` calls them (module, function).
 END_STEPS = (
     ("tuning_platform.tuner", "fit"),  # Tune's end: its last state save and its result grid
@@ -248,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             samples = stack.enter_context(sampled_memory())
             proposals = stack.enter_context(timed_proposals())
             steps = stack.enter_context(timed_end_steps())
+            trims = stack.enter_context(timed_trims())
             census = stack.enter_context(census_at(proposals, marks)) if args.census else None
             started = time.time()
             if args.plain:
@@ -275,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{max(per_trial.values(), default=0)}"
     )
     print(f"driver peak memory {peak:.2f} GiB")
+    if trims:
+        print(
+            f"freed memory handed back {len(trims)} times: {statistics.mean(trims) * 1000:.0f} ms on average, "
+            f"{max(trims) * 1000:.0f} ms at most"
+        )
     complete = outcome.best is not None and len(outcome.rows) == args.trials and one_each and finished == args.trials
     print(f"{'PASS' if complete else 'FALLS SHORT'}: every trial completed with exactly one FINISHED child run")
     rate_ok = verdict(

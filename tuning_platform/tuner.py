@@ -149,6 +149,7 @@ def fit(
     from tuning_platform.checkpoints import SurvivingCheckpoints, checkpoint_config
     from tuning_platform.guard import TrialGuard
     from tuning_platform.interrupt import TrialOutcomes
+    from tuning_platform.memory import FreedMemoryReturned
     from tuning_platform.tracking import config_key
     from tuning_platform.waiting import WaitingForNodes
 
@@ -162,6 +163,7 @@ def fit(
         # `--resume` read them. Its third default, TensorBoard files, is left out (below).
         CSVLoggerCallback(),
         JsonLoggerCallback(),
+        FreedMemoryReturned(),  # a driver of thousands of trials keeps no freed memory (memory.py)
     ]
     if capacity.autoscaling:
         callbacks.append(WaitingForNodes())
