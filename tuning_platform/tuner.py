@@ -152,6 +152,7 @@ def fit(
     from tuning_platform.memory import FreedMemoryReturned
     from tuning_platform.tracking import config_key
     from tuning_platform.waiting import WaitingForNodes
+    from tuning_platform.warm_up import PicturesWarmedUp
 
     shown = tuple(spec.search.space)
     sources = {config_key(point, shown): source for point, source in reseed or []}
@@ -164,6 +165,7 @@ def fit(
         CSVLoggerCallback(),
         JsonLoggerCallback(),
         FreedMemoryReturned(),  # a driver of thousands of trials keeps no freed memory (memory.py)
+        PicturesWarmedUp(spec.search.num_samples),  # the insight's imports on an idle slot (warm_up.py)
     ]
     if capacity.autoscaling:
         callbacks.append(WaitingForNodes())
