@@ -5,21 +5,14 @@ from __future__ import annotations
 import pickle
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from benchmarks.scale import rss_gib
 from tuning_platform import memory
 from tuning_platform.memory import FreedMemoryReturned, return_freed_memory
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
-
-
-def _resident_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @linux_only
@@ -28,9 +21,9 @@ def test_memory_freed_between_chunks_in_use_goes_back_to_the_system():
     for i in range(100_000):  # 2.0-2.6 KB each: from malloc, not Python's small-object allocator
         (kept if i % 16 == 0 else freed).append(bytes(2000 + (i % 7) * 100))
     del freed  # about 200 MB free between chunks still in use: malloc keeps its pages
-    before = _resident_mib()
+    before = rss_gib()
     assert return_freed_memory()
-    assert before - _resident_mib() > 100, (before, _resident_mib())
+    assert before - rss_gib() > 100 / 1024, (before, rss_gib())
     assert len(kept) == 6250
 
 
