@@ -7,9 +7,10 @@ warm-started job, and written at every end of a job, a stopped one included.
 Importances are Optuna's fANOVA (`FanovaImportanceEvaluator`, seed 0: a random forest fitted to
 the trials, then the variance each parameter explains) over every trial that reported the
 metric, each scored by its best value, as the job ranks trials. Early-stopped trials count with
-the value they reached: that is what ASHA judged them on. A job of more than IMPORTANCE_TRIALS
-trials is estimated from a seeded sample of that many, with a smaller forest (see below). A
-single searched parameter has importance 1, as the forest would find, without fitting one.
+the value they reached: that is what ASHA judged them on. The forest has TREES trees, half of
+Optuna's default (see below); a job of more than IMPORTANCE_TRIALS trials is estimated from a
+seeded sample of that many. A single searched parameter has importance 1, as the forest would
+find, without fitting one.
 
 The pictures are plain matplotlib (installed with MLflow), PNGs of a fixed size that the MLflow
 UI's artifact viewer shows. An interactive HTML version would need plotly; not added.
@@ -89,10 +90,13 @@ def write_insight(spec: Spec, trials: list[RecordedTrial], tracker: JobTracker, 
 # 10,000 trials of a large job; on a sample of 1,000 about 18 s here, of 500 about 6 s, with
 # importances within 0.03 of the 1,000-trial ones (2 parameters, a 3,000-trial job).
 IMPORTANCE_TRIALS = 500
-# Trees of the forest: Optuna's default, and half of it on a sample. Measured on a 10,000-trial
-# job's samples of 500: 32 trees gave importances within 0.003 of 64 in 2.9 s instead of 6.4 s,
-# while drawing another sample moved them by 0.01.
-TREES, SAMPLED_TREES = 64, 32
+# Trees of the forest: half of Optuna's default 64, for every job. Measured on studies of the
+# mlp spec's 7 parameters (a throwaway script): at 60 trials 32 trees gave importances within
+# 0.007 of 64 trees, at 300 within 0.005, while another seed of the 64-tree forest moved them by
+# 0.05 and 0.03; the cost halves (60 trials: 345 to 176 ms; 300: 2.8 to 1.4 s), nearly all of it
+# Optuna's own walk of each tree. Earlier, on a 10,000-trial job's samples of 500: 32 trees within
+# 0.003 of 64, in 2.9 s instead of 6.4 s.
+TREES = 32
 
 
 def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[str, float]:
@@ -114,9 +118,7 @@ def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[s
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     quiet_optuna()
-    trees = TREES
     if len(scored) > IMPORTANCE_TRIALS:
-        trees = SAMPLED_TREES
         logger.info(
             "note: parameter importances are estimated from %d of the %d trials, drawn at random",
             IMPORTANCE_TRIALS,
@@ -136,7 +138,7 @@ def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[s
     if len(study.trials) < 2:
         return {}
     try:
-        found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(n_trees=trees, seed=0))
+        found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(n_trees=TREES, seed=0))
     except (RuntimeError, ValueError) as err:  # e.g. every trial has the same value
         logger.info("note: no parameter importances: %s", err)
         return {}
