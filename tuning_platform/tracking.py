@@ -202,8 +202,8 @@ HISTORY_READERS = 8
 # in mlflow/server/handlers.py line 2384, in 3.17): up to 100 runs and 25,000 values a request,
 # one SQL query on the server. 60 runs read in 0.02-0.04 s here, against 0.5-0.8 s one run per
 # call. The REST API documents only `get-history-bulk-interval`, which samples long histories
-# and reads run by run on the server (0.3 s for the same 60). A server without the route (404)
-# is read one run per call; tests/test_tracking.py fails if the route changes.
+# and reads run by run on the server (0.3 s for the same 60). A server without the route is read
+# one run per call; tests/test_mlflow_server.py fails if the route changes.
 BULK_HISTORY_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 BULK_HISTORY_RUNS, BULK_HISTORY_VALUES = 100, 25_000
 
@@ -242,14 +242,16 @@ def _histories_per_run(client: MlflowClient, run_ids: list[str], metric: str) ->
 
 def _server_histories(client: MlflowClient, run_ids: list[str], metric: str) -> dict[str, list[Any]] | None:
     """The histories from a tracking server's bulk read (BULK_HISTORY_PATH); None when the store
-    is not a tracking server or the server has no such route. A request that may have been cut
-    at BULK_HISTORY_VALUES values reads its runs one per call instead."""
+    is not a tracking server. Runs the route does not answer (a server without it, or one that
+    refuses it) are read one per call, which reports a real problem (no access, no such run) as
+    MLflow's client does; so are the runs of a request that may have been cut at
+    BULK_HISTORY_VALUES values."""
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     host_creds = getattr(store, "get_host_creds", None)  # a RestStore's, with the user's auth
     if host_creds is None:
         return None
     from mlflow.entities import Metric
-    from mlflow.utils.rest_utils import http_request, verify_rest_response
+    from mlflow.utils.rest_utils import http_request
 
     histories: dict[str, list[Any]] = {}
     for start in range(0, len(run_ids), BULK_HISTORY_RUNS):
@@ -260,9 +262,9 @@ def _server_histories(client: MlflowClient, run_ids: list[str], metric: str) -> 
             "GET",
             params={"run_id": chunk, "metric_key": metric, "max_results": BULK_HISTORY_VALUES},
         )
-        if response.status_code == 404 and start == 0:
-            return None
-        verify_rest_response(response, BULK_HISTORY_PATH)
+        if response.status_code != 200:
+            histories.update(_histories_per_run(client, run_ids[start:], metric))
+            break
         values = response.json().get("metrics", [])
         if len(values) >= BULK_HISTORY_VALUES:  # maybe cut: these runs have long histories
             histories.update(_histories_per_run(client, chunk, metric))
