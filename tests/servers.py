@@ -57,6 +57,20 @@ def wait_for_http(
             time.sleep(0.3)
 
 
+# As `cluster.yaml` and deploy/kuberay/mlflow.yaml start it: without MLflow's job execution.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def group_commands(process: subprocess.Popen) -> list[str]:
+    """The command lines of the processes in the process group `process` leads."""
+    commands = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if entry.name.isdigit() and os.getpgid(int(entry.name)) == process.pid:
+                commands.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
+    return commands
+
+
 @dataclass
 class MlflowServer:
     folder: Path
@@ -83,6 +97,7 @@ class MlflowServer:
             stdout=log.open("a"),
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its worker processes go down with it
+            env={**os.environ, **SERVER_ENV},
         )  # fmt: skip
         wait_for_http(f"{self.uri}/health", self.process, log)
 

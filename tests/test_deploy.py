@@ -85,6 +85,8 @@ def test_head_runs_mlflow_and_nothing_listens_publicly(cluster_config):
     assert mlflow and "--host 127.0.0.1" in mlflow.group(0)
     assert "--backend-store-uri sqlite:" in mlflow.group(0) and "--artifacts-destination" in mlflow.group(0)
     assert "--dashboard-host=127.0.0.1" in commands
+    # As the tests' server runs (tests/servers.py), which checks that MLflow honours it.
+    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup mlflow server" in commands
     assert "0.0.0.0" not in CLUSTER_YAML.read_text()
 
 
@@ -134,6 +136,8 @@ def test_rayjob_runs_the_platform_with_gpu_workers():
 def test_mlflow_on_kubernetes_stays_inside_the_cluster():
     documents = {d["kind"]: d for d in _documents(KUBERAY / "mlflow.yaml")}
     assert documents["Service"]["spec"]["type"] == "ClusterIP"
+    (server,) = documents["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "false"} in server["env"]
     (job,) = _documents(KUBERAY / "rayjob.yaml")
     name, port = documents["Service"]["metadata"]["name"], documents["Service"]["spec"]["ports"][0]["port"]
     assert f"--tracking-uri http://{name}:{port}" in job["spec"]["entrypoint"]

@@ -21,10 +21,15 @@ pytestmark = pytest.mark.slow
 def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 with a SQLite store and a local artifact folder it serves."""
     with servers.mlflow_server(tmp_path) as server:
-        yield server.uri
+        yield server
 
 
 def test_job_tracks_and_registers_over_http(mlflow_server, tmp_path):
+    # The server runs as cluster.yaml starts it: without MLflow's job execution, whose 8 more
+    # processes would hold 1.8 GiB. This fails if MLflow stops honouring the variable.
+    commands = servers.group_commands(mlflow_server.process)
+    assert any("uvicorn" in c for c in commands) and not any("huey" in c or "job_runner" in c for c in commands)
+    mlflow_server = mlflow_server.uri
     result = run_cli(
         str(SPECS / "mlp.yaml"),
         "--smoke-test",
