@@ -5,6 +5,7 @@
     python -m benchmarks.scale --smoke           # 40 trials
     python -m benchmarks.scale --trials 10000 --plain    # the same trials through plain Ray Tune
     python -m benchmarks.scale --trials 10000 --census   # which objects the driver gains
+    python -m benchmarks.scale --trials 2000 --server    # tracking to a real `mlflow server` over HTTP
 
 This process is the job's driver (the same code `python -m platform.tune` runs). It prints
 trials per minute, the driver's peak memory, and checks that MLflow holds exactly one child run
@@ -24,7 +25,9 @@ too is told apart from the platform's. It is a separate command, not a variant o
 a driver's resident memory does not go down when a job ends, so two jobs in one process would
 measure the second on top of the first. `--census` counts the driver's objects (those Python's
 garbage collector tracks) by type once a fifth of the trials have been proposed and again at the
-last proposal, and prints the types that grew most: where the memory goes.
+last proposal, and prints the types that grew most: where the memory goes. `--server` tracks to
+a real `mlflow server` on 127.0.0.1 (as on a cluster's head node, sharing this machine's CPUs)
+instead of a SQLite store.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from benchmarks.common import (
     ray_running,
     run_plain_tune,
     run_platform,
+    tracking_server,
     trial_clock,
     verdict,
     workdir,
@@ -245,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--plain", action="store_true", help="the same trials through plain Ray Tune, no tracking")
     p.add_argument("--census", action="store_true", help="count the driver's objects by type as the job grows")
+    p.add_argument("--server", action="store_true", help="track to a real mlflow server over HTTP")
     args = p.parse_args(argv)
     if args.smoke:
         args.trials = 40
@@ -252,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     from tuning_platform.tracking import child_runs, open_client
 
     marks = (max(1, args.trials // 5), args.trials)
-    with workdir(args.workdir) as folder, ray_running(args.cpus):
-        request = job_request(SPEC, [f"search.num_samples={args.trials}"], folder, "scale")
+    with contextlib.ExitStack() as outer:
+        folder = outer.enter_context(workdir(args.workdir))
+        server = outer.enter_context(tracking_server(folder)) if args.server else None
+        outer.enter_context(ray_running(args.cpus))
+        request = job_request(SPEC, [f"search.num_samples={args.trials}"], folder, "scale", server)
         with contextlib.ExitStack() as stack:
             samples = stack.enter_context(sampled_memory())
             proposals = stack.enter_context(timed_proposals())
@@ -279,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     trial_ids = {row.trial_id for row in outcome.rows}
     one_each = set(per_trial) == trial_ids and all(count == 1 for count in per_trial.values())
     finished = sum(run.info.status == "FINISHED" for run in runs)
-    print(f"\nScale: {args.trials} trivial trials, full platform (Optuna TPE, MLflow), {args.cpus} CPUs")
+    store = "an mlflow server over HTTP" if server else "SQLite"
+    print(f"\nScale: {args.trials} trivial trials, full platform (Optuna TPE, MLflow on {store}), {args.cpus} CPUs")
     print(f"best trial: {outcome.best_trial_id}; {len(outcome.rows)} trials in {seconds:.1f} s")
     print(
         f"MLflow: {len(runs)} child runs for {len(trial_ids)} trials, {finished} FINISHED, most per trial: "

@@ -42,6 +42,10 @@ def test_job_tracks_and_registers_over_http(mlflow_server, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not (tmp_path / "mlflow.db").exists(), "nothing may fall back to a local store"
+    # MLflow's `set_terminated` prints two links per run over HTTP: none for the 4 trial runs
+    # (the summary has the links), one for the parent run that registration's `log_model` opens.
+    links = [line for line in (result.stdout + result.stderr).splitlines() if "View run" in line]
+    assert len(links) <= 1 and all("View run mlp-breast-cancer-" in line for line in links), links
     client = MlflowClient(mlflow_server)  # the REST client
     experiment = client.get_experiment_by_name("mlp-breast-cancer")
     runs = client.search_runs([experiment.experiment_id])

@@ -65,6 +65,29 @@ def test_jobs_opening_a_fresh_sqlite_store_at_once_all_get_their_parent_run(tmp_
     assert len(runs) == 4 and all(run.info.status == "FINISHED" for run in runs)
 
 
+def test_a_run_ends_as_mlflow_s_own_client_ends_it(tmp_path):
+    """`QuietEndClient.set_terminated` skips MLflow's read-back and printing over HTTP
+    (tests/test_mlflow_server.py shows it) and writes the end through the store's
+    `update_run_info`, an MLflow internal: this fails when that changes, and checks the run
+    ends as MLflow's client ends it."""
+    from tuning_platform.tracking import QuietEndClient, open_client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ours, theirs = open_client(uri), mlflow.tracking.MlflowClient(uri)
+    assert isinstance(ours, QuietEndClient)
+    experiment = ours.create_experiment("end")
+    for status, end_time in (("KILLED", 1_700_000_000_123), ("FINISHED", None)):
+        runs = [client.create_run(experiment).info.run_id for client in (ours, theirs)]
+        for client, run_id in zip((ours, theirs), runs, strict=True):
+            client.set_terminated(run_id, status, end_time=end_time)
+        ended = [theirs.get_run(run_id).info for run_id in runs]
+        assert ended[0].status == ended[1].status == status
+        if end_time:
+            assert ended[0].end_time == ended[1].end_time == end_time
+        else:
+            assert abs(ended[0].end_time - ended[1].end_time) < 10_000
+
+
 def test_metric_histories_read_in_bulk_from_a_sql_store_equal_the_per_run_reads(tmp_path, monkeypatch):
     """The bulk read is an MLflow internal (`SqlAlchemyStore.get_metric_history_bulk`): this
     fails when it changes, and checks it gives what the public per-run call gives."""
