@@ -335,6 +335,30 @@ def test_the_final_flush_is_bounded_and_names_what_was_not_written(tmp_path, cap
     ) in err
 
 
+def test_the_final_flush_waits_for_a_slow_store_while_it_writes_and_says_how_much_is_left(
+    tmp_path, caplog, monkeypatch
+):
+    """A tracking server behind the trials (a large job of short trials) takes longer than
+    FINAL_FLUSH_TIMEOUT_S to catch up, writing all the while: nothing is given up on."""
+    monkeypatch.setattr(tracking, "FINAL_FLUSH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(tracking, "FLUSH_PROGRESS_EVERY_S", 0.5)
+    tracker, callback = _job(tmp_path)
+    calls: list[str] = []
+    _slow_writes(callback.writer.client, 0.2, calls)  # 12 writes one after another: 2.4 s
+    trials = ["a", "b", "c", "d"]
+    for trial_id in trials:
+        _run_trial(callback, trial_id)
+    started = time.monotonic()
+    with caplog.at_level("INFO", logger="tuning_platform.tracking"):
+        callback.on_experiment_end([])
+    assert time.monotonic() - started > 1.0 and len(calls) == 12
+    assert "not written" not in caplog.text and callback.writer.failures == []
+    assert "note: writing the trial runs to MLflow" in caplog.text and "writes left" in caplog.text
+    client = MlflowClient(tracker.tracking_uri)
+    runs = client.search_runs([tracker.experiment_id], filter_string="tags.trial_id != ''")
+    assert sorted(run.data.tags["trial_id"] for run in runs if run.info.status == "FINISHED") == trials
+
+
 def test_the_callback_pickles_without_its_thread_after_use(tmp_path):
     # Tune saves the callback with the job's state while trials run, and --resume loads it.
     _, callback = _job(tmp_path)
