@@ -88,6 +88,29 @@ def test_a_run_ends_as_mlflow_s_own_client_ends_it(tmp_path):
             assert abs(ended[0].end_time - ended[1].end_time) < 10_000
 
 
+def test_a_bulk_history_answer_that_is_not_mlflow_s_json_reads_run_by_run(monkeypatch):
+    """A proxy in front of the tracking server may answer the UI's bulk route with a page of its
+    own (200, HTML): the histories are then read one run per call, not lost to a JSON error.
+    The server's other answers are in tests/test_mlflow_server.py, on a real server."""
+    import mlflow.utils.rest_utils
+    from mlflow.tracking import MlflowClient
+
+    from tuning_platform import tracking
+
+    class ProxyPage:
+        status_code = 200
+
+        def json(self):
+            raise ValueError("Expecting value: line 1 column 1 (char 0)")
+
+    client = MlflowClient("http://127.0.0.1:9")  # never reached: both reads are replaced
+    asked = []
+    monkeypatch.setattr(mlflow.utils.rest_utils, "http_request", lambda *args, **kwargs: ProxyPage())
+    monkeypatch.setattr(tracking, "_histories_per_run", lambda c, ids, m: asked.extend(ids) or {i: [] for i in ids})
+    assert tracking.metric_histories(client, ["a", "b"], "score") == {"a": [], "b": []}
+    assert asked == ["a", "b"]
+
+
 def test_metric_histories_read_in_bulk_from_a_sql_store_equal_the_per_run_reads(tmp_path, monkeypatch):
     """The bulk read is an MLflow internal (`SqlAlchemyStore.get_metric_history_bulk`): this
     fails when it changes, and checks it gives what the public per-run call gives."""

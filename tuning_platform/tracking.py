@@ -282,10 +282,13 @@ def _server_histories(client: MlflowClient, run_ids: list[str], metric: str) -> 
             "GET",
             params={"run_id": chunk, "metric_key": metric, "max_results": BULK_HISTORY_VALUES},
         )
-        if response.status_code != 200:
+        try:
+            values = response.json().get("metrics", []) if response.status_code == 200 else None
+        except ValueError:  # a 200 that is not MLflow's JSON: a proxy's page, say
+            values = None
+        if values is None:
             histories.update(_histories_per_run(client, run_ids[start:], metric))
             break
-        values = response.json().get("metrics", [])
         if len(values) >= BULK_HISTORY_VALUES:  # maybe cut: these runs have long histories
             histories.update(_histories_per_run(client, chunk, metric))
             continue
