@@ -205,9 +205,15 @@ def trial_run_records(client: MlflowClient, experiment_id: str, parent_run_id: s
     ]
 
 
+def _store(client: MlflowClient) -> Any:
+    """The store behind MLflow's client (`MlflowClient._tracking_client.store`), which the
+    public client does not expose: a SQL store, or a tracking server's `RestStore`."""
+    return getattr(getattr(client, "_tracking_client", None), "store", None)
+
+
 def _sql_store(client: MlflowClient) -> Any:
     """The client's store when it is MLflow's SQL store (SQLite or a database), else None."""
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    store = _store(client)
     # Not imported unless some client uses a SQL store, and then never needed here.
     module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
     return store if module is not None and isinstance(store, module.SqlAlchemyStore) else None
@@ -237,7 +243,7 @@ def metric_histories(client: MlflowClient, run_ids: list[str], metric: str) -> d
     (mlflow/store/tracking/sqlalchemy_store.py, line 1747 in 3.17), which the public client does
     not expose; tests/test_tracking.py fails if it disappears.
     """
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    store = _store(client)
     bulk = getattr(store, "get_metric_history_bulk", None)
     histories: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
     if bulk is None:
@@ -266,7 +272,7 @@ def _server_histories(client: MlflowClient, run_ids: list[str], metric: str) -> 
     refuses it) are read one per call, which reports a real problem (no access, no such run) as
     MLflow's client does; so are the runs of a request that may have been cut at
     BULK_HISTORY_VALUES values."""
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    store = _store(client)
     host_creds = getattr(store, "get_host_creds", None)  # a RestStore's, with the user's auth
     if host_creds is None:
         return None
