@@ -233,6 +233,16 @@ def _category_texts(values: pd.Series) -> list[str | None]:
     return [category_text(v) for v in values.tolist()]
 
 
+def numbers(values: pd.Series) -> np.ndarray:
+    """A numeric column as float64 whatever dtype it arrives in: int64 (`pd.read_csv` of whole
+    numbers), float, nullable `Int64`/`Float64`/`boolean`, `category`, text of numbers or objects
+    (JSON rows); a gap, or a value that is not a number, is NaN."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype(object)
+    # na_value: pandas 2 refuses to turn a nullable column with gaps into floats without it.
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def embedding_size(slots: int) -> int:
     """fast.ai's rule of thumb, capped: about 1.6 * slots ** 0.56."""
     return max(2, min(16, round(1.6 * slots**0.56)))
@@ -249,7 +259,7 @@ class TableEncoding:
     def fit(cls, frame: pd.DataFrame, selection: Selection, max_onehot: int = MAX_ONEHOT) -> TableEncoding:
         numeric = []
         for name in selection.numeric:
-            values = pd.to_numeric(frame[name], errors="coerce").astype(float)
+            values = pd.Series(numbers(frame[name]))
             mean = float(values.mean()) if values.notna().any() else 0.0
             std = float(values.std(ddof=0)) if values.notna().sum() > 1 else 1.0
             numeric.append(
@@ -297,7 +307,7 @@ class TableEncoding:
         rows = len(frame)
         parts: list[np.ndarray] = []
         for column in self.numeric:
-            values = pd.to_numeric(frame[column["name"]], errors="coerce").to_numpy(dtype=np.float64)
+            values = numbers(frame[column["name"]])
             gaps = np.isnan(values)
             parts.append(np.where(gaps, 0.0, (values - column["mean"]) / column["std"])[:, None])
             if column["indicator"]:
@@ -330,11 +340,12 @@ class TableEncoding:
         return {"columns": columns, "data": data}
 
     def raw_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The served form of raw rows: numbers as doubles (a gap is NaN), categories as text
-        (a gap is None): the column types the model's signature names."""
+        """The served form of raw rows, as the model's input example shows them: numbers as
+        doubles (a gap is NaN), categories as text (a gap is None). The model takes other forms
+        too (`TablePredictor`)."""
         out = pd.DataFrame(index=frame.index)
         for column in self.numeric:
-            out[column["name"]] = pd.to_numeric(frame[column["name"]], errors="coerce").astype(np.float64)
+            out[column["name"]] = pd.Series(numbers(frame[column["name"]]), index=frame.index)
         for column in self.categorical:
             out[column["name"]] = pd.Series(_category_texts(frame[column["name"]]), index=frame.index, dtype=object)
         return out
@@ -366,7 +377,10 @@ class TableInput(nn.Module):
 
 class TablePredictor:
     """What the registry serves for a table model: raw rows (a DataFrame with the file's
-    columns, strings and gaps included) in, probabilities out.
+    columns, strings and gaps included) in, probabilities out. A column may come in any dtype
+    pandas or JSON gives it (int64 or float numbers, nullable `Int64`, `boolean`, `string`,
+    `category`, objects): `numbers` and `category_text` read each value, so the same values give
+    the same probabilities whatever the dtype.
 
     `outputs` names the result columns: one per class (softmax), or a single
     `probability` of the positive class (sigmoid over one logit).

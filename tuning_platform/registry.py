@@ -167,7 +167,6 @@ def _log_model(
     import torch
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-    from mlflow.types import ColSpec, Schema
 
     is_module = isinstance(model, torch.nn.Module)
     if is_module:
@@ -197,9 +196,7 @@ def _log_model(
         flavor = mlflow.pytorch if is_module else mlflow.pyfunc
         signature = infer_signature(input_example, output)
         if not is_module:
-            # The table model fills a gap in any column, so no column is required.
-            optional = [ColSpec(c.type, c.name, required=False) for c in signature.inputs.inputs]
-            signature = ModelSignature(inputs=Schema(optional), outputs=signature.outputs)
+            signature = ModelSignature(inputs=_table_inputs(signature.inputs), outputs=signature.outputs)
         with _quiet(logging.getLogger("mlflow.pyfunc"), logging.ERROR):
             # Its cloudpickle caution concerns loading models from strangers; this one is ours.
             info = flavor.log_model(
@@ -213,6 +210,27 @@ def _log_model(
                 **flavor_arguments,
             )
     return str(info.registered_model_version)
+
+
+def _table_inputs(inferred: Any) -> Any:
+    """The input schema of a table model: every feature column by name, of MLflow's `Any` type,
+    none required (the model fills a gap in any column).
+
+    Not the inferred `double`/`string`: MLflow enforces a column's declared type before the
+    model sees the rows, and no type it has takes the columns a table arrives with. A `double`
+    column refuses int64 (`pd.read_csv` of whole numbers), nullable `Int64` and booleans; only
+    integers of up to 6 bytes may become doubles (mlflow/models/utils.py,
+    `_enforce_mlflow_datatype`: `is_upcast = values.dtype.itemsize <= 6`); `long` refuses floats;
+    `string` refuses booleans and `category`. `Any` columns pass as they are, and
+    `TablePredictor` reads each one itself: numbers from any numeric, boolean, category or text
+    dtype, categories as one spelling per value (`trainables.tables`). JSON to `mlflow models
+    serve` is parsed without casting an `Any` column (mlflow/utils/proto_json_utils.py,
+    `cast_df_types_according_to_schema`), so integers there are read the same way.
+    """
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    return Schema([ColSpec(AnyType(), column.name, required=False) for column in inferred.inputs])
 
 
 @contextlib.contextmanager
