@@ -9,6 +9,7 @@ declared, not real: Ray schedules fractions of them as on a real cluster.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -21,7 +22,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, packing_trainable, run_cli
+from tests.helpers import ROOT, cli_env, packing_trainable, run_cli
 from tests.servers import RAY, autoscaling_ray_head, mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -222,3 +223,39 @@ def test_address_from_outside_with_and_without_the_token(cluster, project):
     last = impossible.stderr.strip().splitlines()[-1]
     assert last.startswith("error: packed.yaml: resources: a trial worker asks for 64 CPU and 0.25 GPU; no node type")
     assert "gpu_worker {CPU: 2, GPU: 1}" in last
+
+
+# Run on the head's cluster by a driver of its own: what `cluster.cluster_capacity` reads there.
+CAN_GROW = """
+import json, time
+import ray
+from tuning_platform import cluster
+
+ray.init(address="auto")
+found, config = cluster._head_monitor()
+deadline = time.time() + 60
+status = cluster.autoscaler_status()
+while not (status or {}).get("autoscaler_report") and time.time() < deadline:
+    time.sleep(0.5)  # the monitor's first update
+    status = cluster.autoscaler_status()
+print(json.dumps({
+    "found": found, "types": sorted(config["available_node_types"]) if config else None,
+    "mapping": sorted(set(status["autoscaler_report"]["node_type_mapping"].values())),
+    "running": cluster.autoscaler_running(),
+}))
+"""
+
+
+def test_the_autoscaler_reads_as_one_that_grows_from_its_status_and_from_its_monitor(cluster):
+    # Ray's monitor also runs, and writes a status, on a cluster that cannot grow
+    # (tests/test_cluster_resources.py): here both say what it launches.
+    head, _, _ = cluster
+    result = subprocess.run(
+        [sys.executable, "-c", CAN_GROW], cwd=ROOT, env={**cli_env(), **head.env, "RAY_ADDRESS": head.address},
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["found"] is True and seen["types"] == sorted(["ray.head.default", *_worker_types()])
+    assert "ray.head.default" in seen["mapping"]  # the config's type names, not the read-only `node_<id>`
+    assert seen["running"] is True

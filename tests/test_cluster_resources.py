@@ -4,13 +4,25 @@ cluster against the node types the autoscaler may launch (GPU workers start from
 from __future__ import annotations
 
 import copy
+import subprocess
+import time
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, SPECS, run_cli
 from tests.test_spec import BASE
-from tuning_platform.cluster import Capacity, JobError, NodeType, check_resources, concurrent_groups
+from tuning_platform import cluster as cluster_module
+from tuning_platform.cluster import (
+    Capacity,
+    JobError,
+    NodeType,
+    autoscaler_running,
+    autoscaler_status,
+    check_resources,
+    cluster_capacity,
+    concurrent_groups,
+)
 from tuning_platform.spec import validate_spec
 
 
@@ -81,3 +93,138 @@ def test_the_embedded_mode_falls_back_to_cpu_when_this_machine_has_no_gpu():
     resources, notes = check_resources(_spec(gpu=0.5), here, embedded=True)
     assert resources["gpu"] == 0
     assert notes == ["warning: resources.gpu=0.5 but this machine has no GPU; running trials on CPU"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Whether the cluster can grow: what Ray's monitor writes to the GCS
+
+# The status Ray's monitor writes on a cluster started without an autoscaling config (a plain
+# `ray start`, `ray.cluster_utils.Cluster`): the read-only provider names each node's type after
+# its id (ray/autoscaler/_private/readonly/node_provider.py), trimmed to what is read here.
+READ_ONLY_STATUS = {
+    "monitor_pid": 4034,
+    "autoscaler_report": {
+        "active_nodes": {"node_cc2c": 1, "node_71be": 1},
+        "pending_nodes": [],
+        "pending_launches": {},
+        "node_type_mapping": {"cc2c": "node_cc2c", "71be": "node_71be"},
+        "legacy": True,
+    },
+    "load_metrics_report": {"resource_demand": [], "pg_demand": []},
+}
+# The same from Ray's fake multi-node autoscaler (tests/test_autoscaling.py): its config's types.
+LAUNCHER_STATUS = {
+    "monitor_pid": 5120,
+    "autoscaler_report": {
+        "active_nodes": {"ray.head.default": 1},
+        "pending_nodes": [],
+        "pending_launches": {"gpu_worker": 1},
+        "node_type_mapping": {"fffffffffffffffffffffffffffffffffffffffffffffffffff00000": "ray.head.default"},
+        "legacy": True,
+    },
+    "load_metrics_report": {"resource_demand": [], "pg_demand": [[{"GPU": 0.25}, 1]]},
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "running"),
+    [
+        (None, False),
+        (READ_ONLY_STATUS, False),  # a static cluster: nothing launches nodes
+        (LAUNCHER_STATUS, True),
+        # A monitor that has not yet made its first update: the answer of an autoscaler.
+        ({"monitor_pid": 1, "load_metrics_report": {}}, True),
+    ],
+)
+def test_only_a_status_of_node_types_that_can_be_launched_is_an_autoscaler(monkeypatch, status, running):
+    monkeypatch.setattr(cluster_module, "autoscaler_status", lambda: status)
+    assert autoscaler_running() is running
+
+
+def test_a_ray_api_change_at_the_status_read_surfaces_instead_of_reading_as_no_autoscaler(monkeypatch):
+    from ray._private import ray_constants
+
+    monkeypatch.delattr(ray_constants, "DEBUG_AUTOSCALING_STATUS")  # a renamed constant
+    with pytest.raises(AttributeError, match="DEBUG_AUTOSCALING_STATUS"):
+        autoscaler_status()
+
+
+def test_only_a_gcs_that_does_not_answer_reads_as_no_status(monkeypatch):
+    import ray.experimental.internal_kv as internal_kv
+    from ray.exceptions import RpcError
+
+    monkeypatch.setattr(internal_kv, "global_gcs_client", None)  # not connected
+    assert autoscaler_status() is None
+
+    class Gcs:
+        def __init__(self, error: Exception):
+            self.error = error
+
+        def internal_kv_get(self, key, namespace):
+            raise self.error
+
+    monkeypatch.setattr(internal_kv, "global_gcs_client", Gcs(RpcError("GCS unavailable", rpc_code=14)))
+    assert autoscaler_status() is None
+    monkeypatch.setattr(internal_kv, "global_gcs_client", Gcs(AttributeError("'GcsClient' has no 'internal_kv_get'")))
+    with pytest.raises(AttributeError):
+        autoscaler_status()
+
+
+@pytest.fixture(scope="module")
+def static_cluster():
+    """Two nodes of 2 CPUs and no GPU, without an autoscaling config: `ray start` on machines
+    of one's own or under Slurm. Ray runs its monitor there all the same (over a read-only node
+    provider), which writes an autoscaling status to the GCS."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
+    try:
+        cluster.add_node(num_cpus=2, num_gpus=0)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_a_worker_no_node_of_a_static_cluster_can_hold_is_refused_not_waited_for(static_cluster, tmp_path):
+    spec = str(SPECS / "mlp.yaml")
+    try:
+        result = run_cli(
+            spec, "--address", static_cluster.address,
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "rr"),
+            "--set", "resources.cpu=8", "--set", "resources.gpu=0",
+            cwd=tmp_path, timeout=90,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as waited:
+        pytest.fail(f"the job waited for a node no one will launch: {(waited.stderr or b'')[-2000:]!r}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "an autoscaler runs on this cluster" not in output and "Traceback" not in output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: {spec}: resources: a trial worker asks for 8 CPU and 0 GPU; no node of the cluster has that much ("
+    ), last
+    assert last.count("{CPU: 2}") == 2, last
+
+
+@pytest.mark.slow
+def test_the_status_ray_writes_on_a_static_cluster_is_no_autoscaler(static_cluster, monkeypatch):
+    import ray
+
+    ray.init(address=static_cluster.address)
+    try:
+        deadline = time.time() + 60
+        status = autoscaler_status()
+        while not (status or {}).get("autoscaler_report") and time.time() < deadline:
+            time.sleep(0.5)  # the monitor's first update
+            status = autoscaler_status()
+        assert status and status["autoscaler_report"], status  # the GCS holds a status all the same
+        assert autoscaler_running() is False
+        # A head this driver cannot ask (Ray Client, one without the head marker): the status decides.
+        monkeypatch.setattr(cluster_module, "_head_monitor", lambda: None)
+        capacity = cluster_capacity(embedded=False)
+        assert capacity.autoscaling is False
+        assert sorted(t.resources["CPU"] for t in capacity.node_types) == [2.0, 2.0]
+    finally:
+        ray.shutdown()
