@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  python itself              {import_seconds('pass', repeat):6.2f} s")
             print(f"  import ray.tune            {import_seconds('import ray.tune', repeat):6.2f} s")
             print(f"  import the platform's CLI  {import_seconds('import tuning_platform.cli', repeat):6.2f} s")
-            job_modules = import_seconds("import tuning_platform.job, tuning_platform.tuner", repeat)
+            job_modules = import_seconds("import tuning_platform.job", repeat)
             print(f"  plus its job's modules     {job_modules:6.2f} s")
             probe = folder / "store-probe.db"
             print(f"  a fresh SQLite store       {create_store(f'sqlite:///{probe}'):6.2f} s")

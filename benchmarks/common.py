@@ -45,7 +45,7 @@ def ray_running(cpus: int) -> Iterator[None]:
     process already runs (the test suite's, shared by the smoke runs) is used and left running."""
     import ray
 
-    from tuning_platform.cluster import start_local_ray
+    from tuning_platform.cluster.connect import start_local_ray
 
     if ray.is_initialized():
         yield
@@ -104,7 +104,7 @@ def create_store(tracking_uri: str) -> float:
     Done outside the timed runs: it is the same one-time cost for any MLflow user of the store,
     not a cost per job.
     """
-    from tuning_platform.tracking import open_client
+    from tuning_platform.tracking.client import open_client
 
     started = time.perf_counter()
     open_client(tracking_uri).search_experiments()
@@ -114,7 +114,7 @@ def create_store(tracking_uri: str) -> float:
 def run_platform(request: Any) -> tuple[Any, float]:
     """The whole job on the running Ray: parent run, trials with full tracking, summary, registry."""
     from tuning_platform.job import run_job
-    from tuning_platform.tracking import JobTracker
+    from tuning_platform.tracking.parent import JobTracker
 
     started = time.perf_counter()
     outcome = run_job(request, JobTracker(request.tracking_uri, request.spec.name))
@@ -126,8 +126,9 @@ def run_plain_tune(request: Any, callbacks: Sequence[Any] = ()) -> tuple[Any, fl
     (`tuner.tune_config`, `checkpoints.checkpoint_config`), and no tracking besides `callbacks`."""
     from ray import tune
 
-    from tuning_platform.checkpoints import checkpoint_config
-    from tuning_platform.tuner import build_trainable, trial_config, tune_config
+    from tuning_platform.execution.checkpoints import checkpoint_config
+    from tuning_platform.execution.searcher import tune_config
+    from tuning_platform.execution.tuner import build_trainable, trial_config
 
     spec = request.spec
     started = time.perf_counter()

@@ -147,7 +147,7 @@ def timed_proposals() -> Iterator[list[float]]:
 @contextmanager
 def timed_trims() -> Iterator[list[float]]:
     """Seconds of each time the driver handed its freed memory back (`memory.return_freed_memory`)."""
-    from tuning_platform import memory
+    from tuning_platform.execution import memory
 
     seconds: list[float] = []
     with clocked(memory, "return_freed_memory", lambda started, ended: seconds.append(ended - started)):
@@ -156,7 +156,7 @@ def timed_trims() -> Iterator[list[float]]:
 
 # The steps of a job after its trials, timed where `run_job` calls them (module, function).
 END_STEPS = (
-    ("tuning_platform.tuner", "fit"),  # Tune's end: its last state save and its result grid
+    ("tuning_platform.job", "fit"),  # Tune's end: its last state save and its result grid
     ("tuning_platform.job", "_read_outcome"),
     ("tuning_platform.job", "_recorded"),
     ("tuning_platform.job", "_write_insight"),
@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.trials = 40
     quiet()
-    from tuning_platform.tracking import child_runs, open_client
+    from tuning_platform.tracking.client import open_client
+    from tuning_platform.tracking.queries import child_runs
 
     marks = (max(1, args.trials // 5), args.trials)
     with contextlib.ExitStack() as outer:

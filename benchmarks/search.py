@@ -28,7 +28,7 @@ STRATEGIES = {"random+FIFO": ("random", "fifo"), "TPE+ASHA": ("optuna", "asha")}
 
 def best_over_time(client: Any, outcome: Any, metric: str) -> list[tuple[float, float]]:
     """(seconds since the job's start, best value so far) at each new best, from MLflow."""
-    from tuning_platform.tracking import child_runs
+    from tuning_platform.tracking.queries import child_runs
 
     parent = client.get_run(outcome.parent_run_id)
     points = []
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         args.trials, args.seeds = 4, [0]
         args.overrides = [*args.overrides, f"search.fixed.epochs={SMOKE_EPOCHS}"]
     quiet()
-    from tuning_platform.tracking import open_client
+    from tuning_platform.tracking.client import open_client
 
     measured: dict[int, dict[str, dict[str, Any]]] = {}
     with workdir(args.workdir) as folder, ray_running(args.cpus):

@@ -161,7 +161,8 @@ def plain_run(request: Any) -> Run:
 
 def platform_run(request: Any, trials: int) -> Run | None:
     """The platform's job; its training time read back from the trial runs in MLflow."""
-    from tuning_platform.tracking import child_runs, metric_histories, open_client
+    from tuning_platform.tracking.client import open_client
+    from tuning_platform.tracking.queries import child_runs, metric_histories
 
     create_store(request.tracking_uri)
     began = time.time()

@@ -225,14 +225,14 @@ def test_address_from_outside_with_and_without_the_token(cluster, project):
     assert "gpu_worker {CPU: 2, GPU: 1}" in last
 
 
-# Run on the head's cluster by a driver of its own: what `cluster.cluster_capacity` reads there.
+# Run on the head's cluster by a driver of its own: what `capacity.cluster_capacity` reads there.
 CAN_GROW = """
 import json, time
 import ray
-from tuning_platform import cluster
+from tuning_platform.cluster import autoscaler as cluster
 
 ray.init(address="auto")
-found, config = cluster._head_monitor()
+found, config = cluster.head_monitor()
 deadline = time.time() + 60
 status = cluster.autoscaler_status()
 while not (status or {}).get("autoscaler_report") and time.time() < deadline:

@@ -124,7 +124,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, 
 def test_a_sqlite_uri_with_options_reads_the_store_it_names(tmp_path, monkeypatch, capsys, args, fragment):
     """`sqlite:///mlflow.db?timeout=5` is the store in mlflow.db: what follows `?` are SQLAlchemy's
     options, not part of the file name."""
-    from tuning_platform.tracking import open_client
+    from tuning_platform.tracking.client import open_client
 
     monkeypatch.chdir(tmp_path)
     open_client("sqlite:///mlflow.db")

@@ -12,17 +12,10 @@ import yaml
 
 from tests.helpers import ROOT, SPECS, run_cli
 from tests.test_spec import BASE
-from tuning_platform import cluster as cluster_module
-from tuning_platform.cluster import (
-    Capacity,
-    JobError,
-    NodeType,
-    autoscaler_running,
-    autoscaler_status,
-    check_resources,
-    cluster_capacity,
-    concurrent_groups,
-)
+from tuning_platform.cluster import autoscaler
+from tuning_platform.cluster.autoscaler import NodeType, autoscaler_running, autoscaler_status
+from tuning_platform.cluster.capacity import Capacity, check_resources, cluster_capacity, concurrent_groups
+from tuning_platform.errors import JobError
 from tuning_platform.spec import validate_spec
 
 
@@ -137,7 +130,7 @@ LAUNCHER_STATUS = {
     ],
 )
 def test_only_a_status_of_node_types_that_can_be_launched_is_an_autoscaler(monkeypatch, status, running):
-    monkeypatch.setattr(cluster_module, "autoscaler_status", lambda: status)
+    monkeypatch.setattr(autoscaler, "autoscaler_status", lambda: status)
     assert autoscaler_running() is running
 
 
@@ -222,7 +215,7 @@ def test_the_status_ray_writes_on_a_static_cluster_is_no_autoscaler(static_clust
         assert status and status["autoscaler_report"], status  # the GCS holds a status all the same
         assert autoscaler_running() is False
         # A head this driver cannot ask (Ray Client, one without the head marker): the status decides.
-        monkeypatch.setattr(cluster_module, "_head_monitor", lambda: None)
+        monkeypatch.setattr(autoscaler, "head_monitor", lambda: None)
         capacity = cluster_capacity(embedded=False)
         assert capacity.autoscaling is False
         assert sorted(t.resources["CPU"] for t in capacity.node_types) == [2.0, 2.0]

@@ -26,8 +26,8 @@ from tests.helpers import SPECS, cli_env, run_main
 from tests.servers import free_port, stop_group, wait_for_http
 from trainables import fraud
 from tuning_platform.insight import DPI, FIGSIZE, PICTURES
+from tuning_platform.records import compact_number
 from tuning_platform.spec import load_spec
-from tuning_platform.tracking import compact_number
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tuning_platform.guard import DIVERGED_KEY, TrialGuard, is_diverged, missing_metric_error, reported_names
+from tuning_platform.execution.guard import DIVERGED_KEY, TrialGuard, is_diverged, missing_metric_error, reported_names
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import STEADY_TRAINABLE, run_cli, write_spec
-from tuning_platform.interrupt import TrialOutcomes, reclaim_sigterm, sigterm_as_interrupt, unfinished_trials
+from tuning_platform.execution.interrupt import TrialOutcomes, reclaim_sigterm, sigterm_as_interrupt, unfinished_trials
 
 
 def _trial(trial_id: str, status: str) -> SimpleNamespace:

@@ -15,13 +15,13 @@ pytestmark = pytest.mark.slow
 # The real CLI, with the Tune run replaced by a failure (a bug, a Ray that died, a full disk).
 DRIVER = """
 import sys
-import tuning_platform.tuner as tuner
+import tuning_platform.job as job
 from tuning_platform.cli import main
 
 def broken_fit(*args, **kwargs):
     raise RuntimeError("the object store is full")
 
-tuner.fit = broken_fit
+job.fit = broken_fit
 sys.exit(main(sys.argv[1:]))
 """
 

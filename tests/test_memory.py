@@ -9,8 +9,8 @@ import time
 import pytest
 
 from benchmarks.scale import rss_gib
-from tuning_platform import memory
-from tuning_platform.memory import FreedMemoryReturned, return_freed_memory
+from tuning_platform.execution import memory
+from tuning_platform.execution.memory import FreedMemoryReturned, return_freed_memory
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 

@@ -65,13 +65,14 @@ def test_job_tracks_and_registers_over_http(mlflow_server, tmp_path):
 
 def check_server_histories(client, experiment_id, trial_runs):
     """The job's study reads metric histories from a server through the MLflow UI's bulk route
-    (`tracking.BULK_HISTORY_PATH`, an internal of `mlflow server`): this fails when the route
+    (`_compat.mlflow.BULK_HISTORY_PATH`, an internal of `mlflow server`): this fails when the route
     changes. Whatever way it reads, it gets what the public per-run call gets: a run with no
     value, an epoch logged twice (a resumed trial), across requests; a request that may have
     been cut, and a server without the route, read one run per call."""
     from mlflow.entities import Metric
 
-    from tuning_platform import tracking
+    from tuning_platform._compat import mlflow as mlflow_compat
+    from tuning_platform.tracking import queries
 
     made = [client.create_run(experiment_id).info.run_id for _ in range(3)]
     for n, run_id in enumerate(made):
@@ -88,13 +89,13 @@ def check_server_histories(client, experiment_id, trial_runs):
     expected = values({run_id: client.get_metric_history(run_id, "val_roc_auc") for run_id in run_ids})
     assert len(expected[made[2]]) == 3 and all(expected[run_id] for run_id in trial_runs)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tracking, "_histories_per_run", per_run)
-        patch.setattr(tracking, "BULK_HISTORY_RUNS", 3)  # three requests
-        assert values(tracking.metric_histories(client, run_ids, "val_roc_auc")) == expected
+        patch.setattr(queries, "_histories_per_run", per_run)
+        patch.setattr(mlflow_compat, "BULK_HISTORY_RUNS", 3)  # three requests
+        assert values(queries.metric_histories(client, run_ids, "val_roc_auc")) == expected
     for setting, value in (("BULK_HISTORY_VALUES", 3), ("BULK_HISTORY_PATH", "/ajax-api/2.0/mlflow/no-such-route")):
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(tracking, setting, value)
-            assert values(tracking.metric_histories(client, run_ids, "val_roc_auc")) == expected, setting
+            patch.setattr(mlflow_compat, setting, value)
+            assert values(queries.metric_histories(client, run_ids, "val_roc_auc")) == expected, setting
 
 
 STEADY_SPEC = """

@@ -8,13 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import ROOT
-from tuning_platform.registry import (
-    CHAMPION_ALIAS,
-    code_paths,
-    code_requirements,
-    data_fingerprint,
-    settle_champion,
-)
+from tuning_platform.registry.champion import CHAMPION_ALIAS, data_fingerprint, settle_champion
+from tuning_platform.registry.packaging import code_paths, code_requirements
 
 NAME = "reg-model"
 
@@ -105,3 +100,49 @@ def test_requirements_are_what_the_model_code_imports_when_loaded(tmp_path):
     assert {"torch", "numpy", "pandas", "scikit-learn", "pydantic", "pyyaml"} <= names
     assert not names & {"ray", "mlflow", "json", "trainables", "mymodule"}
     assert all("==" in req and "+" not in req for req in code_requirements(paths))
+
+
+def test_a_refused_alias_is_one_clear_error_not_a_retry_for_ever(client):
+    """Only the race of two first settings of the alias is read again and retried; a refusal
+    (a user who may register versions but not set aliases) ends the registration at once."""
+    from mlflow.exceptions import MlflowException
+
+    from tuning_platform.errors import JobError
+
+    _version(client, 0.9)
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 20:  # what a retry for ever would do: stop it here
+            raise RuntimeError("set_registered_model_alias was retried 20 times")
+        raise MlflowException("User 'bob' cannot edit registered model", error_code="PERMISSION_DENIED")
+
+    client.set_registered_model_alias = refuse
+    with pytest.raises(JobError, match="champion alias of reg-model could not be set: User 'bob' cannot edit"):
+        settle_champion(client, NAME)
+    assert len(calls) == 1
+
+
+def test_a_champion_that_never_settles_gives_up_after_a_bounded_number_of_rounds(client, monkeypatch):
+    """Another job that registers a version in every round (a stuck loop of jobs, or a registry
+    that answers differently each read): the job gives up with one line, not a loop for ever."""
+    from tuning_platform.errors import JobError
+    from tuning_platform.registry import champion
+
+    monkeypatch.setattr(champion, "SETTLE_ROUNDS", 5)
+    _version(client, 0.9)
+    search = client.search_model_versions
+    reads = []
+
+    def growing(*args, **kwargs):
+        reads.append(1)
+        if len(reads) > 50:
+            raise RuntimeError("read the versions 50 times")
+        found = search(*args, **kwargs)
+        _version(client, 0.5)  # meanwhile another job registered one
+        return found
+
+    client.search_model_versions = growing
+    with pytest.raises(JobError, match="did not settle in 5 rounds"):
+        settle_champion(client, NAME)

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.helpers import cli_env, run_cli, write_spec
 from tests.servers import s3_server
-from tuning_platform.resume import RUN_NAME_TAG, STORAGE_TAG
+from tuning_platform.records import RUN_NAME_TAG, STORAGE_TAG
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
-from tuning_platform import tracking
-from tuning_platform.tracking import JobTracker, TrialRunsCallback
+from tuning_platform.tracking import writer
+from tuning_platform.tracking.callback import TrialRunsCallback
+from tuning_platform.tracking.parent import JobTracker
 
 
 class FakeTrial(SimpleNamespace):
@@ -158,7 +159,7 @@ def test_a_slow_store_does_not_hold_up_the_callback_and_results_are_merged(tmp_p
 
 def test_a_flush_does_not_wait_for_writes_to_gather(tmp_path, monkeypatch):
     # The writer lets a trial's epochs gather for LINGER_S; the end of a job must not wait it out.
-    monkeypatch.setattr(tracking, "LINGER_S", 60.0)
+    monkeypatch.setattr(writer, "LINGER_S", 60.0)
     tracker, callback = _job(tmp_path)
     trial = FakeTrial(trial_id="quick", config={"lr": 0.1}, last_result={})
     callback.on_trial_start(0, [], trial)
@@ -175,7 +176,7 @@ def test_a_flush_does_not_wait_for_writes_to_gather(tmp_path, monkeypatch):
 def test_writes_that_waited_behind_slow_requests_go_at_once(tmp_path, monkeypatch):
     """A busy tracking server: while one request takes 1.5 s, the next trial's run waits in the
     queue longer than the writer lets writes gather; it is sent right after, not a second later."""
-    monkeypatch.setattr(tracking, "LINGER_S", 1.0)
+    monkeypatch.setattr(writer, "LINGER_S", 1.0)
     tracker, callback = _job(tmp_path)
     client = callback.writer.client
     original = client.create_run
@@ -206,7 +207,7 @@ def test_on_a_tracking_server_trials_are_written_side_by_side_each_in_order(tmp_
     """Over HTTP a write is mostly a wait for the server, so four trials' writes go at once; a SQL
     store (here the real SQLite one) takes them one at a time."""
     if server:  # this store, as the writer sees a tracking server's
-        monkeypatch.setattr(tracking, "_sql_store", lambda client: None)
+        monkeypatch.setattr(writer, "sql_store", lambda client: None)
     tracker, callback = _job(tmp_path)
     client = callback.writer.client
     in_flight, most = [0], [0]
@@ -232,7 +233,7 @@ def test_on_a_tracking_server_trials_are_written_side_by_side_each_in_order(tmp_
     started = time.monotonic()
     callback.on_experiment_end([])
     took = time.monotonic() - started
-    assert most[0] == (tracking.PARALLEL_WRITES if server else 1)
+    assert most[0] == (writer.PARALLEL_WRITES if server else 1)
     assert took < 2.5 if server else took > 3.0, took  # 12 writes of 0.3 s, 4 at a time or 1
     mlflow = MlflowClient(tracker.tracking_uri)
     for trial_id in trials:
@@ -288,36 +289,8 @@ def test_refused_writes_are_counted_and_named_at_the_end(tmp_path, caplog):
     assert "MLflow writes failed (first: MlflowException: metric value too long)" in err
 
 
-def test_writes_wait_out_a_store_that_is_away_and_say_so(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(tracking, "STALL_WARNING_S", 0.5)
-    tracker, callback = _job(tmp_path)
-    client = callback.writer.client
-    back_at = time.monotonic() + 3
-    original = client.log_batch
-
-    def away_for_a_while(*args, **kwargs):
-        if time.monotonic() < back_at:
-            raise ConnectionError("connection refused")
-        return original(*args, **kwargs)
-
-    client.log_batch = away_for_a_while
-    _run_trial(callback, "patient")
-    time.sleep(1)
-    _run_trial(callback, "late", epochs=1)  # queued while the store is away: Tune's loop notices
-    callback.on_experiment_end([])
-    assert callback.writer.failures == []
-    err = caplog.text
-    assert "warning: the MLflow tracking store" in err and "has not answered for" in err
-    assert "note: the MLflow tracking store answers again" in err
-    mlflow = MlflowClient(tracker.tracking_uri)
-    for trial_id, epochs in (("patient", 3), ("late", 1)):
-        (run,) = mlflow.search_runs([tracker.experiment_id], filter_string=f"tags.trial_id = '{trial_id}'")
-        assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "score")] == list(range(1, epochs + 1))
-        assert run.info.status == "FINISHED"
-
-
 def test_the_final_flush_is_bounded_and_names_what_was_not_written(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(tracking, "FINAL_FLUSH_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(writer, "FINAL_FLUSH_TIMEOUT_S", 1.0)
     _, callback = _job(tmp_path)
 
     def never(*args, **kwargs):
@@ -340,8 +313,8 @@ def test_the_final_flush_waits_for_a_slow_store_while_it_writes_and_says_how_muc
 ):
     """A tracking server behind the trials (a large job of short trials) takes longer than
     FINAL_FLUSH_TIMEOUT_S to catch up, writing all the while: nothing is given up on."""
-    monkeypatch.setattr(tracking, "FINAL_FLUSH_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(tracking, "FLUSH_PROGRESS_EVERY_S", 0.5)
+    monkeypatch.setattr(writer, "FINAL_FLUSH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(writer, "FLUSH_PROGRESS_EVERY_S", 0.5)
     tracker, callback = _job(tmp_path)
     calls: list[str] = []
     _slow_writes(callback.writer.client, 0.2, calls)  # 12 writes one after another: 2.4 s
@@ -349,7 +322,7 @@ def test_the_final_flush_waits_for_a_slow_store_while_it_writes_and_says_how_muc
     for trial_id in trials:
         _run_trial(callback, trial_id)
     started = time.monotonic()
-    with caplog.at_level("INFO", logger="tuning_platform.tracking"):
+    with caplog.at_level("INFO", logger="tuning_platform.tracking.writer"):
         callback.on_experiment_end([])
     assert time.monotonic() - started > 1.0 and len(calls) == 12
     assert "not written" not in caplog.text and callback.writer.failures == []
@@ -370,3 +343,70 @@ def test_the_callback_pickles_without_its_thread_after_use(tmp_path):
     assert (copy.tracking_uri, copy.parent_run_id) == (callback.tracking_uri, callback.parent_run_id)
     callback.on_experiment_end([])  # the thread ends with the experiment
     assert sum(t.name == "mlflow-run-writer" for t in threading.enumerate()) == writers - 1
+
+
+def test_a_write_that_is_a_bug_is_counted_at_once_not_retried_for_minutes(tmp_path, caplog):
+    """A TypeError in a queued write (a bug, not an unreachable store) fails that write and the
+    job goes on; only a store that does not answer is waited for (RETRY_FOR_S)."""
+    _, callback = _job(tmp_path)
+    original = callback.writer.client.log_batch
+
+    def broken(*args, **kwargs):
+        if kwargs.get("metrics"):
+            raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+        return original(*args, **kwargs)
+
+    callback.writer.client.log_batch = broken
+    _run_trial(callback, "bug")
+    # Retried, the write would hold the flush until it gives up after 5 s of no writes.
+    assert callback.writer.flush(timeout=5)
+    assert callback.writer.failures == ["TypeError: unsupported operand type(s) for +: 'int' and 'str'"]
+    callback.on_experiment_end([])
+    assert "1 MLflow writes failed (first: TypeError: unsupported operand" in caplog.text
+
+
+def test_a_store_that_is_away_is_waited_out_on_the_writer_s_clock(tmp_path, caplog):
+    """The writer's retries and stall warnings run on its clock: a store away for two minutes
+    is waited out, warned about and written to once it answers, in no real time at all."""
+    from tuning_platform.tracking.writer import RETRY_FOR_S, STALL_WARNING_S, Clock
+
+    class ManualClock(Clock):
+        """Time moves only when the writer sleeps between retries."""
+
+        def __init__(self) -> None:
+            self.at = 0.0
+
+        def now(self) -> float:
+            return self.at
+
+        def sleep(self, seconds: float) -> None:
+            self.at += seconds
+
+    tracker, callback = _job(tmp_path)
+    clock = ManualClock()
+    callback.writer.clock = clock
+    client = callback.writer.client
+    original = client.log_batch
+    away_until = 120.0  # more than STALL_WARNING_S, less than RETRY_FOR_S
+    assert STALL_WARNING_S < away_until < RETRY_FOR_S
+
+    def away(*args, **kwargs):
+        if clock.now() < away_until:
+            raise ConnectionError("connection refused")
+        return original(*args, **kwargs)
+
+    client.log_batch = away
+    started = time.monotonic()
+    _run_trial(callback, "patient")
+    _run_trial(callback, "late", epochs=1)  # queued while the store is away
+    callback.on_experiment_end([])
+    assert time.monotonic() - started < 10  # two minutes of the store's absence took no real time
+    assert callback.writer.failures == []
+    assert clock.now() >= away_until
+    assert "warning: the MLflow tracking store" in caplog.text and "has not answered for" in caplog.text
+    assert "note: the MLflow tracking store answers again" in caplog.text
+    mlflow = MlflowClient(tracker.tracking_uri)
+    for trial_id, epochs in (("patient", 3), ("late", 1)):
+        (run,) = mlflow.search_runs([tracker.experiment_id], filter_string=f"tags.trial_id = '{trial_id}'")
+        assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "score")] == list(range(1, epochs + 1))
+        assert run.info.status == "FINISHED"

@@ -11,7 +11,7 @@ from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
-from tuning_platform.sampler import BEST_KEPT, WindowedTPESampler
+from tuning_platform.search.sampler import BEST_KEPT, WindowedTPESampler
 
 SPACE = {"x": FloatDistribution(0.0, 1.0), "y": FloatDistribution(0.0, 1.0)}
 SETTINGS = {"n_startup_trials": 10, "n_ei_candidates": 24, "multivariate": True, "constant_liar": True}

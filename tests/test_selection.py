@@ -7,8 +7,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import run_cli, write_spec
-from tuning_platform.results import TrialRow
-from tuning_platform.selection import top_configurations
+from tuning_platform.outcome import TrialRow
+from tuning_platform.search.selection import top_configurations
 from tuning_platform.spec import SpecError, load_spec
 
 NOISY = """

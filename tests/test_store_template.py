@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 from mlflow.tracking import MlflowClient
 
-import tuning_platform.store_template as store_template
-from tuning_platform.tracking import open_client
+import tuning_platform.tracking.store_template as store_template
+from tuning_platform.tracking.client import open_client
 
 
 def _schema(path) -> tuple[list[tuple], list[tuple], list[tuple]]:

@@ -12,13 +12,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import run_cli, write_spec
+from tuning_platform.execution.resume import settings_fingerprint, spec_fingerprint
+from tuning_platform.execution.searcher import build_search
+from tuning_platform.execution.tuner import trial_config
 from tuning_platform.insight import DPI, FIGSIZE, asha_rungs, plot_best_so_far, plot_learning_curves
+from tuning_platform.records import compact_number, trial_run_name
 from tuning_platform.request import build_request
-from tuning_platform.resume import settings_fingerprint, spec_fingerprint
+from tuning_platform.search.study import RecordedTrial, fitting_params, study_of
 from tuning_platform.spec import SpecError, load_spec
-from tuning_platform.study import RecordedTrial, fitting_params, study_of
-from tuning_platform.tracking import compact_number, trial_run_name
-from tuning_platform.tuner import build_search, trial_config
 
 WIDE = {
     "name": "bowl",
@@ -156,7 +157,7 @@ def test_a_large_job_s_importances_come_from_a_sample_and_still_rank_the_paramet
 
     import optuna.importance
 
-    from tuning_platform import insight
+    from tuning_platform.insight import importance as insight
 
     fitted = []
 
@@ -177,7 +178,7 @@ def test_a_large_job_s_importances_come_from_a_sample_and_still_rank_the_paramet
         value = 10 * (x - 0.3) ** 2 + 0.01 * y
         trial = _recorded(number, {"x": x, "y": y, "kind": "b", "epochs": 3})
         scored.append((dataclasses.replace(trial, history=[(3, value)]), value))
-    with caplog.at_level("INFO", logger="tuning_platform.insight"):
+    with caplog.at_level("INFO", logger="tuning_platform.insight.importance"):
         sampled = insight.importances(spec, scored)
         whole = insight.importances(spec, scored[:30])
     assert fitted == [(insight.TREES, 40), (insight.TREES, 30)] and insight.TREES == 32
@@ -191,7 +192,7 @@ def test_one_searched_parameter_has_fanova_s_importance_without_a_forest(monkeyp
     import optuna
     import optuna.importance
 
-    from tuning_platform import insight
+    from tuning_platform.insight import importance as insight
 
     spec = _spec(NARROW, {"search.space": {"x": {"type": "uniform", "low": 0.0, "high": 1.0}}})
     assert list(spec.search.space) == ["x"]
@@ -214,7 +215,7 @@ def test_one_searched_parameter_has_fanova_s_importance_without_a_forest(monkeyp
     monkeypatch.setattr(optuna.importance, "FanovaImportanceEvaluator", no_forest)
     assert insight.importances(spec, scored) == {"x": 1.0} == {k: float(v) for k, v in fanova.items()}
     flat = [(trial, 0.25) for trial, _ in scored]  # fANOVA: "zero total variance"
-    with caplog.at_level("INFO", logger="tuning_platform.insight"):
+    with caplog.at_level("INFO", logger="tuning_platform.insight.importance"):
         assert insight.importances(spec, flat) == {}
     assert "no parameter importances: every trial has the same" in caplog.text
 
@@ -265,7 +266,7 @@ def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_p
     # A user's function from the working directory: tracked, and nothing to register.
     assert "note: toy:bowl exposes no TASK, so no model was registered" in first.stdout
     assert (tmp_path / "ray_results").is_dir()  # the default storage path is the working directory
-    # Tune's own records of each trial are there, TensorBoard's are not (tuner._no_tensorboard_files).
+    # Tune's own records of each trial are there, TensorBoard's are not (_compat.ray.auto_loggers_off).
     trial_folders = [path.parent for path in (tmp_path / "ray_results").rglob("result.json")]
     assert len(trial_folders) == 8 and all((folder / "progress.csv").is_file() for folder in trial_folders)
     assert not list((tmp_path / "ray_results").rglob("events.out.tfevents*"))
@@ -352,14 +353,15 @@ class _Client:
 
 
 def _finished(spec, trials, **tags):
-    from tuning_platform.resume import RUN_NAME_TAG, SETTINGS_HASH_TAG, STORAGE_TAG, budget_tags
+    from tuning_platform.execution.resume import budget_tags
+    from tuning_platform.records import RUN_NAME_TAG, SETTINGS_HASH_TAG, STORAGE_TAG
 
     all_tags = {RUN_NAME_TAG: "bowl-1", STORAGE_TAG: "/r", SETTINGS_HASH_TAG: settings_fingerprint(spec)}
     return _Client(trials), _Run({**all_tags, **budget_tags(spec), **tags})
 
 
 def test_an_extension_runs_what_the_budget_adds():
-    from tuning_platform.resume import _extension
+    from tuning_platform.execution.resume import _extension
 
     # A time budget cut the job at 5 of 8 trials; twice the time runs the other 3 with 60 s more.
     timed = _spec(WIDE, {"budget.time_s": 60})

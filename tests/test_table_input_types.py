@@ -29,7 +29,9 @@ from tests.helpers import cli_env
 from tests.servers import free_port, stop_group, wait_for_http
 from trainables import fraud, mlp
 from trainables.loop import make_optimizer, shuffled_batches, train_one_epoch
-from tuning_platform.registry import CHAMPION_ALIAS, _log_model, code_paths, code_requirements
+from tuning_platform.registry.champion import CHAMPION_ALIAS
+from tuning_platform.registry.model import _log_model
+from tuning_platform.registry.packaging import code_paths, code_requirements
 
 TARGET = "income"
 # Whole numbers as UCI Adult has them (read as int64), one with gaps (read as float64), a

@@ -5,7 +5,8 @@ from __future__ import annotations
 import mlflow
 
 from tests.helpers import ROOT
-from tuning_platform.tracking import result_metrics, trial_params
+from tuning_platform.records import trial_params
+from tuning_platform.tracking.callback import result_metrics
 
 
 def test_trial_params_leave_out_the_data_block():
@@ -33,12 +34,13 @@ def test_result_metrics_keep_the_trainables_numbers_only():
 # Four jobs reaching a fresh store at the same instant: MLflow creates a SQLite store's tables
 # without a lock, and all four would create the one experiment.
 _OPEN_AT_ONCE = """
-import sys, time
-from tuning_platform.tracking import JobTracker
-uri, at = sys.argv[1], float(sys.argv[2])
+import pathlib, sys, time
+from tuning_platform.tracking.parent import JobTracker
+uri, folder, jobs = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
 tracker = JobTracker(uri, "shared")
-while time.time() < at:
-    pass
+(folder / f"ready-{id(tracker)}-{time.time()}").touch()
+while len(list(folder.glob("ready-*"))) < jobs:  # every process has imported MLflow: all go at once
+    time.sleep(0.001)  # not a busy wait: the others are still importing on the same cores
 tracker.start(run_name="job", tags={}, params={"a": "1"}, artifacts={})
 tracker.finish("FINISHED")
 """
@@ -48,15 +50,12 @@ def test_jobs_opening_a_fresh_sqlite_store_at_once_all_get_their_parent_run(tmp_
     import os
     import subprocess
     import sys
-    import time
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    at = str(time.time() + 8)  # every process imported MLflow by then
+    (tmp_path / "ready").mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    jobs = [
-        subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, uri, at], env=env, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
+    command = [sys.executable, "-c", _OPEN_AT_ONCE, uri, str(tmp_path / "ready"), "4"]
+    jobs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     errors = [job.communicate(timeout=120)[1] for job in jobs]
     assert [job.returncode for job in jobs] == [0] * 4, "\n".join(errors)[-3000:]
     client = mlflow.tracking.MlflowClient(uri)
@@ -70,7 +69,7 @@ def test_a_run_ends_as_mlflow_s_own_client_ends_it(tmp_path):
     (tests/test_mlflow_server.py shows it) and writes the end through the store's
     `update_run_info`, an MLflow internal: this fails when that changes, and checks the run
     ends as MLflow's client ends it."""
-    from tuning_platform.tracking import QuietEndClient, open_client
+    from tuning_platform.tracking.client import QuietEndClient, open_client
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ours, theirs = open_client(uri), mlflow.tracking.MlflowClient(uri)
@@ -95,7 +94,7 @@ def test_a_bulk_history_answer_that_is_not_mlflow_s_json_reads_run_by_run(monkey
     import mlflow.utils.rest_utils
     from mlflow.tracking import MlflowClient
 
-    from tuning_platform import tracking
+    from tuning_platform.tracking import queries
 
     class ProxyPage:
         status_code = 200
@@ -106,8 +105,8 @@ def test_a_bulk_history_answer_that_is_not_mlflow_s_json_reads_run_by_run(monkey
     client = MlflowClient("http://127.0.0.1:9")  # never reached: both reads are replaced
     asked = []
     monkeypatch.setattr(mlflow.utils.rest_utils, "http_request", lambda *args, **kwargs: ProxyPage())
-    monkeypatch.setattr(tracking, "_histories_per_run", lambda c, ids, m: asked.extend(ids) or {i: [] for i in ids})
-    assert tracking.metric_histories(client, ["a", "b"], "score") == {"a": [], "b": []}
+    monkeypatch.setattr(queries, "_histories_per_run", lambda c, ids, m: asked.extend(ids) or {i: [] for i in ids})
+    assert queries.metric_histories(client, ["a", "b"], "score") == {"a": [], "b": []}
     assert asked == ["a", "b"]
 
 
@@ -117,7 +116,7 @@ def test_metric_histories_read_in_bulk_from_a_sql_store_equal_the_per_run_reads(
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from tuning_platform import tracking
+    from tuning_platform.tracking import queries
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("bulk")
@@ -126,8 +125,8 @@ def test_metric_histories_read_in_bulk_from_a_sql_store_equal_the_per_run_reads(
         metrics = [Metric("val", float(n * 10 + step), 1000 + step, step) for step in range(1, n + 1)]
         client.log_batch(run_id, metrics=metrics + [Metric("other", 1.0, 1000, 1)])
     assert callable(client._tracking_client.store.get_metric_history_bulk)
-    monkeypatch.setattr(tracking, "HISTORY_CHUNK", 2)  # three queries, across chunk edges
-    bulk = tracking.metric_histories(client, runs, "val")
+    monkeypatch.setattr(queries, "HISTORY_CHUNK", 2)  # three queries, across chunk edges
+    bulk = queries.metric_histories(client, runs, "val")
     one_by_one = {run_id: client.get_metric_history(run_id, "val") for run_id in runs}
     assert {r: [(m.step, m.value) for m in ms] for r, ms in bulk.items()} == {
         r: [(m.step, m.value) for m in ms] for r, ms in one_by_one.items()
@@ -143,32 +142,34 @@ def test_trial_runs_read_lean_from_a_sql_store_equal_what_search_runs_finds(tmp_
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    from tuning_platform import tracking
+    from tuning_platform._compat.mlflow import sql_store
+    from tuning_platform.records import PARENT_RUN_ID_TAG, TrialStatus
+    from tuning_platform.tracking import queries
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("lean")
     parent, other = (client.create_run(experiment).info.run_id for _ in range(2))
 
     def child(of: str, trial_id: str, status: str = "completed") -> str:
-        tags = {tracking.PARENT_RUN_ID_TAG: of, "trial_id": trial_id, "trial_status": status}
+        tags = {PARENT_RUN_ID_TAG: of, "trial_id": trial_id, "trial_status": status}
         run_id = client.create_run(experiment, tags=tags).info.run_id
         client.log_batch(run_id, params=[Param("lr", f"0.{trial_id}"), Param("layers", "2")])
         return run_id
 
     kept = [child(parent, "1"), child(parent, "2", "early_stopped")]
     client.set_terminated(kept[0], "FINISHED")
-    child(parent, "3", tracking.RESEED)
+    child(parent, "3", TrialStatus.RESEED.value)
     client.delete_run(child(parent, "4"))
     child(other, "5")
-    client.create_run(experiment, tags={tracking.PARENT_RUN_ID_TAG: parent})  # not a trial run
+    client.create_run(experiment, tags={PARENT_RUN_ID_TAG: parent})  # not a trial run
 
     def as_found(records: list) -> dict:
         return {r.run_id: (r.start_ms, r.end_ms, r.tags, r.params) for r in records}
 
-    assert tracking._sql_store(client) is not None
-    lean = as_found(tracking.trial_run_records(client, experiment, parent))
-    monkeypatch.setattr(tracking, "_sql_store", lambda client: None)
-    searched = as_found(tracking.trial_run_records(client, experiment, parent))
+    assert sql_store(client) is not None
+    lean = as_found(queries.trial_run_records(client, experiment, parent))
+    monkeypatch.setattr(queries, "sql_store", lambda client: None)
+    searched = as_found(queries.trial_run_records(client, experiment, parent))
     assert set(lean) == set(kept)
     assert lean == searched
     assert lean[kept[0]][1] is not None and lean[kept[1]][1] is None  # ended, still running

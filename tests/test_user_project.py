@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import ROOT, customers
-from tuning_platform.cluster import WORKING_DIR_EXCLUDES
+from tuning_platform.cluster.runtime_env import WORKING_DIR_EXCLUDES
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pickle
 
 from tuning_platform import insight
-from tuning_platform.warm_up import PicturesWarmedUp
+from tuning_platform.execution.warm_up import PicturesWarmedUp
+from tuning_platform.insight import plots
 
 
 def test_pictures_are_warmed_up_once_when_a_trial_ends_after_the_last_one_started(monkeypatch):
@@ -26,7 +27,7 @@ def test_pictures_are_warmed_up_once_when_a_trial_ends_after_the_last_one_starte
 
 def test_a_warmed_up_process_draws_the_same_pictures():
     insight.warm_up()
-    figure, axes = insight._figure()
+    figure, axes = plots._figure()
     axes.plot([1, 2, 3], [3, 1, 2])
-    png = insight._png(figure)
+    png = plots._png(figure)
     assert png.startswith(b"\x89PNG") and int.from_bytes(png[16:20], "big") == 900  # FIGSIZE x DPI wide

@@ -11,6 +11,7 @@ Importing this package is cheap: Ray, MLflow and torch load when a job runs.
 
 import logging
 
+from tuning_platform._compat import moved
 from tuning_platform.errors import JobError, SpecError, TrialsFailedError, TuneInterrupted
 
 __all__ = ["JobError", "SpecError", "TrialsFailedError", "TuneInterrupted", "TuneResult", "tune"]
@@ -18,14 +19,17 @@ __all__ = ["JobError", "SpecError", "TrialsFailedError", "TuneInterrupted", "Tun
 # A library logs; the application (the CLI, a notebook) decides where it goes.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+# What a job saved by an older layout of this package pickled still loads (`--resume`).
+moved.install()
 
-def __getattr__(name: str):  # tune and TuneResult import MLflow: only when asked for
+
+def __getattr__(name: str):  # tune imports MLflow: only when asked for
     if name == "tune":
         from tuning_platform.api import tune
 
         return tune
     if name == "TuneResult":
-        from tuning_platform.job import TuneResult
+        from tuning_platform.outcome import TuneResult
 
         return TuneResult
     raise AttributeError(name)

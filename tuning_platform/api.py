@@ -13,9 +13,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from tuning_platform._compat.mlflow import global_tracking_uri, set_global_tracking_uri
 from tuning_platform.errors import TrialsFailedError, TuneInterrupted
-from tuning_platform.job import TuneResult
+from tuning_platform.execution.interrupt import sigterm_as_interrupt
+from tuning_platform.job import run_job
+from tuning_platform.outcome import TuneResult
+from tuning_platform.records import TrialStatus
 from tuning_platform.request import JobRequest, build_request
+from tuning_platform.tracking.parent import JobTracker
 
 
 def tune(
@@ -67,10 +72,6 @@ def tune(
 def run_request(request: JobRequest) -> TuneResult:
     """Run a checked request; raises instead of returning a status. `tune` puts the process
     environment back around it; the CLI, a process of its own, does not need to."""
-    from tuning_platform.interrupt import sigterm_as_interrupt
-    from tuning_platform.job import run_job
-    from tuning_platform.tracking import JobTracker
-
     tracker = JobTracker(request.tracking_uri, request.spec.name)
     with sigterm_as_interrupt() as terminated:
         try:
@@ -80,7 +81,7 @@ def run_request(request: JobRequest) -> TuneResult:
     if result.interrupted:
         raise TuneInterrupted(_stop_word(terminated()), result, terminated())
     if result.best is None:
-        failed = [row for row in result.rows if row.status == "failed"]
+        failed = [row for row in result.rows if row.status == TrialStatus.FAILED]
         reason = f": {failed[0].error}" if failed and failed[0].error else "; see the trial errors above"
         raise TrialsFailedError(f"no trial produced the metric {request.spec.metric!r}{reason}", result)
     return result
@@ -93,16 +94,20 @@ def _stop_word(terminated: bool) -> str:
 @contextmanager
 def environment_kept() -> Iterator[None]:
     """Put back `os.environ` and MLflow's global tracking URI as they were: a job sets Ray's and
-    Tune's variables for itself, and MLflow's `set_tracking_uri` also writes the environment."""
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+    Tune's variables for itself, and MLflow's `set_tracking_uri` also writes the environment.
 
+    Only the variables that changed are put back, one at a time: clearing the whole environment
+    and filling it again would leave other threads of the process (a notebook's, Ray's) a moment
+    with no environment at all.
+    """
     environ = dict(os.environ)
-    tracking_uri = tracking_utils._tracking_uri  # mlflow/tracking/_tracking_service/utils.py, module global
+    tracking_uri = global_tracking_uri()
     try:
         yield
     finally:
-        if tracking_utils._tracking_uri != tracking_uri:
-            tracking_utils.set_tracking_uri(tracking_uri)
-        if dict(os.environ) != environ:
-            os.environ.clear()
-            os.environ.update(environ)
+        set_global_tracking_uri(tracking_uri)
+        for key in [key for key in os.environ if key not in environ]:
+            os.environ.pop(key, None)
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value

@@ -1,15 +1,33 @@
-"""What a job raises instead of returning exit codes; the CLI maps each to one line and a code."""
+"""What a job raises instead of returning exit codes; the CLI maps each to one line and a code.
+
+The lowest module of the package: it imports nothing from it at run time.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from tuning_platform.spec import SpecError
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tuning_platform.job import TuneResult
+    from tuning_platform.outcome import TuneResult
 
 __all__ = ["JobError", "SpecError", "TrialsFailedError", "TuneInterrupted"]
+
+
+class SpecError(Exception):
+    """A user mistake in a spec or the job's options: file, key path, rule and the bad value,
+    on one line (`FILE: key.path: rule (got VALUE)`). Nothing was started or written."""
+
+    def __init__(self, file: str, path: str, rule: str, got: Any = None, *, has_got: bool = True):
+        self.file, self.path, self.rule, self.got = file, path, rule, got
+        text = f"{file}: {path}: {rule}" if path else f"{file}: {rule}"
+        if has_got:
+            text += f" (got {_show(got)})"
+        super().__init__(text)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class JobError(Exception):

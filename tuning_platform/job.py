@@ -11,22 +11,17 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from tuning_platform.cluster import Capacity, check_storage_shared, connect_ray, fit_resources
+from tuning_platform.cluster.capacity import Capacity, TrialResources, fit_resources
+from tuning_platform.cluster.connect import connect_ray
+from tuning_platform.cluster.storage import check_storage_shared
 from tuning_platform.errors import JobError
-from tuning_platform.registry import Registration
-from tuning_platform.results import TrialRow
-from tuning_platform.resume import (
-    EXTENDED_TAG,
-    RESUMED_TAG,
-    RUN_NAME_TAG,
-    SETTINGS_HASH_TAG,
-    SPEC_HASH_TAG,
-    STORAGE_TAG,
+from tuning_platform.execution.interrupt import reclaim_sigterm, unfinished_trials
+from tuning_platform.execution.results import read_trials
+from tuning_platform.execution.resume import (
     ResumeTarget,
     budget_tags,
     driver_tags,
@@ -35,103 +30,28 @@ from tuning_platform.resume import (
     settings_fingerprint,
     spec_fingerprint,
 )
+from tuning_platform.execution.tuner import RunSetup, build_trainable, fit, restore
+from tuning_platform.insight import write_insight
+from tuning_platform.outcome import TrialRow, TuneResult, best_trial
+from tuning_platform.records import (
+    ENDED,
+    EXTENDED_TAG,
+    NOTE_TAG,
+    RESUMED_TAG,
+    RUN_NAME_TAG,
+    SETTINGS_HASH_TAG,
+    SPEC_HASH_TAG,
+    STORAGE_TAG,
+    TrialStatus,
+)
+from tuning_platform.registry.model import register_best
+from tuning_platform.request import JobRequest
+from tuning_platform.search.selection import reseed_top
+from tuning_platform.search.study import RecordedTrial, as_row, recorded_trials
 from tuning_platform.spec import Spec
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from tuning_platform.insight import Insight
-    from tuning_platform.request import JobRequest
-    from tuning_platform.selection import Selection
-    from tuning_platform.study import RecordedTrial
-    from tuning_platform.tracking import JobTracker
+from tuning_platform.tracking.parent import JobTracker
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TuneResult:
-    """What a job did: its trials, the best one, its MLflow records and the registered model."""
-
-    metric: str
-    mode: str
-    tracking_uri: str
-    experiment_name: str
-    experiment_id: str
-    parent_run_id: str
-    run_name: str
-    # Where Ray keeps the job's state (`resume` continues from it).
-    experiment_path: str = ""
-    rows: list[TrialRow] = field(default_factory=list)
-    best: TrialRow | None = None
-    registration: Registration | None = None
-    # (name, metrics) of the trainable's simple reference model on the same split.
-    baseline: tuple[str, dict[str, float]] | None = None
-    notes: list[str] = field(default_factory=list)
-    wall_s: float = 0.0
-    # Stopped by Ctrl-C or SIGTERM before every trial ended (then nothing was registered).
-    interrupted: bool = False
-    # Importances and pictures of the search, on the parent run.
-    insight: Insight | None = None
-    # The reseeded top configurations, with `selection` in the spec.
-    selection: Selection | None = None
-
-    @property
-    def best_config(self) -> dict[str, Any] | None:
-        return None if self.best is None else dict(self.best.params)
-
-    @property
-    def best_metric(self) -> float | None:
-        return None if self.best is None else self.best.value
-
-    @property
-    def best_trial_id(self) -> str | None:
-        return None if self.best is None else self.best.trial_id
-
-    @property
-    def model_name(self) -> str | None:
-        return None if self.registration is None else self.registration.name
-
-    @property
-    def model_version(self) -> str | None:
-        return None if self.registration is None else self.registration.version
-
-    @property
-    def model_uri(self) -> str | None:
-        return None if self.registration is None else self.registration.uri
-
-    @property
-    def champion_version(self) -> str | None:
-        return None if self.registration is None else self.registration.champion_version
-
-    @property
-    def test_metrics(self) -> dict[str, float]:
-        """The registered model's scores on the test split no trial saw."""
-        return {} if self.registration is None else dict(self.registration.test_metrics)
-
-    @property
-    def took_champion(self) -> bool:
-        return self.registration is not None and self.registration.took_champion
-
-    @property
-    def trials(self) -> pd.DataFrame:
-        """One row per trial: id, status, epochs, the metric's best value, error, params."""
-        import pandas as pd
-
-        return pd.DataFrame(
-            [
-                {
-                    "trial_id": r.trial_id,
-                    "status": r.status,
-                    "epochs": r.epochs,
-                    self.metric: r.value,
-                    "error": r.error,
-                    **{f"config.{k}": v for k, v in r.params.items()},
-                }
-                for r in self.rows
-            ],
-            columns=None if self.rows else ["trial_id", "status", "epochs", self.metric, "error"],
-        )
 
 
 def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
@@ -143,9 +63,8 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
     dataset, baseline = _load_data(request)
     with _connected(request) as (resources, capacity):
         run_name, storage_path = _run_name_and_storage(request)
-        from tuning_platform.tuner import build_trainable, fit, restore
-
         trainable = build_trainable(request, resources, dataset, run_name, storage_path)
+        setup = RunSetup(trainable, request.data, storage_path, tracker, resources, capacity)
         _open_parent_run(request, tracker, run_name, storage_path, baseline)
         result = TuneResult(
             metric=spec.metric,
@@ -167,9 +86,7 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
                 results = restore(spec, resume, trainable, request.data)
             else:
                 history = _searcher_history(request, tracker)
-                results = fit(
-                    run_spec, trainable, request.data, run_name, storage_path, tracker, resources, capacity, history
-                )
+                results = fit(run_spec, setup, run_name, history)
             _read_outcome(run_spec, results, run_name, fit_started, result)
             tracker.close_trial_runs(
                 {row.trial_id: row.status for row in result.rows},
@@ -181,11 +98,7 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
             _write_insight(spec, recorded, tracker, result)
             registered = result.best
             if spec.selection is not None and result.best is not None and not result.interrupted:
-                from tuning_platform.selection import reseed_top
-
-                selection = reseed_top(
-                    request, result.rows, trainable, run_name, storage_path, tracker, resources, capacity
-                )
+                selection = reseed_top(request, result.rows, setup, run_name)
                 result.selection, result.interrupted = selection, selection.interrupted
                 results, registered = selection.results, selection.registered_row
                 ran_here |= {run.trial_id for c in selection.candidates for run in c.runs}
@@ -216,26 +129,19 @@ def _searcher_history(request: JobRequest, tracker: JobTracker) -> list[Recorded
 
 
 def _recorded(spec: Spec, tracker: JobTracker) -> list[RecordedTrial]:
-    from tuning_platform.study import recorded_trials
-
     return recorded_trials(tracker.client, tracker.experiment_id, tracker.parent_run_id, spec.metric)
 
 
 def _add_earlier_trials(spec: Spec, recorded: list[RecordedTrial], run_name: str, result: TuneResult) -> None:
     """An extended job's trials of its earlier Ray runs join the rows (and compete for best)."""
-    from tuning_platform.results import best_trial
-    from tuning_platform.study import as_row
-
     earlier = [as_row(trial, spec) for trial in recorded if trial.ray_run and trial.ray_run != run_name]
     if earlier:
         result.rows = earlier + result.rows
-        result.best = best_trial(spec, result.rows)
+        result.best = best_trial(result.rows, spec.mode)
 
 
 def _write_insight(spec: Spec, recorded: list[RecordedTrial], tracker: JobTracker, result: TuneResult) -> None:
     """Importances and pictures on the parent run; a problem there never fails the job."""
-    from tuning_platform.insight import write_insight
-
     try:
         started_ms = tracker.client.get_run(tracker.parent_run_id).info.start_time
         result.insight = write_insight(spec, recorded, tracker, started_ms)
@@ -253,11 +159,9 @@ def _set_tune_variables() -> None:
 
 
 @contextmanager
-def _connected(request: JobRequest) -> Iterator[tuple[dict[str, float], Capacity]]:
+def _connected(request: JobRequest) -> Iterator[tuple[TrialResources, Capacity]]:
     """Ray for the job (joined, or embedded and shut down at the end) and the trials' resources."""
     import ray
-
-    from tuning_platform.interrupt import reclaim_sigterm
 
     spec = request.spec
     owns_ray = connect_ray(
@@ -285,7 +189,7 @@ def _load_data(request: JobRequest) -> tuple[Any, tuple[str, dict[str, float]] |
     task = request.trainable.task
     if task is None:
         return None, None
-    from trainables.files import DataError
+    from trainables.files import DataError  # the trainables' package, which imports torch
 
     try:
         dataset = task.load_data(dict(request.data))
@@ -322,7 +226,7 @@ def _open_parent_run(
             RUN_NAME_TAG: run_name,
             SPEC_HASH_TAG: spec_fingerprint(spec),
             EXTENDED_TAG: str(resume.extensions),
-            "mlflow.note.content": f"{_description(request)} Extended {resume.extensions} time(s).",
+            NOTE_TAG: f"{_description(request)} Extended {resume.extensions} time(s).",
             **budget_tags(spec),
             **driver_tags(),
         }
@@ -344,7 +248,7 @@ def _open_parent_run(
                 "trainable": spec.trainable,
                 "smoke_test": str(request.smoke_test).lower(),
                 # The run's description in the MLflow UI.
-                "mlflow.note.content": _description(request),
+                NOTE_TAG: _description(request),
                 RUN_NAME_TAG: run_name,
                 STORAGE_TAG: storage_path,
                 SPEC_HASH_TAG: spec_fingerprint(spec),
@@ -377,11 +281,8 @@ def _open_parent_run(
 
 def _read_outcome(spec: Spec, results: Any, run_name: str, fit_started: float, result: TuneResult) -> None:
     """Trial rows, the best trial, and whether a stop left trials unfinished."""
-    from tuning_platform.interrupt import unfinished_trials
-    from tuning_platform.results import best_trial, read_trials
-
     result.rows = read_trials(spec, results)
-    result.best = best_trial(spec, result.rows)
+    result.best = best_trial(result.rows, spec.mode)
     # Tune's time budget stops the trials still running as a stop would, without telling its
     # callbacks (ray/tune/execution/tune_controller.py, `_stop_experiment_if_needed`): they
     # ended by the spec, so they count as stopped early, not interrupted.
@@ -389,7 +290,7 @@ def _read_outcome(spec: Spec, results: Any, run_name: str, fit_started: float, r
     unfinished = [] if budget_spent else unfinished_trials(run_name)
     for row in result.rows:
         if row.trial_id in unfinished:  # Ctrl-C or SIGTERM: Tune stopped them and saved its state
-            row.status = "interrupted"
+            row.status = TrialStatus.INTERRUPTED
     result.interrupted = bool(unfinished)
 
 
@@ -404,8 +305,6 @@ def _register_and_finish(
 ) -> None:
     """Register `registered` (the best trial, or with `selection` the chosen configuration's
     best reseeded run) and end the parent run with the job's figures."""
-    from tuning_platform.registry import register_best
-
     spec, best, selection = request.spec, result.best, result.selection
     extra: dict[str, str] = {}
     if selection is not None and selection.chosen is not None:
@@ -434,7 +333,8 @@ def _register_and_finish(
         params={f"best.{k}": v for k, v in (best.params if best else {}).items()},
         tags={
             f"trials_{status}": str(sum(r.status == status for r in result.rows))
-            for status in ("completed", "early_stopped", "diverged", "failed")
+            for status in ENDED
+            if status != TrialStatus.INTERRUPTED
         },
     )
     tracker.finish("FINISHED" if best is not None else "FAILED")

@@ -25,12 +25,12 @@ from tuning_platform.spec import (
     smoke_overrides,
     validate_spec,
 )
-from tuning_platform.store_template import sqlite_file
+from tuning_platform.tracking.store_template import sqlite_file
 
 if TYPE_CHECKING:
-    from tuning_platform.resolve import ResolvedTrainable
-    from tuning_platform.resume import ResumeTarget
-    from tuning_platform.study import WarmStart
+    from tuning_platform.execution.resume import ResumeTarget
+    from tuning_platform.search.warm_start import WarmStart
+    from tuning_platform.spec.trainable import ResolvedTrainable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_STORAGE_PATH = "ray_results"
@@ -71,8 +71,10 @@ def build_request(
     resume_command: str = "",
 ) -> JobRequest:
     """Everything checked before anything starts; raises SpecError."""
-    from tuning_platform.resolve import check_against_trainable, resolve_trainable
-    from tuning_platform.resume import find_job_to_resume
+    # Each imported once the spec itself is valid: the trainables import torch, resuming MLflow
+    # and Ray; a bad spec is reported without them.
+    from tuning_platform.execution.resume import find_job_to_resume
+    from tuning_platform.spec.trainable import check_against_trainable, resolve_trainable
 
     overrides = overrides or []
     loaded, raw, text = load_spec(spec, overrides, name=name)
@@ -110,8 +112,10 @@ def _warm_start(uri: str, spec: Spec, file: str) -> WarmStart | None:
     """The trials of the jobs `search.warm_start` names, read before anything starts."""
     if spec.search.warm_start is None:
         return None
-    from tuning_platform.study import study_of, warm_start_trials
-    from tuning_platform.tracking import open_client
+    # MLflow and Optuna, only for a job that warm-starts.
+    from tuning_platform.search.study import study_of
+    from tuning_platform.search.warm_start import warm_start_trials
+    from tuning_platform.tracking.client import open_client
 
     store = sqlite_file(uri)
     if store is not None and not store.exists():
@@ -162,7 +166,7 @@ def check_ray_address(address: str | None, source: str, file: str) -> None:
         socket.create_connection((host, int(port)), timeout=RAY_ADDRESS_CHECK_TIMEOUT_S).close()
     except OSError as err:
         raise SpecError(file, source, f"Ray cluster not reachable: {err.strerror or err}", address) from None
-    from tuning_platform.cluster import probe_cluster
+    from tuning_platform.cluster.connect import probe_cluster  # imports Ray, only to join a cluster
 
     problem = probe_cluster(address)
     if problem:

@@ -18,6 +18,7 @@ import pyarrow.fs
 from ray import tune
 from ray.tune import Callback
 
+from tuning_platform._compat.ray import repoint_checkpoints
 from tuning_platform.spec import Spec
 
 logger = logging.getLogger(__name__)
@@ -58,16 +59,9 @@ class SurvivingCheckpoints(Callback):
 
     @staticmethod
     def _repoint(trial: Any) -> None:
-        # Ray 2.60 offers no public way to change which checkpoint a trial restores from.
-        manager = trial.run_metadata.checkpoint_manager
-        latest = manager.latest_checkpoint_result if manager else None
-        if latest is None or _exists(latest.checkpoint):
+        changed, newest = repoint_checkpoints(trial, _exists)
+        if not changed:
             return
-        kept = [result for result in manager._checkpoint_results if _exists(result.checkpoint)]
-        newest = max(kept, key=lambda result: result.metrics.get("training_iteration", 0), default=None)
-        manager._checkpoint_results = kept
-        manager._latest_checkpoint_result = newest
-        trial.run_metadata.invalidate_cache()
         if newest is None:
             start = "scratch"
         else:

@@ -15,14 +15,11 @@ from typing import Any
 from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS
 from ray.tune.stopper import Stopper
 
-# Set on a diverged result, so MLflow and the summary can say `diverged` instead of guessing.
-DIVERGED_KEY = "diverged"
+from tuning_platform.ranking import worst_value
+from tuning_platform.records import DIVERGED_KEY
+
 # Tune fills these in itself; a result with nothing else is a trial that returned, not a report.
 TUNE_RESULT_KEYS = set(AUTO_RESULT_KEYS) | set(DEBUG_METRICS) | {"done", "experiment_tag", "should_checkpoint"}
-
-
-def worst_value(mode: str) -> float:
-    return -math.inf if mode == "max" else math.inf
 
 
 def _non_finite(value: Any) -> bool:

@@ -3,10 +3,13 @@ trial, and the checkpoint of it that becomes the registered model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from tuning_platform.execution.guard import missing_metric_error
+from tuning_platform.outcome import TrialRow
+from tuning_platform.ranking import best, score
+from tuning_platform.records import TrialStatus, finished_status, last_error_text
 from tuning_platform.spec import Spec
 
 if TYPE_CHECKING:
@@ -15,21 +18,7 @@ if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
 
-@dataclass
-class TrialRow:
-    trial_id: str
-    status: str  # completed | early_stopped | diverged | failed | interrupted
-    epochs: int
-    value: float | None  # best finite value of the spec's metric over the trial's epochs
-    params: dict[str, Any]
-    error: str | None = None  # a failed trial's last error line
-
-
 def read_trials(spec: Spec, results: ResultGrid) -> list[TrialRow]:
-    # Imported here: platform.tracking loads MLflow, which input checks never need.
-    from tuning_platform.guard import missing_metric_error
-    from tuning_platform.tracking import finished_status, last_error_text
-
     rows = []
     for result in results:
         last = result.metrics or {}
@@ -39,10 +28,10 @@ def read_trials(spec: Spec, results: ResultGrid) -> list[TrialRow]:
         value = best_of(history[spec.metric], spec.mode) if history is not None and spec.metric in history else None
         error = None
         if result.error is not None:
-            status, error = "failed", last_error_text(str(result.error))
+            status, error = TrialStatus.FAILED, last_error_text(str(result.error))
         else:
             status = finished_status(last, spec.metric, spec.max_t)
-            if status == "failed":
+            if status == TrialStatus.FAILED:
                 error = missing_metric_error(spec.metric, last)
         params = {k: v for k, v in (result.config or {}).items() if k in spec.search.space}
         rows.append(TrialRow(trial_id, status, epochs, value, params, error))
@@ -58,28 +47,7 @@ def best_of(column: pd.Series, mode: str) -> float | None:
     values = values[np.isfinite(values)]
     if not len(values):
         return None
-    return float(values.max() if mode == "max" else values.min())
-
-
-# Trials whose configuration is unstable: never the best, never learned from, never averaged.
-UNSTABLE = ("failed", "diverged")
-
-
-def stable(rows: list[TrialRow]) -> list[TrialRow]:
-    """The rows with a value whose trial neither failed nor diverged, in their order."""
-    return [row for row in rows if row.value is not None and row.status not in UNSTABLE]
-
-
-def ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:
-    """Best value first (ties keep their order), rows without a value last."""
-    return sorted(rows, key=lambda r: (r.value is None, -(r.value or 0) if mode == "max" else (r.value or 0)))
-
-
-def best_trial(spec: Spec, rows: list[TrialRow]) -> TrialRow | None:
-    """The trial with the best value; a trial that failed or diverged never is: its
-    configuration is unstable."""
-    candidates = ranked(stable(rows), spec.mode)
-    return candidates[0] if candidates else None
+    return float(best((values.min(), values.max()), mode))
 
 
 def best_checkpoint(spec: Spec, results: ResultGrid, trial_id: str) -> Checkpoint | None:
@@ -101,7 +69,8 @@ def _train_checkpoint(result: Result, metric: str, mode: str) -> Checkpoint | No
     history = result.metrics_dataframe
     if history is None or "checkpoint_path" not in history or metric not in history:
         return None
-    rows = history.dropna(subset=["checkpoint_path", metric]).sort_values(metric, ascending=(mode == "min"))
+    rows = history.dropna(subset=["checkpoint_path", metric])
+    rows = rows.sort_values(metric, ascending=False, key=lambda column: score(column, mode))
     for path in rows["checkpoint_path"]:
         if "://" in str(path) or Path(str(path)).is_dir():
             return Checkpoint(str(path))

@@ -8,7 +8,7 @@ were, so different settings would silently not apply.
 
 A finished job is extended when only its budget grew (`search.num_samples`, `budget.time_s`):
 the new trials run as a further Ray run under the same parent run, with a searcher that starts
-from every earlier trial (`study.py`). Ray's `Tuner.restore` cannot do this: it is for fault
+from every earlier trial (`search/study.py`). Ray's `Tuner.restore` cannot do this: it is for fault
 tolerance and keeps the sample count it was given (ray-project/ray PR #33495).
 """
 
@@ -18,27 +18,30 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuning_platform.spec import Spec, SpecError
-
-# Tags on the parent run that `--resume` reads back.
-SPEC_HASH_TAG = "spec_hash"
-RUN_NAME_TAG = "ray_run_name"
-STORAGE_TAG = "ray_storage_path"
-HOST_TAG = "driver_host"
-PID_TAG = "driver_pid"
-STARTED_TAG = "driver_started"
-RESUMED_TAG = "resumed"
-# What an extension may change, and the fingerprint of everything else.
-SETTINGS_HASH_TAG = "settings_hash"
-SAMPLES_TAG = "budget_num_samples"
-TIME_TAG = "budget_time_s"
-EXTENDED_TAG = "extended"
+from tuning_platform.errors import SpecError
+from tuning_platform.records import (
+    EXTENDED_TAG,
+    HOST_TAG,
+    PARENT_RUN_ID_TAG,
+    PID_TAG,
+    RESUMED_TAG,
+    RUN_NAME_TAG,
+    SAMPLES_TAG,
+    SETTINGS_HASH_TAG,
+    SPEC_HASH_TAG,
+    STARTED_TAG,
+    STORAGE_TAG,
+    TIME_TAG,
+)
+from tuning_platform.spec import Spec
+from tuning_platform.tracking.client import open_client
+from tuning_platform.tracking.queries import search_trial_runs
+from tuning_platform.tracking.store_template import sqlite_file
 
 
 @dataclass(frozen=True)
@@ -106,12 +109,6 @@ def _started(pid: int) -> float | None:
         return None
 
 
-def resume_command(prog: str, argv: list[str]) -> str:
-    """The exact command that resumes the job this command line started."""
-    args = [arg for arg in argv if arg != "--resume"]
-    return f"{prog} " + shlex.join([*args, "--resume"])
-
-
 def _driver_alive(tags: dict[str, str]) -> bool:
     """True only when the run's driver is certainly a live process on this machine: the same
     process id, started at the same time (a CLI, or a notebook that called `tune`)."""
@@ -133,8 +130,6 @@ def find_job_to_resume(tracking_uri: str, spec: Spec, spec_file: str) -> ResumeT
 
     Raises SpecError (exit 2) when there is nothing to resume; reads only, writes nothing.
     """
-    from tuning_platform.store_template import sqlite_file
-    from tuning_platform.tracking import PARENT_RUN_ID_TAG, open_client
 
     def nothing(reason: str) -> SpecError:
         return SpecError(spec_file, "--resume", f"nothing to resume: {reason}", has_got=False)
@@ -190,8 +185,6 @@ def find_job_to_resume(tracking_uri: str, spec: Spec, spec_file: str) -> ResumeT
 
 def _extension(client: Any, run: Any, spec: Spec, spec_file: str) -> ResumeTarget:
     """Extend the finished job `run` by the budget the spec adds to its own."""
-    from tuning_platform.tracking import search_trial_runs
-
     tags = run.data.tags
     name = tags[RUN_NAME_TAG]
     if tags[SETTINGS_HASH_TAG] != settings_fingerprint(spec):

@@ -13,6 +13,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from tuning_platform import insight
+
 
 class PicturesWarmedUp(Callback):
     """`insight.warm_up` once, when a trial ends after the run's `trials` have all started."""
@@ -31,6 +33,4 @@ class PicturesWarmedUp(Callback):
         if self.done or len(trials) < self.trials:
             return
         self.done = True
-        from tuning_platform import insight
-
         insight.warm_up()

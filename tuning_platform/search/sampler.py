@@ -13,22 +13,23 @@ the whole study; the bad group is estimated from recent trials only, where Optun
 weights already give old trials little weight. A study no longer than the window sees
 everything, and proposes exactly as Optuna's TPE does.
 
-Reaches into Optuna: TPE reads a study's trials through `Study._get_trials`
-(optuna/samplers/_tpe/sampler.py, lines 500, 515 and 584 in Optuna 5.0), which the view below
-answers. tests/test_sampler.py fails if TPE stops asking it.
+Reaches into Optuna: TPE reads a study's trials through `Study._get_trials`, which the view
+answers (`tuning_platform/_compat/optuna.py`).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from tuning_platform._compat.optuna import StudyWindow, study_trials
 
 # TPE's good group at most (optuna.samplers._tpe.sampler.default_gamma).
 BEST_KEPT = 25
@@ -59,10 +60,10 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
         if self._best is not None and state == TrialState.COMPLETE and values:
             self._keep(study, values[0], trial.number)
 
-    def _view(self, study: Study) -> Study | _StudyWindow:
+    def _view(self, study: Study) -> Study | StudyWindow:
         if self.window is None or len(study.directions) > 1:
             return study
-        trials = study._get_trials(deepcopy=False, use_cache=False)  # ordered by number, from 0
+        trials = study_trials(study)  # ordered by number, from 0
         if len(trials) <= self.window + BEST_KEPT:
             return study
         if self._best is None:  # once: later completions arrive through after_trial
@@ -72,32 +73,14 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
                     self._keep(study, trial.value, trial.number)
         recent = range(len(trials) - self.window, len(trials))
         older_best = sorted(number for _, number in self._best if number < recent.start)
-        return _StudyWindow(study, [trials[number] for number in older_best] + trials[recent.start :])
+        return StudyWindow(study, [trials[number] for number in older_best] + trials[recent.start :])
 
     def _keep(self, study: Study, value: float, number: int) -> None:
         assert self._best is not None
         if not math.isfinite(value):
             return
-        signed = value if study.direction == StudyDirection.MAXIMIZE else -value
+        signed = value if study.direction == StudyDirection.MAXIMIZE else -value  # larger is better
         if len(self._best) < BEST_KEPT:
             heapq.heappush(self._best, (signed, number))
         elif signed > self._best[0][0]:
             heapq.heapreplace(self._best, (signed, number))
-
-
-class _StudyWindow:
-    """A study as TPE sees it through the window: its own trials are the window's; everything
-    else (directions, storage, system attributes) is the study's."""
-
-    def __init__(self, study: Study, trials: list[FrozenTrial]):
-        self._study = study
-        self._trials = trials
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None, use_cache: bool = False
-    ) -> list[FrozenTrial]:
-        # TPE reads without copies and changes nothing it is given (deepcopy=False everywhere).
-        return [trial for trial in self._trials if states is None or trial.state in states]

@@ -14,17 +14,20 @@ from __future__ import annotations
 import logging
 import statistics
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from tuning_platform.results import TrialRow, ranked, stable
+from tuning_platform.execution.interrupt import unfinished_trials
+from tuning_platform.execution.results import read_trials
+from tuning_platform.execution.tuner import RunSetup, fit
+from tuning_platform.outcome import TrialRow, ranked, stable
+from tuning_platform.ranking import score
+from tuning_platform.records import config_key
 from tuning_platform.spec import Spec
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
-    from tuning_platform.cluster import Capacity
     from tuning_platform.request import JobRequest
-    from tuning_platform.tracking import JobTracker
 
 logger = logging.getLogger(__name__)
 
@@ -99,21 +102,8 @@ def reseed_spec(spec: Spec, runs: int) -> Spec:
     return run
 
 
-def reseed_top(
-    request: JobRequest,
-    rows: list[TrialRow],
-    trainable: Any,
-    run_name: str,
-    storage_path: str,
-    tracker: JobTracker,
-    resources: dict[str, float],
-    capacity: Capacity,
-) -> Selection:
-    from tuning_platform.interrupt import unfinished_trials
-    from tuning_platform.results import read_trials
-    from tuning_platform.tracking import config_key
-    from tuning_platform.tuner import fit
-
+def reseed_top(request: JobRequest, rows: list[TrialRow], setup: RunSetup, run_name: str) -> Selection:
+    """Train the top configurations of `rows` again with new seeds, as a further Ray run."""
     spec = request.spec
     assert spec.selection is not None
     top = top_configurations(spec, rows, spec.selection.top_k)
@@ -127,9 +117,7 @@ def reseed_top(
     )
     reseed_run = f"{run_name}-reseed"
     run_spec = reseed_spec(spec, len(points))
-    results = fit(
-        run_spec, trainable, request.data, reseed_run, storage_path, tracker, resources, capacity, reseed=points
-    )
+    results = fit(run_spec, setup, reseed_run, reseed=points)
     shown = tuple(spec.search.space)
     candidates = {config_key(row.params, shown): Candidate(row) for row in top}
     reseeded = read_trials(run_spec, results)
@@ -140,9 +128,8 @@ def reseed_top(
     for candidate in candidates.values():
         candidate.runs = ranked(candidate.runs, spec.mode)
     with_mean = [c for c in candidates.values() if c.mean is not None]
-    pick = max if spec.mode == "max" else min
-    chosen = pick(with_mean, key=lambda c: c.mean) if with_mean else None  # type: ignore[arg-type, return-value]
-    tracker.close_trial_runs({row.trial_id: row.status for row in reseeded})
+    chosen = max(with_mean, key=lambda c: score(c.mean, spec.mode)) if with_mean else None  # type: ignore[arg-type]
+    setup.tracker.close_trial_runs({row.trial_id: row.status for row in reseeded})
     return Selection(
         list(candidates.values()),
         chosen,

@@ -14,22 +14,27 @@ pruned trials), never as a finished result.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tuning_platform.results import UNSTABLE, TrialRow
-from tuning_platform.spec import ChoiceDomain, IntDomain, Spec, SpecError, to_tune_domain
+from tuning_platform.outcome import TrialRow
+from tuning_platform.ranking import best, direction
+from tuning_platform.records import (
+    LEARNED_FROM,
+    RAY_RUN_TAG,
+    TRIAL_ID_TAG,
+    TRIAL_STATUS_TAG,
+    UNSTABLE,
+    TrialStatus,
+)
+from tuning_platform.search.sampler import WindowedTPESampler
+from tuning_platform.spec import ChoiceDomain, IntDomain, Spec, to_tune_domain
+from tuning_platform.tracking.queries import metric_histories, trial_run_records
 
 if TYPE_CHECKING:
     import optuna
     from mlflow.tracking import MlflowClient
-
-logger = logging.getLogger(__name__)
-
-# trial_status tags whose trials a searcher may learn from.
-LEARNED_FROM = ("completed", "early_stopped")
 
 
 @dataclass
@@ -39,7 +44,7 @@ class RecordedTrial:
     trial_id: str
     run_id: str
     parent_run_id: str
-    status: str  # trial_status: completed | early_stopped | diverged | failed | interrupted | running
+    status: TrialStatus  # as its run's trial_status tag says (`running`: it never ended)
     params: dict[str, str]  # as logged: strings
     history: list[tuple[int, float]] = field(default_factory=list)  # (epoch, metric), in epoch order
     start_ms: int = 0
@@ -53,8 +58,6 @@ class RecordedTrial:
 
 def recorded_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str) -> list[RecordedTrial]:
     """The trial runs of one job, oldest first, with the metric's history of each."""
-    from tuning_platform.tracking import RAY_RUN_TAG, metric_histories, trial_run_records
-
     runs = trial_run_records(client, experiment_id, parent_run_id)
     histories = metric_histories(client, [run.run_id for run in runs], metric)
     trials = []
@@ -65,10 +68,10 @@ def recorded_trials(client: MlflowClient, experiment_id: str, parent_run_id: str
         per_epoch = {m.step: m.value for m in logged if math.isfinite(m.value)}
         trials.append(
             RecordedTrial(
-                trial_id=tags["trial_id"],
+                trial_id=tags[TRIAL_ID_TAG],
                 run_id=run.run_id,
                 parent_run_id=parent_run_id,
-                status=tags.get("trial_status", "running"),
+                status=TrialStatus(tags.get(TRIAL_STATUS_TAG, TrialStatus.RUNNING)),
                 params=run.params,
                 history=sorted(per_epoch.items()),
                 start_ms=run.start_ms,
@@ -86,12 +89,12 @@ def best_value(trial: RecordedTrial, mode: str) -> float | None:
     values = [v for _, v in trial.history]
     if not values or trial.status in UNSTABLE:
         return None
-    return max(values) if mode == "max" else min(values)
+    return best(values, mode)
 
 
 def as_row(trial: RecordedTrial, spec: Spec) -> TrialRow:
     """A recorded trial as a row of the job's outcome (an extended job's earlier trials)."""
-    status = "interrupted" if trial.status == "running" else trial.status
+    status = TrialStatus.INTERRUPTED if trial.status == TrialStatus.RUNNING else trial.status
     epochs = trial.history[-1][0] if trial.history else 0
     params = fitting_params(trial, spec) or {}
     return TrialRow(trial.trial_id, status, epochs, best_value(trial, spec.mode), params)
@@ -145,7 +148,7 @@ def frozen_trial(trial: RecordedTrial, params: dict[str, Any], dists: dict[str, 
     import optuna
 
     state = optuna.trial.TrialState.COMPLETE
-    if trial.status == "early_stopped":
+    if trial.status == TrialStatus.EARLY_STOPPED:
         state = optuna.trial.TrialState.PRUNED
     return optuna.trial.create_trial(
         state=state,
@@ -153,7 +156,7 @@ def frozen_trial(trial: RecordedTrial, params: dict[str, Any], dists: dict[str, 
         params=params,
         distributions={name: dists[name] for name in params},
         intermediate_values=dict(trial.history),
-        user_attrs={"trial_id": trial.trial_id, "parent_run_id": trial.parent_run_id},
+        user_attrs={TRIAL_ID_TAG: trial.trial_id, "parent_run_id": trial.parent_run_id},
     )
 
 
@@ -170,7 +173,7 @@ def study_of(
     study = optuna.create_study(
         storage=storage or optuna.storages.InMemoryStorage(),
         study_name=spec.name,
-        direction="maximize" if spec.mode == "max" else "minimize",
+        direction=direction(spec.mode),
     )
     skipped = 0
     for trial in trials:
@@ -198,8 +201,6 @@ def build_sampler(spec: Spec, history_size: int = 0) -> optuna.samplers.TPESampl
     A searcher that starts from earlier trials has its seed moved on by their count: with the
     job's own seed an extension would first propose again what the job began with.
     """
-    from tuning_platform.sampler import WindowedTPESampler
-
     settings = spec.search.sampler
     return WindowedTPESampler(
         window=settings.window,
@@ -209,46 +210,3 @@ def build_sampler(spec: Spec, history_size: int = 0) -> optuna.samplers.TPESampl
         multivariate=settings.multivariate,
         constant_liar=settings.constant_liar,
     )
-
-
-# --- Warm start -------------------------------------------------------------------------------
-
-
-@dataclass
-class WarmStart:
-    """The earlier trials a job's searcher starts from, and where they came from."""
-
-    trials: list[RecordedTrial]
-    parent_run_ids: list[str]
-    used: int = 0  # trials that seed the searcher
-    skipped: int = 0  # trials the searcher could learn from that do not fit the spec
-
-
-def warm_start_trials(client: MlflowClient, spec: Spec, spec_file: str) -> WarmStart:
-    """The trials of the jobs `search.warm_start` names (an experiment's parent runs, or the
-    given parent runs); a source that does not exist is a SpecError."""
-    from mlflow.exceptions import MlflowException
-
-    from tuning_platform.tracking import PARENT_RUN_ID_TAG
-
-    source = spec.search.warm_start
-    assert source is not None
-    parents: list[tuple[str, str]] = []  # (experiment id, parent run id)
-    if source.experiment:
-        experiment = client.get_experiment_by_name(source.experiment)
-        if experiment is None:
-            raise SpecError(spec_file, "search.warm_start.experiment", "no such MLflow experiment", source.experiment)
-        runs = client.search_runs([experiment.experiment_id], max_results=50000, order_by=["attributes.start_time"])
-        parents = [(experiment.experiment_id, r.info.run_id) for r in runs if PARENT_RUN_ID_TAG not in r.data.tags]
-    for run_id in source.parent_runs:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            raise SpecError(spec_file, "search.warm_start.parent_runs", "no such MLflow run", run_id) from None
-        if PARENT_RUN_ID_TAG in run.data.tags:
-            raise SpecError(
-                spec_file, "search.warm_start.parent_runs", "is a trial run; give its job's parent run", run_id
-            )
-        parents.append((run.info.experiment_id, run_id))
-    trials = [t for experiment, run_id in parents for t in recorded_trials(client, experiment, run_id, spec.metric)]
-    return WarmStart(trials=trials, parent_run_ids=[run_id for _, run_id in parents])

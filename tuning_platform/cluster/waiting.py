@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tuning_platform.cluster import autoscaler_status
+from tuning_platform.cluster.autoscaler import autoscaler_status
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,81 @@
+"""How Tune searches a job's space: Optuna TPE (or random search), ASHA (or FIFO), and the
+`TuneConfig` that holds them with the samples, concurrency and actor reuse."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tuning_platform.cluster.capacity import Capacity, TrialResources, concurrent_groups
+from tuning_platform.search.study import build_sampler, study_of
+from tuning_platform.spec import Spec
+
+if TYPE_CHECKING:
+    from ray.tune import TuneConfig
+
+    from tuning_platform.search.study import RecordedTrial
+
+
+def build_search(
+    spec: Spec, history: list[RecordedTrial] | None = None, points: list[dict[str, Any]] | None = None
+) -> Any:
+    """Optuna TPE with the spec's sampler settings (or random search). `history`: earlier
+    trials the searcher starts from (an extended or warm-started job); those that fit the
+    space are added to its study as finished trials, so TPE weighs them as its own.
+    `points`: configurations random search runs first (the reseeded ones of `selection`)."""
+    if spec.search.algorithm == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        # OptunaSearch opens the study of that name in the storage it is given (load_if_exists).
+        storage = optuna.storages.InMemoryStorage()
+        study_of(spec, history or [], storage)
+        return OptunaSearch(sampler=build_sampler(spec, len(history or [])), storage=storage, study_name=spec.name)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(points_to_evaluate=points, random_state=spec.search.seed)
+
+
+def build_scheduler(spec: Spec) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler.type == "asha":
+        return ASHAScheduler(
+            time_attr="epoch",
+            max_t=spec.max_t,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    return FIFOScheduler()
+
+
+def tune_config(
+    spec: Spec,
+    resources: TrialResources,
+    capacity: Capacity | None = None,
+    history: list[RecordedTrial] | None = None,
+    points: list[dict[str, Any]] | None = None,
+) -> TuneConfig:
+    """How Tune runs the job's trials: metric, searcher, scheduler, samples, concurrency, actors.
+
+    The benchmarks' plain Ray Tune run of the same trials uses it too, so both share every setting.
+    """
+    from ray import tune
+
+    return tune.TuneConfig(
+        metric=spec.metric,
+        mode=spec.mode,
+        search_alg=build_search(spec, history, points),
+        scheduler=build_scheduler(spec),
+        num_samples=spec.search.num_samples,
+        max_concurrent_trials=concurrent_groups(spec, resources, capacity),
+        # Ray 2.60 defaults to False, and each fresh actor costs seconds. A data-parallel
+        # trial's driver is not reused: ending its actor is what ends its Train workers.
+        reuse_actors=spec.resources.workers == 1,
+        time_budget_s=spec.budget.time_s,
+        # Short trial folders: the default repeats every parameter in the name.
+        trial_dirname_creator=trial_dirname,
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"{trial.trainable_name}_{trial.trial_id}"

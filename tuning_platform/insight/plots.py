@@ -1,0 +1,206 @@
+"""The pictures of a job's search, as PNGs of a fixed size: the best value so far, parallel
+coordinates, importances and learning curves. Plain matplotlib (installed with MLflow), drawn on
+bare Figures, never through pyplot's global state."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+from tuning_platform.insight.importance import EVALUATOR
+from tuning_platform.ranking import best, score
+from tuning_platform.records import LEARNED_FROM, TrialStatus
+from tuning_platform.search.study import RecordedTrial, fitting_params
+from tuning_platform.spec import ChoiceDomain, IntDomain, LogUniformDomain, Spec
+
+# Every picture is this size (inches at DPI): 900 x 500 pixels.
+FIGSIZE, DPI = (9.0, 5.0), 100
+PICTURES = ("best_so_far.png", "parallel_coordinates.png", "importances.png", "learning_curves.png")
+
+
+def _figure(ncols: int = 1) -> tuple[Any, Any]:
+    # A bare Figure draws with Agg and never touches pyplot's global state or a display.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    return figure, figure.subplots(1, ncols)
+
+
+def warm_up() -> None:
+    """What the first picture of a process pays once, paid now: importing matplotlib and loading
+    its fonts, 0.3-0.4 s here (the first picture took 484 ms, the second 95)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure, axes = _figure()
+    axes.set_title("warm-up")
+    FigureCanvasAgg(figure).draw()
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)  # no bbox_inches: the size stays FIGSIZE * DPI
+    return buffer.getvalue()
+
+
+def _best_so_far(values: list[float], mode: str) -> list[float]:
+    out: list[float] = []
+    for value in values:
+        out.append(value if not out else best((out[-1], value), mode))
+    return out
+
+
+def plot_best_so_far(spec: Spec, scored: list[tuple[RecordedTrial, float]], started_ms: int) -> bytes:
+    """The metric of each trial and the best so far, against trial number and wall time."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure, (by_trial, by_time) = _figure(2)
+    in_order = [(float(n), v, t.status == TrialStatus.EARLY_STOPPED) for n, (t, v) in enumerate(scored, start=1)]
+    ended = sorted(((t.end_ms or t.start_ms) - started_ms, v, t.status == TrialStatus.EARLY_STOPPED) for t, v in scored)
+    minutes = ended[-1][0] >= 180_000  # seconds read better for a short job
+    by_end = [(max(ms, 0) / (60000 if minutes else 1000), v, stopped) for ms, v, stopped in ended]
+    time_label = f"wall time since the job started ({'min' if minutes else 's'}), at each trial's end"
+    for axes, points, label in ((by_trial, in_order, "trial (in start order)"), (by_time, by_end, time_label)):
+        for stopped, style in (
+            (False, {"color": "tab:blue", "label": "completed"}),
+            (True, {"color": "0.6", "marker": "x", "label": "stopped early"}),
+        ):
+            chosen = [(x, y) for x, y, s in points if s == stopped]
+            if chosen:
+                axes.scatter(*zip(*chosen, strict=True), s=18, **style)
+        xs, ys = [x for x, _, _ in points], [y for _, y, _ in points]
+        axes.step(xs, _best_so_far(ys, spec.mode), where="post", color="tab:red", label="best so far")
+        axes.set_xlabel(label)
+        axes.set_ylabel(f"best {spec.metric} of the trial")
+        axes.grid(alpha=0.3)
+    by_trial.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_trial.legend(loc="best", fontsize=8)
+    figure.suptitle(f"{spec.name}: best {spec.metric} ({spec.mode}) so far")
+    return _png(figure)
+
+
+def _is_log(domain: Any) -> bool:
+    return isinstance(domain, LogUniformDomain) or (isinstance(domain, IntDomain) and domain.log)
+
+
+def _axis_position(value: Any, domain: Any) -> float:
+    """A parameter value on its axis, scaled to [0, 1] (log axes for log domains)."""
+    if isinstance(domain, ChoiceDomain):
+        index = next((i for i, v in enumerate(domain.values) if str(v) == str(value)), 0)
+        return index / max(len(domain.values) - 1, 1)
+    low, high, value = float(domain.low), float(domain.high), float(value)
+    if _is_log(domain):
+        low, high, value = math.log(low), math.log(high), math.log(max(value, 1e-300))
+    return (value - low) / (high - low) if high > low else 0.5
+
+
+def plot_parallel_coordinates(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> bytes | None:
+    """One axis per searched parameter, one line per trial, coloured by its metric."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    names = list(spec.search.space)
+    if not names:
+        return None
+    figure, axes = _figure()
+    values = [v for _, v in scored]
+    norm = Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1e-9)
+    cmap = colormaps["viridis" if spec.mode == "max" else "viridis_r"]
+    positions, shown = [], []
+    # Best trials drawn last, on top.
+    for trial, value in sorted(scored, key=lambda tv: score(tv[1], spec.mode)):  # the best drawn last
+        params = fitting_params(trial, spec) or {}
+        if len(params) == len(names):
+            positions.append([_axis_position(params[n], spec.search.space[n]) for n in names])
+            shown.append(value)
+    # One call of the norm for every trial: called per trial it took seconds for 10,000.
+    shades = np.asarray(norm(np.asarray(shown, dtype=float)), dtype=float)
+    lines = [list(enumerate([*ys, shade])) for ys, shade in zip(positions, shades, strict=True)]
+    _draw_lines(axes, lines, colors=cmap(shades), alpha=0.8, linewidths=1.2)
+    labels = []
+    for name in names:
+        domain = spec.search.space[name]
+        if isinstance(domain, ChoiceDomain):
+            labels.append(f"{name}\n{' / '.join(str(v) for v in domain.values)}")
+        else:
+            log = " (log)" if _is_log(domain) else ""
+            labels.append(f"{name}{log}\n{domain.low:g} .. {domain.high:g}")
+    labels.append(f"{spec.metric}\n{min(values):.4g} .. {max(values):.4g}")
+    axes.set_xticks(range(len(labels)), labels, fontsize=7, rotation=20, ha="right")
+    axes.set_yticks([0, 1], ["low", "high"])
+    for x in range(len(labels)):
+        axes.axvline(x, color="0.3", linewidth=0.8)
+    figure.colorbar(_mappable(cmap, norm), ax=axes, label=spec.metric)
+    axes.set_title(f"{spec.name}: parameters of each trial, coloured by best {spec.metric}")
+    return _png(figure)
+
+
+def _draw_lines(axes: Any, lines: list[Any], **style: Any) -> None:
+    """Many polylines as one artist: the learning curves of 10,000 trials draw in 2.6 s here,
+    where one `plot` per trial took 14.7 s."""
+    from matplotlib.collections import LineCollection
+
+    if lines:
+        axes.add_collection(LineCollection(lines, **style))
+        axes.autoscale_view()
+
+
+def _mappable(cmap: Any, norm: Any) -> Any:
+    from matplotlib.cm import ScalarMappable
+
+    return ScalarMappable(norm=norm, cmap=cmap)
+
+
+def plot_importances(spec: Spec, found: dict[str, float]) -> bytes | None:
+    if not found:
+        return None
+    figure, axes = _figure()
+    names = list(found)[::-1]  # most important on top
+    axes.barh(names, [found[n] for n in names], color="tab:blue")
+    axes.set_xlabel(f"share of the variance of {spec.metric} ({EVALUATOR})")
+    axes.set_xlim(0, 1)
+    axes.set_title(f"{spec.name}: parameter importances")
+    for y, name in enumerate(names):
+        axes.text(found[name] + 0.01, y, f"{found[name]:.2f}", va="center", fontsize=8)
+    return _png(figure)
+
+
+def asha_rungs(spec: Spec) -> list[int]:
+    """The epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_t."""
+    if spec.scheduler.type != "asha" or spec.max_t is None:
+        return []
+    rungs, epoch = [], float(spec.scheduler.grace_period)
+    while epoch < spec.max_t:
+        rungs.append(int(epoch))
+        epoch *= spec.scheduler.reduction_factor
+    return rungs
+
+
+def plot_learning_curves(spec: Spec, trials: list[RecordedTrial]) -> bytes | None:
+    """The metric per epoch of every trial; stopped trials grey and ending in a cross, the ASHA
+    rungs as dashed lines."""
+    curves = [t for t in trials if t.history]
+    if not curves:
+        return None
+    figure, axes = _figure()
+    stopped = [t.history for t in curves if t.status == TrialStatus.EARLY_STOPPED]
+    _draw_lines(axes, stopped, colors="0.65", linewidths=1)
+    if stopped:
+        axes.plot(*zip(*(history[-1] for history in stopped), strict=True), "x", color="0.45", markersize=5)
+    completed = [t.history for t in curves if t.status == TrialStatus.COMPLETED]
+    _draw_lines(axes, completed, colors="tab:blue", linewidths=1.3)
+    others = [t.history for t in curves if t.status not in LEARNED_FROM]
+    _draw_lines(axes, others, colors="tab:orange", linewidths=1, linestyles=":")
+    for i, rung in enumerate(asha_rungs(spec)):
+        axes.axvline(rung, color="tab:red", linestyle="--", linewidth=1, label="ASHA rung" if i == 0 else None)
+    axes.plot([], [], color="tab:blue", label="completed")
+    axes.plot([], [], color="0.65", marker="x", label="stopped early")
+    if any(t.status not in LEARNED_FROM for t in curves):
+        axes.plot([], [], color="tab:orange", linestyle=":", label="failed, diverged or interrupted")
+    axes.legend(loc="best", fontsize=8)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(spec.metric)
+    axes.grid(alpha=0.3)
+    axes.set_title(f"{spec.name}: learning curves of {len(curves)} trials")
+    return _png(figure)

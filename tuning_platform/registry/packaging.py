@@ -1,0 +1,67 @@
+"""What travels with a registered model: its code (the `trainables` package, a user's own
+module) and the requirements that code imports at load, pinned to this environment."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tuning_platform.cluster.runtime_env import trainables_folder
+
+
+def code_paths(module: Any) -> list[str]:
+    """The code a loaded model needs: the `trainables` package, and a user's own trainable
+    module (a file, or its package's folder) when it lives outside it."""
+    paths = [str(trainables_folder())]
+    file = getattr(module, "__file__", None)
+    if file is None or module.__name__.split(".")[0] == "trainables":
+        return paths
+    top = sys.modules.get(module.__name__.split(".")[0], module)
+    top_file = Path(getattr(top, "__file__", file)).resolve()
+    paths.append(str(top_file.parent if top_file.name == "__init__.py" else top_file))
+    return paths
+
+
+def code_requirements(paths: list[str]) -> list[str]:
+    """`dist==version` for every installed distribution the code imports when it is loaded
+    (module-level imports, class bodies included; not those inside functions, which loading
+    does not run), the standard library and the shipped code itself left out."""
+    local = {Path(path).stem for path in paths}
+    names: set[str] = set()
+    for file in _python_files(paths):
+        names |= _imported_at_load(ast.parse(file.read_text(), str(file)))
+    names -= local | set(sys.stdlib_module_names) | {"__future__"}
+    distributions = importlib.metadata.packages_distributions()
+    requirements = set()
+    for name in names:
+        for dist in distributions.get(name, []):
+            version = importlib.metadata.version(dist).split("+")[0]  # torch's +cpu is a local build tag
+            requirements.add(f"{dist}=={version}")
+    return sorted(requirements, key=str.lower)
+
+
+def _python_files(paths: list[str]) -> Iterator[Path]:
+    for path in map(Path, paths):
+        yield from sorted(path.rglob("*.py")) if path.is_dir() else [path]
+
+
+def _imported_at_load(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    pending = list(ast.iter_child_nodes(tree))
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            pending.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+        pending.extend(ast.iter_child_nodes(node))
+    return names

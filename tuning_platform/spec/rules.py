@@ -1,0 +1,84 @@
+"""Rules of a spec that span several keys, checked after each key is valid on its own."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from tuning_platform.errors import SpecError
+from tuning_platform.spec.schema import PARAM_PATTERN, ChoiceDomain, Spec
+
+
+def check_relations(spec: Spec, file: str) -> None:
+    """Rules that span several keys, after each key is valid on its own."""
+    for param in spec.search.space:
+        if not re.match(PARAM_PATTERN, param):
+            raise SpecError(file, f"search.space.{param}", "parameter names must be identifiers", param)
+    for param in spec.search.fixed:
+        if not re.match(PARAM_PATTERN, param):
+            raise SpecError(file, f"search.fixed.{param}", "parameter names must be identifiers", param)
+    clash = sorted(set(spec.search.space) & set(spec.search.fixed))
+    if clash:
+        raise SpecError(file, f"search.fixed.{clash[0]}", "is also in search.space; keep one", clash[0])
+    if "data" in spec.search.space or "data" in spec.search.fixed:
+        raise SpecError(file, "search", "'data' is reserved for the spec's data block", "data")
+
+    epochs = spec.search.fixed.get("epochs")
+    if epochs is None and spec.scheduler.type == "asha" and spec.scheduler.max_t is None:
+        raise SpecError(
+            file,
+            "search.fixed.epochs",
+            "required by the asha scheduler, which needs a horizon (max_t): set it, or scheduler.max_t, "
+            "or use scheduler.type: fifo",
+            None,
+        )
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise SpecError(file, "search.fixed.epochs", "must be an integer >= 1", epochs)
+
+    if spec.selection is not None and "seed" in spec.search.space:
+        raise SpecError(file, "selection", "reseeds the best configurations, so seed cannot be searched", "seed")
+    if spec.search.warm_start is not None and spec.search.algorithm != "optuna":
+        raise SpecError(
+            file, "search.warm_start", "needs algorithm: optuna (random search learns nothing)", spec.search.algorithm
+        )
+    if spec.search.algorithm == "optuna":
+        for param, domain in spec.search.space.items():
+            if isinstance(domain, ChoiceDomain):
+                for value in domain.values:
+                    if not (value is None or isinstance(value, (bool, int, float, str))):
+                        raise SpecError(
+                            file,
+                            f"search.space.{param}.values",
+                            "optuna choices must be numbers, strings, booleans or null",
+                            value,
+                        )
+
+    if spec.scheduler.max_t is not None and spec.epochs is not None and spec.scheduler.max_t > spec.epochs:
+        raise SpecError(
+            file, "scheduler.max_t", f"must be <= search.fixed.epochs ({spec.epochs})", spec.scheduler.max_t
+        )
+    if spec.scheduler.type == "asha" and spec.max_t is not None and spec.scheduler.grace_period > spec.max_t:
+        raise SpecError(
+            file,
+            "scheduler.grace_period",
+            f"must be <= the epochs a trial may train ({spec.max_t})",
+            spec.scheduler.grace_period,
+        )
+    if spec.resources.workers > 1 and spec.resources.gpu > 1:
+        # Each data-parallel worker drives one device; more GPUs per trial means more workers.
+        raise SpecError(
+            file,
+            "resources.gpu",
+            f"with workers > 1 it is per worker and must be <= 1 (use workers: "
+            f"{spec.resources.workers * math.ceil(spec.resources.gpu)} and gpu: 1 instead)",
+            spec.resources.gpu,
+        )
+    if spec.resources.workers > 1 and 0 < spec.resources.gpu < 1:
+        # Workers of one trial would share a GPU, which NCCL refuses ("Duplicate GPU detected").
+        raise SpecError(
+            file,
+            "resources.gpu",
+            "with workers > 1 each worker needs a whole GPU (gpu: 1): NCCL refuses two ranks on one GPU; "
+            "share GPUs between trials with workers: 1 instead",
+            spec.resources.gpu,
+        )

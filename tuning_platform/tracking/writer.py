@@ -1,0 +1,429 @@
+"""The MLflow writes of a job's trial runs, off Tune's event loop: a background thread that
+merges what waits for a run into one request, keeps each trial's order, rides out a tracking
+server that goes away for a while, and says what it could not write."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property, partial
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+from tuning_platform._compat.mlflow import sql_store
+from tuning_platform.tracking.client import open_client
+
+logger = logging.getLogger(__name__)
+
+
+class Clock:
+    """The writer's time: `now` for its stalls, retries and flush bounds, `sleep` between
+    retries. Tests give the writer one they move by hand, so waiting out a store that is away
+    takes no real seconds and no test depends on how busy the machine is."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+# A tracking server that does not answer: how long one write may stall before the job says so,
+# how long the writer keeps retrying a write, and how long the end of a job waits for the rest.
+STALL_WARNING_S = 10.0
+RETRY_FOR_S = 600.0
+FINAL_FLUSH_TIMEOUT_S = 120.0
+# A flush that lasts (a tracking server behind the trials of a large job) says every this many
+# seconds how many writes are left, so the end of a job does not look hung.
+FLUSH_PROGRESS_EVERY_S = 10.0
+# Writes queued at most; past that Tune's event loop waits for the writer (memory stays bounded).
+MAX_QUEUED_WRITES = 20000
+# MLflow errors that no retry mends: the request itself is wrong.
+_PERMANENT_ERRORS = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+}
+
+
+def _may_pass(err: Exception) -> bool:
+    """Whether a failed write may succeed if tried again: the store did not answer (a refused or
+    dropped connection, a timeout, a database that is restarting) or answered with an error that
+    is not about the request. A refused or malformed request, and any other exception (a bug
+    such as a TypeError in a queued write), fails at once and is counted."""
+    if isinstance(err, MlflowException):
+        return err.error_code not in _PERMANENT_ERRORS
+    if isinstance(err, OSError):  # ConnectionError, TimeoutError, requests' errors
+        return True
+    # SQLAlchemy's OperationalError: a database that does not answer (not imported unless in use).
+    return type(err).__name__ == "OperationalError" and type(err).__module__.startswith("sqlalchemy")
+
+
+class RunWriter:
+    """The MLflow writes of a job's trial runs, done in order by a background thread (over HTTP
+    with helpers, PARALLEL_WRITES trials side by side).
+
+    Tune calls its callbacks on its event loop, between scheduling decisions, so a write done
+    there (a SQLite commit, an HTTP round trip: 10-20 ms each) delays every trial's next step.
+    Here a write is queued in microseconds. The thread lets writes gather for LINGER_S and
+    merges what queued up: a run's params, waiting results and end tags become one
+    `log_batch`, so a short trial costs a tracking server three requests (create, one batch,
+    end), not one per epoch. Writes for one trial keep their order; `flush` returns once
+    everything queued before it is written.
+
+    A tracking server that goes away for a while loses nothing: MLflow's client retries a
+    request with backoff, and a write that still fails is tried again, with backoff, for up to
+    RETRY_FOR_S. While a write stalls longer than STALL_WARNING_S the job prints a `warning:`
+    line, and a `note:` when the server answers again. The queue holds at most
+    MAX_QUEUED_WRITES. The final flush waits while writes are being done, saying every
+    FLUSH_PROGRESS_EVERY_S how many are left: a tracking server that takes its time (it was 36 s
+    behind a 2,000-trial job of trivial trials on this 2-core machine) loses nothing. It gives up
+    once no write has been done for FINAL_FLUSH_TIMEOUT_S, and names what was not written.
+
+    MLflow's own `log_batch(synchronous=False)` was not enough: creating and ending a run stay
+    synchronous there, and a failed write is only logged. Here failures are counted and the
+    job names them at its end.
+    """
+
+    def __init__(self, tracking_uri: str, clock: Clock | None = None):
+        self.tracking_uri = tracking_uri
+        self.clock = clock or Clock()
+        self._queue: queue.Queue = queue.Queue(maxsize=MAX_QUEUED_WRITES)
+        self._thread: threading.Thread | None = None
+        self._client: MlflowClient | None = None
+        # trial id -> run id. Only the thread reads and writes it once it runs.
+        self.run_ids: dict[str, str] = {}
+        self.failures: list[str] = []
+        # Writes queued and not yet done, by (trial id, kind): what a bounded flush reports.
+        self._outstanding: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        # Set when a flush or stop is queued: the thread stops lingering and writes at once.
+        self._hurry = threading.Event()
+        self._busy: dict[int, float] = {}  # thread -> when its write in progress began
+        self._stall_reported: float | None = None  # when the stall warning was printed
+        self._wrote_at = self.clock.now()  # when a queued write was last done
+        _OPEN_WRITERS.add(self)
+
+    def create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
+        """Queue `make(client) -> run id`: the trial's run is made (or found) in the thread."""
+        self._put(trial_id, _CREATE, make)
+
+    def update(self, trial_id: str, change: Callable[[MlflowClient, str], None]) -> None:
+        """Queue `change(client, run_id)` for the trial's run."""
+        self._put(trial_id, _UPDATE, change)
+
+    def log(
+        self,
+        trial_id: str,
+        metrics: Sequence[Metric] = (),
+        tags: Sequence[RunTag] = (),
+        params: Sequence[Param] = (),
+    ) -> None:
+        """Queue metrics, tags and params of the trial's run; what waits for one run is written together."""
+        self._put(trial_id, _LOG, (list(metrics), list(tags), list(params)))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is written, or until no write has been done for
+        `timeout` seconds; whether it was all written."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        started = self.clock.now()
+        said = started
+        self._put("", _FLUSH, done)
+        while not done.wait(timeout=1.0):
+            self.report_stall()
+            if not self._thread.is_alive():
+                return False
+            now = self.clock.now()
+            if timeout is not None and now - max(started, self._wrote_at) > timeout:
+                return False
+            if now - said >= FLUSH_PROGRESS_EVERY_S:
+                said = now
+                logger.info(
+                    "note: writing the trial runs to MLflow (%s): %d writes left, %.0fs so far",
+                    self.tracking_uri,
+                    self.writes_left(),
+                    now - started,
+                )
+        self.report_stall()
+        return True
+
+    def writes_left(self) -> int:
+        with self._lock:
+            return sum(count for count in self._outstanding.values() if count > 0)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush and stop the thread; a later write starts a new one. With `timeout`, gives up
+        on a thread still waiting for the store then, and returns False."""
+        if not self.flush(timeout):
+            self._thread = None  # a daemon, stuck in a request: left to end with the process
+            return False
+        if self._thread is not None:
+            self._put("", _STOP, None)
+            self._thread.join()
+            self._thread = None
+        return True
+
+    def not_written(self) -> str:
+        """What is still queued or in progress, for a user: `12 results of trials a, b; 2 run endings`."""
+        with self._lock:
+            outstanding = {key: count for key, count in self._outstanding.items() if count > 0}
+        parts = []
+        for kind, what in ((_LOG, "results"), (_CREATE, "run creations"), (_UPDATE, "run updates")):
+            trials = sorted({trial for (trial, k) in outstanding if k == kind})
+            count = sum(n for (_, k), n in outstanding.items() if k == kind)
+            if count:
+                parts.append(f"{count} {what} of trials {', '.join(trials)}")
+        return "; ".join(parts)
+
+    def report_stall(self) -> None:
+        """Say so when a write has waited for the store longer than STALL_WARNING_S, and when
+        the store answers again. Called from Tune's loop (each queued write), from flush, and by
+        the writer after a failed attempt and after each write; decided under the lock, so each
+        is said once."""
+        now = self.clock.now()
+        with self._lock:
+            busy_since = min(self._busy.values(), default=None)
+            stalled = busy_since is not None and now - busy_since > STALL_WARNING_S
+            warn = stalled and self._stall_reported is None
+            answered = busy_since is None and self._stall_reported is not None
+            reported_at = self._stall_reported
+            if warn:
+                self._stall_reported = now
+            elif answered:
+                self._stall_reported = None
+        if warn:
+            assert busy_since is not None
+            logger.warning(
+                "warning: the MLflow tracking store %s has not answered for %.0fs; trial results are kept "
+                "and written when it answers (retried for up to %.0fs)",
+                self.tracking_uri,
+                now - busy_since,
+                RETRY_FOR_S,
+            )
+        elif answered:
+            assert reported_at is not None
+            logger.warning(
+                "note: the MLflow tracking store answers again; writes resumed after %.0fs",
+                now - reported_at + STALL_WARNING_S,
+            )
+
+    def _put(self, trial_id: str, kind: str, payload: Any) -> None:
+        if self._thread is None and kind not in (_FLUSH, _STOP):
+            self._thread = threading.Thread(target=self._run, name="mlflow-run-writer", daemon=True)
+            self._thread.start()
+        if kind in (_CREATE, _UPDATE, _LOG):
+            counted = _counted_as(kind, payload)
+            with self._lock:
+                self._outstanding[(trial_id, counted)] = self._outstanding.get((trial_id, counted), 0) + 1
+            self.report_stall()
+        self._queue.put((trial_id, kind, payload, self.clock.now()))
+        if kind in (_FLUSH, _STOP):
+            self._hurry.set()
+
+    def _done(self, trial_id: str, kind: str, count: int = 1) -> None:
+        self._wrote_at = self.clock.now()
+        with self._lock:
+            left = self._outstanding.get((trial_id, kind), 0) - count
+            if left:
+                self._outstanding[(trial_id, kind)] = left
+            else:  # a job of 10,000 trials keeps no entry per finished trial
+                self._outstanding.pop((trial_id, kind), None)
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            _, first_kind, _, queued_at = items[0]
+            if first_kind not in (_FLUSH, _STOP):
+                # Let the trials' next writes queue up and join these requests, for LINGER_S from
+                # when the first was queued: a write that already waited that long behind slow
+                # requests (a busy tracking server) goes at once. A flush cuts it short.
+                self._hurry.wait(max(0.0, queued_at + LINGER_S - self.clock.now()))
+            # Cleared before the queue is read: a flush queued after this is seen in this round
+            # or ends the next round's wait.
+            self._hurry.clear()
+            while True:  # everything that queued up meanwhile
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            # Each trial's writes, in order; what was queued before a flush is done before it.
+            pending: dict[str, _Batch] = {}
+            writes: dict[str, list[Callable[[], None]]] = {}
+            for trial_id, kind, payload, _ in items:
+                if kind == _LOG:
+                    pending.setdefault(trial_id, _Batch()).add(*payload)
+                    continue
+                if trial_id in pending:  # this trial's results first: its writes keep their order
+                    writes.setdefault(trial_id, []).append(partial(self._write, trial_id, pending.pop(trial_id)))
+                if kind in (_CREATE, _UPDATE):
+                    writes.setdefault(trial_id, []).append(partial(self._change, trial_id, kind, payload))
+                elif kind in (_FLUSH, _STOP):
+                    self._do(writes, pending)
+                    if kind == _STOP:
+                        return
+                    payload.set()
+            self._do(writes, pending)
+
+    def _do(self, writes: dict[str, list[Callable[[], None]]], pending: dict[str, _Batch]) -> None:
+        """Every trial's writes in order, and then its waiting results; trials side by side on a
+        tracking server (PARALLEL_WRITES at once), one after another on a SQL store."""
+        for trial_id, batch in pending.items():
+            writes.setdefault(trial_id, []).append(partial(self._write, trial_id, batch))
+        pending.clear()
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        for trial_writes in writes.values():
+            todo.put(trial_writes)
+        writes.clear()
+
+        def drain() -> None:
+            while True:
+                try:
+                    trial_writes = todo.get_nowait()
+                except queue.Empty:
+                    return
+                for write in trial_writes:
+                    write()
+
+        # Daemon threads, as this one: a write stuck on a dead server must not hold up the exit.
+        helpers = [
+            threading.Thread(target=drain, name="mlflow-run-writer", daemon=True)
+            for _ in range(min(self._side_by_side, todo.qsize()) - 1)
+        ]
+        for helper in helpers:
+            helper.start()
+        drain()
+        for helper in helpers:
+            helper.join()
+
+    def _change(self, trial_id: str, kind: str, payload: Any) -> None:
+        if kind == _CREATE:
+            self._attempt(self._create, trial_id, payload)
+        elif trial_id in self.run_ids:  # else its run could not be made; that failure is counted already
+            self._attempt(payload, self.client, self.run_ids[trial_id])
+        self._done(trial_id, kind)
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = open_client(self.tracking_uri)
+        return self._client
+
+    @cached_property
+    def _side_by_side(self) -> int:
+        """Trials written at once: one on a SQL store (SQLite takes one writer), else several."""
+        return 1 if sql_store(self.client) is not None else PARALLEL_WRITES
+
+    def _create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
+        self.run_ids[trial_id] = make(self.client)
+
+    def _write(self, trial_id: str, batch: _Batch) -> None:
+        run_id = self.run_ids.get(trial_id)
+        if run_id is not None:  # else its run could not be made; that failure is counted already
+            for metrics, tags, params in batch.requests():
+                self._attempt(self.client.log_batch, run_id, metrics=metrics, params=params, tags=tags)
+        for kind, count in batch.counts.items():
+            self._done(trial_id, kind, count)
+
+    def _attempt(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """One write, retried with backoff while the store is unreachable (up to RETRY_FOR_S)."""
+        started, thread = self.clock.now(), threading.get_ident()
+        with self._lock:
+            self._busy[thread] = started
+        delay = 1.0
+        try:
+            while True:
+                try:
+                    write(*args, **kwargs)
+                    return
+                except Exception as err:  # noqa: BLE001 - the job goes on; `failures` names it at the end
+                    if not _may_pass(err) or self.clock.now() - started > RETRY_FOR_S:
+                        if not self.failures:
+                            logger.warning("an MLflow write failed: %s: %s", type(err).__name__, err)
+                        self.failures.append(f"{type(err).__name__}: {err}")
+                        return
+                    self.report_stall()  # the writer itself knows first that the store is away
+                    self.clock.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+        finally:
+            with self._lock:
+                del self._busy[thread]
+            self.report_stall()
+
+
+_CREATE, _UPDATE, _LOG, _FLUSH, _STOP = "create", "update", "log", "flush", "stop"
+# Seconds the writer lets writes gather before it sends them: a trial's params, its first
+# results and (for a trial this short) its end go in one request instead of one each, and a
+# trial of 0.4 s epochs sends about one batch a second, not one per epoch. Each `log_batch` on
+# a SQLite store costs the driver about 8 ms of CPU whatever its size (measured: a 5-epoch trial
+# written one epoch per batch 40 ms, all in one 11 ms), taken from the trials on a small machine.
+# A run in the UI is at most this far behind its trial; a flush does not wait for it.
+LINGER_S = 1.0
+# Trials whose writes go to a tracking server at once. One after another, the last second of a
+# 60-trial job of short trials (30 requests of about 20 ms) took 0.7 s after its last trial, and
+# the writer was busy for 7-8 s of the trials' 10 s. A SQL store gets one at a time: SQLite
+# takes one writer, and the requests there are the driver's CPU, not a wait.
+PARALLEL_WRITES = 4
+
+
+def _counted_as(kind: str, payload: Any) -> str:
+    """The kind a queued write counts as in `not_written`: a log without metrics (a run's
+    params or end tags) is a run update, not a result."""
+    return _UPDATE if kind == _LOG and not payload[0] else kind
+
+
+class _Batch:
+    """What waits to be written to one run, and how many queued writes of each counted kind it merges."""
+
+    def __init__(self) -> None:
+        self.metrics: list[Metric] = []
+        self.tags: list[RunTag] = []
+        self.params: list[Param] = []
+        self.counts: Counter[str] = Counter()
+
+    def add(self, metrics: list[Metric], tags: list[RunTag], params: list[Param]) -> None:
+        self.metrics += metrics
+        self.tags += tags
+        self.params += params
+        self.counts[_counted_as(_LOG, (metrics, tags, params))] += 1
+
+    def requests(self) -> Iterator[tuple[list[Metric], list[RunTag], list[Param]]]:
+        """The batch cut to MLflow's limits per `log_batch`: at most 100 params and tags
+        together, 1000 entities in all (mlflow/utils/validation.py). Always one request, even
+        an empty one, so a run's order of writes is the order they were queued in."""
+        metrics, tags, params = self.metrics, self.tags, self.params
+        while True:
+            request_params = params[:MAX_PARAMS_TAGS_PER_BATCH]
+            request_tags = tags[: MAX_PARAMS_TAGS_PER_BATCH - len(request_params)]
+            room = MAX_ENTITIES_PER_BATCH - len(request_params) - len(request_tags)
+            request_metrics = metrics[: min(room, MAX_METRICS_PER_BATCH)]
+            params, tags = params[len(request_params) :], tags[len(request_tags) :]
+            metrics = metrics[len(request_metrics) :]
+            yield request_metrics, request_tags, request_params
+            if not (metrics or tags or params):
+                return
+
+
+# Writers of this process, so the job can flush them before reading its runs back. The Tune
+# callback that owns one is out of the job's reach after `--resume` (Tune unpickles it).
+_OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
+
+
+def flush_run_writers(timeout: float | None = FINAL_FLUSH_TIMEOUT_S) -> None:
+    for writer in list(_OPEN_WRITERS):
+        if not writer.flush(timeout):
+            logger.warning("warning: not written to MLflow: %s", writer.not_written() or "a write in progress")
