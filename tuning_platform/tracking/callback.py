@@ -35,8 +35,8 @@ from tuning_platform.records import (
     trial_params,
     trial_run_name,
 )
-from tuning_platform.tracking.queries import child_runs, metric_histories
 from tuning_platform.tracking import writer as run_writer
+from tuning_platform.tracking.queries import child_runs, metric_histories
 from tuning_platform.tracking.writer import RunWriter
 
 logger = logging.getLogger(__name__)
