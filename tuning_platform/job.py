@@ -315,7 +315,8 @@ def _register_and_finish(
             "selection_seeds": str(len(chosen.values)),
         }
         tracker.log_to_parent(
-            metrics={f"selection.mean_{spec.metric}": chosen.mean, f"selection.std_{spec.metric}": chosen.std},
+            metrics={f"selection.std_{spec.metric}": chosen.std}
+            | ({} if chosen.mean is None else {f"selection.mean_{spec.metric}": chosen.mean}),
             params={f"chosen.{k}": v for k, v in chosen.source.params.items()},
             tags={"selection_chosen_trial": chosen.source.trial_id},
         )
@@ -329,7 +330,7 @@ def _register_and_finish(
         if result.registration is not None:
             result.notes.extend(result.registration.notes)
     tracker.log_to_parent(
-        metrics={f"best_{spec.metric}": best.value} if best else {},
+        metrics={f"best_{spec.metric}": best.value} if best and best.value is not None else {},
         params={f"best.{k}": v for k, v in (best.params if best else {}).items()},
         tags={
             f"trials_{status}": str(sum(r.status == status for r in result.rows))

@@ -65,8 +65,11 @@ class TrialStatus(str, Enum):
     RESEED = "reseed"  # on a run only: a reseeded run of `selection`, never a search trial
 
     # A status prints, formats and is written as its value: `f"{status}"` is `completed`.
-    __str__ = str.__str__
-    __format__ = str.__format__
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 # The statuses a finished search trial can have, in the order the summary counts them.

@@ -75,7 +75,7 @@ def sql_child_run_rows(
 
     from tuning_platform.records import PARENT_RUN_ID_TAG
 
-    children = select(SqlTag.run_uuid).where(SqlTag.key == PARENT_RUN_ID_TAG, SqlTag.value == parent_run_id)
+    children: Any = select(SqlTag.run_uuid).where(SqlTag.key == PARENT_RUN_ID_TAG, SqlTag.value == parent_run_id)
     with store.ManagedSessionMaker() as session:
         runs = session.execute(
             select(SqlRun.run_uuid, SqlRun.start_time, SqlRun.end_time).where(

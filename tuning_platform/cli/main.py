@@ -14,7 +14,7 @@ import logging
 import os
 import shlex
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from tuning_platform.cli.summary import format_summary
 from tuning_platform.errors import JobError, SpecError, TrialsFailedError, TuneInterrupted
@@ -27,7 +27,7 @@ EXIT_TERMINATED = 143
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other input error
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other input error
         self.exit(2, f"error: {message} (see --help)\n")
 
 

@@ -20,6 +20,11 @@ class TrialResources(TypedDict):
     gpu: float
 
 
+def as_tune_resources(resources: TrialResources) -> dict[str, float]:
+    """The resources as `tune.with_resources` takes them."""
+    return {"cpu": resources["cpu"], "gpu": resources["gpu"]}
+
+
 @dataclass(frozen=True)
 class Capacity:
     """The nodes a job's trials can use: the live ones, or with an autoscaler every node type

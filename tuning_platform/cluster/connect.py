@@ -30,7 +30,8 @@ def probe_cluster(address: str) -> str | None:
     """
     if address.startswith("ray://") or address in ("auto", "local"):
         return None  # Ray Client, or found on this machine: Ray checks those itself
-    from ray._raylet import AuthenticationTokenLoader, GcsClient
+    # Ray's Cython core has no type stubs.
+    from ray._raylet import AuthenticationTokenLoader, GcsClient  # type: ignore[attr-defined]
     from ray.exceptions import AuthenticationError
 
     def ask() -> None:
@@ -75,7 +76,7 @@ def _native_stderr_hidden() -> Iterator[None]:
 def _use_token_auth() -> None:
     # What Ray does for a local cluster that has a token
     # (ray/_private/authentication/authentication_token_setup.py, `_enable_token_auth`).
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     os.environ["RAY_AUTH_MODE"] = "token"
     Config.initialize("")

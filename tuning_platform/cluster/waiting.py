@@ -75,10 +75,10 @@ def nodes_launching(status: dict[str, Any]) -> str:
             import ray
             from ray.autoscaler.v2.sdk import get_cluster_status
 
-            status = get_cluster_status(ray.get_runtime_context().gcs_address, timeout=5)
-            for launch in status.pending_launches:
+            cluster = get_cluster_status(ray.get_runtime_context().gcs_address, timeout=5)
+            for launch in cluster.pending_launches:
                 counts[launch.ray_node_type_name] = counts.get(launch.ray_node_type_name, 0) + launch.count
-            for node in status.pending_nodes:
+            for node in cluster.pending_nodes:
                 counts[node.ray_node_type_name] = counts.get(node.ray_node_type_name, 0) + 1
         except Exception:  # noqa: BLE001 - nothing to say then
             pass

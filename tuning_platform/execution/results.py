@@ -3,6 +3,7 @@ trial, and the checkpoint of it that becomes the registered model."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 def read_trials(spec: Spec, results: ResultGrid) -> list[TrialRow]:
     rows = []
-    for result in results:
+    for result in each_result(results):
         last = result.metrics or {}
         history = result.metrics_dataframe
         trial_id = str(last.get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1])
@@ -38,6 +39,11 @@ def read_trials(spec: Spec, results: ResultGrid) -> list[TrialRow]:
     return rows
 
 
+def each_result(results: ResultGrid) -> Iterator[Result]:
+    """The results of a Tune run in order (`ResultGrid` is indexed, and declares no iterator)."""
+    return (results[index] for index in range(len(results)))
+
+
 def best_of(column: pd.Series, mode: str) -> float | None:
     """The best finite value of a metric column; none when it has none. One numpy pass: per-row
     pandas calls cost seconds over the 10,000 trials of a large job."""
@@ -52,7 +58,7 @@ def best_of(column: pd.Series, mode: str) -> float | None:
 
 def best_checkpoint(spec: Spec, results: ResultGrid, trial_id: str) -> Checkpoint | None:
     """The best checkpoint the trial still keeps, by the spec's metric."""
-    result = next(r for r in results if str((r.metrics or {}).get("trial_id")) == trial_id)
+    result = next(r for r in each_result(results) if str((r.metrics or {}).get("trial_id")) == trial_id)
     if result.best_checkpoints:
         return result.get_best_checkpoint(spec.metric, spec.mode) or result.checkpoint
     return _train_checkpoint(result, spec.metric, spec.mode)  # a data-parallel trial

@@ -39,6 +39,7 @@ def build_scheduler(spec: Spec) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if spec.scheduler.type == "asha":
+        assert spec.max_t is not None  # the spec's rules require a horizon for ASHA
         return ASHAScheduler(
             time_attr="epoch",
             max_t=spec.max_t,

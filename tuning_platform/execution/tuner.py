@@ -4,11 +4,12 @@ search), ASHA (or FIFO), the platform's callbacks, and `fit` or, for `resume`, `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tuning_platform._compat.ray import auto_loggers_off, tune_resume_hint_hidden
-from tuning_platform.cluster.capacity import Capacity, TrialResources
+from tuning_platform.cluster.capacity import Capacity, TrialResources, as_tune_resources
 from tuning_platform.cluster.waiting import WaitingForNodes
+from tuning_platform.contract import SplitDataset
 from tuning_platform.execution.checkpoints import SurvivingCheckpoints, checkpoint_config
 from tuning_platform.execution.guard import TrialGuard
 from tuning_platform.execution.interrupt import TrialOutcomes
@@ -41,12 +42,15 @@ def build_trainable(
         if dataset is not None:
             # Loaded once here; Ray ships it to each node once through the object store.
             trainable = tune.with_parameters(trainable, data=trial_data(dataset))
-        return tune.with_resources(trainable, resources)
+        return tune.with_resources(trainable, as_tune_resources(resources))
 
     from trainables.distributed import DRIVER_RESOURCES, data_parallel
+    from trainables.loop import Task as LoopTask
 
+    # A data-parallel trial runs the trainables' own loop on every worker, which needs the whole
+    # `trainables.loop.Task` (model, optimizer, batches), not only what the driver calls.
     trainable = data_parallel(
-        request.trainable.task,
+        cast(LoopTask, request.trainable.task),
         workers=spec.resources.workers,
         cpu=resources["cpu"],
         gpu=resources["gpu"],
@@ -58,13 +62,13 @@ def build_trainable(
     )
     # A reference inside a list stays a reference: the workers fetch the one stored copy.
     trainable = tune.with_parameters(trainable, data=[ray.put(trial_data(dataset))])
-    return tune.with_resources(trainable, DRIVER_RESOURCES)
+    return tune.with_resources(trainable, {key: float(value) for key, value in DRIVER_RESOURCES.items()})
 
 
 def trial_data(dataset: Any) -> Any:
     """The data a trial gets: a built-in dataset without its test split, which only the final
     model is scored on (`registry.score_on_test`)."""
-    return dataset.for_trials() if hasattr(dataset, "for_trials") else dataset
+    return dataset.for_trials() if isinstance(dataset, SplitDataset) else dataset
 
 
 @dataclass(frozen=True)

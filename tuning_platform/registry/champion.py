@@ -106,6 +106,8 @@ def best_comparable(versions: list[ModelVersion], champion: ModelVersion | None)
     anchor = comparable_key(champion) if champion is not None else None
     if anchor is None:
         anchor = comparable_key(max(keyed, key=lambda v: int(v.version)))
+    if anchor is None:  # cannot be: `keyed` holds only versions with a key
+        return None
     group = [v for v in keyed if comparable_key(v) == anchor]
     mode = anchor[1]
     best = max(group, key=lambda v: (score(float(v.tags[VALUE_TAG]), mode), -int(v.version)))

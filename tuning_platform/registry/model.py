@@ -9,9 +9,10 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tuning_platform._compat.mlflow import tracking_uri_for_the_call
+from tuning_platform.contract import SplitDataset, Task
 from tuning_platform.execution.results import best_checkpoint
 from tuning_platform.outcome import Registration, TrialRow
 from tuning_platform.records import TRIAL_ID_TAG, test_metric_name
@@ -56,6 +57,7 @@ def register_best(
         logger.info("note: %s exposes no TASK, so no model was registered", spec.trainable)
         return None
     # Imported here: it imports torch (1.7 s), which a job that registers nothing never needs.
+    from trainables.loop import Task as LoopTask
     from trainables.loop import rebuild_model
 
     checkpoint = best_checkpoint(spec, results, best.trial_id)
@@ -65,7 +67,8 @@ def register_best(
     if request.smoke_test:
         name += SMOKE_SUFFIX
     with checkpoint.as_directory() as directory:
-        model, state = rebuild_model(task, directory)
+        # The checkpoint was written by the trainables' own loop, so its task is a whole one.
+        model, state = rebuild_model(cast(LoopTask, task), directory)
     test_metrics = score_on_test(task, model, state, dataset)
     code = code_paths(request.trainable.module)
     version = _log_model(
@@ -108,7 +111,7 @@ def register_best(
     return registration
 
 
-def score_on_test(task: Any, model: Any, state: dict[str, Any], dataset: Any) -> dict[str, float]:
+def score_on_test(task: Task, model: Any, state: dict[str, Any], dataset: Any) -> dict[str, float]:
     """The model's metrics on the dataset's held-out test split, named `test_*` for `val_*`.
 
     Done once, for the model the job registers: no trial ever had the test split, so this
@@ -116,7 +119,7 @@ def score_on_test(task: Any, model: Any, state: dict[str, Any], dataset: Any) ->
     """
     import torch
 
-    view = dataset.test_view() if hasattr(dataset, "test_view") else None
+    view = dataset.test_view() if isinstance(dataset, SplitDataset) else None
     if view is None:
         return {}
     metrics = task.evaluate(model, view, task.loss_fn(state["config"]), torch.device("cpu"))

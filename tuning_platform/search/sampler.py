@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -60,7 +60,7 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
         if self._best is not None and state == TrialState.COMPLETE and values:
             self._keep(study, values[0], trial.number)
 
-    def _view(self, study: Study) -> Study | StudyWindow:
+    def _view(self, study: Study) -> Study:
         if self.window is None or len(study.directions) > 1:
             return study
         trials = study_trials(study)  # ordered by number, from 0
@@ -73,7 +73,8 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
                     self._keep(study, trial.value, trial.number)
         recent = range(len(trials) - self.window, len(trials))
         older_best = sorted(number for _, number in self._best if number < recent.start)
-        return StudyWindow(study, [trials[number] for number in older_best] + trials[recent.start :])
+        window = StudyWindow(study, [trials[number] for number in older_best] + trials[recent.start :])
+        return cast(Study, window)  # TPE reads it as a study: everything but its trials is the study's
 
     def _keep(self, study: Study, value: float, number: int) -> None:
         assert self._best is not None

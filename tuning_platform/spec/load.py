@@ -4,6 +4,7 @@ smoke test's shrinking, and validation against the schema and the rules."""
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,7 +48,7 @@ def parse_yaml(text: str) -> Any:
 
 
 def load_spec(
-    spec: str | Path | Mapping[str, Any],
+    spec: str | os.PathLike[str] | Mapping[str, Any],
     overrides: list[str] | Mapping[str, Any] | None = None,
     *,
     name: str | None = None,
@@ -76,7 +77,7 @@ def load_spec(
     return validate_spec(raw, file), raw, text
 
 
-def _read_spec_file(path: str | Path) -> tuple[dict[str, Any], str]:
+def _read_spec_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
     file = str(path)
     try:
         text = Path(path).read_text()

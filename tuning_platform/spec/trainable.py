@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from trainables import TRAINABLES
+from tuning_platform.contract import Task
 from tuning_platform.spec import Spec, SpecError
 
 
@@ -29,7 +30,7 @@ class ResolvedTrainable:
     module: ModuleType
 
     @property
-    def task(self) -> Any | None:
+    def task(self) -> Task | None:
         """The shared-loop task (data, model rebuild, serving form) when the module has one."""
         return getattr(self.module, "TASK", None)
 

@@ -109,7 +109,9 @@ class TrialRunsCallback(Callback):
             self._writer = RunWriter(self.tracking_uri)
         return self._writer
 
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None, **info: Any
+    ) -> None:
         # Child runs already made for this parent (a resumed job) are reused, never duplicated.
         client = self.writer.client  # the thread has not started yet
         existing = child_runs(client, self.experiment_id, self.parent_run_id)
