@@ -1,6 +1,7 @@
-"""One tuning job, as a few steps: connect to Ray, load the data, open the parent run, run the
-trials, read the outcome, register the best model. `tuning_platform.api.tune` calls it; each
-step lives in the module named beside it.
+"""One tuning job, as a few steps: load the data, connect to Ray, open the parent run
+(`parent_run.py`), run the trials (`execution/`), read the outcome, write the insight, reseed
+the best (`search/selection.py`), register the model (`registry/`). `api.run_request` calls it;
+each step lives in the module named beside it.
 """
 
 from __future__ import annotations
@@ -13,37 +14,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import yaml
-
 from tuning_platform.cluster.capacity import Capacity, TrialResources, fit_resources
 from tuning_platform.cluster.connect import connect_ray
 from tuning_platform.cluster.storage import check_storage_shared
 from tuning_platform.errors import JobError
 from tuning_platform.execution.interrupt import reclaim_sigterm, unfinished_trials
 from tuning_platform.execution.results import read_trials
-from tuning_platform.execution.resume import (
-    ResumeTarget,
-    budget_tags,
-    driver_tags,
-    experiment_uri,
-    job_of,
-    settings_fingerprint,
-    spec_fingerprint,
-)
+from tuning_platform.execution.resume import ResumeTarget, experiment_uri
 from tuning_platform.execution.tuner import RunSetup, build_trainable, fit, restore
 from tuning_platform.insight import write_insight
 from tuning_platform.outcome import TrialRow, TuneResult, best_trial
-from tuning_platform.records import (
-    ENDED,
-    EXTENDED_TAG,
-    NOTE_TAG,
-    RESUMED_TAG,
-    RUN_NAME_TAG,
-    SETTINGS_HASH_TAG,
-    SPEC_HASH_TAG,
-    STORAGE_TAG,
-    TrialStatus,
-)
+from tuning_platform.parent_run import log_outcome, log_selection, open_parent_run
+from tuning_platform.records import TrialStatus
 from tuning_platform.registry.model import register_best
 from tuning_platform.request import JobRequest
 from tuning_platform.search.selection import reseed_top
@@ -65,7 +47,7 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
         run_name, storage_path = _run_name_and_storage(request)
         trainable = build_trainable(request, resources, dataset, run_name, storage_path)
         setup = RunSetup(trainable, request.data, storage_path, tracker, resources, capacity)
-        _open_parent_run(request, tracker, run_name, storage_path, baseline)
+        open_parent_run(request, tracker, run_name, storage_path, baseline)
         result = TuneResult(
             metric=spec.metric,
             mode=spec.mode,
@@ -212,73 +194,6 @@ def _run_name_and_storage(request: JobRequest) -> tuple[str, str]:
     return run_name, request.storage_path
 
 
-def _open_parent_run(
-    request: JobRequest,
-    tracker: JobTracker,
-    run_name: str,
-    storage_path: str,
-    baseline: tuple[str, dict[str, float]] | None,
-) -> None:
-    """A new job's parent run, or the parent run of the job `resume` continues."""
-    spec, resume = request.spec, request.resume
-    if resume and resume.extends:
-        tags = {
-            RUN_NAME_TAG: run_name,
-            SPEC_HASH_TAG: spec_fingerprint(spec),
-            EXTENDED_TAG: str(resume.extensions),
-            NOTE_TAG: f"{_description(request)} Extended {resume.extensions} time(s).",
-            **budget_tags(spec),
-            **driver_tags(),
-        }
-        tracker.reattach(resume.parent_run_id, tags)
-        logger.info(
-            "Extending job %s by %d trials (MLflow parent run %s)",
-            job_of(run_name),
-            resume.extend_samples,
-            tracker.parent_run_id,
-        )
-    elif resume:
-        tracker.reattach(resume.parent_run_id, {RESUMED_TAG: str(resume.times_resumed + 1), **driver_tags()})
-        logger.info("Resuming job %s (MLflow parent run %s)", run_name, tracker.parent_run_id)
-    else:
-        tracker.start(
-            run_name=run_name,
-            tags={
-                "spec_file": request.spec_file,
-                "trainable": spec.trainable,
-                "smoke_test": str(request.smoke_test).lower(),
-                # The run's description in the MLflow UI.
-                NOTE_TAG: _description(request),
-                RUN_NAME_TAG: run_name,
-                STORAGE_TAG: storage_path,
-                SPEC_HASH_TAG: spec_fingerprint(spec),
-                SETTINGS_HASH_TAG: settings_fingerprint(spec),
-                **budget_tags(spec),
-                **_warm_start_tags(request),
-                **driver_tags(),
-            },
-            params=_parent_params(spec, request.data),
-            artifacts={"spec.yaml": request.spec_text, "resolved_spec.yaml": _resolved_yaml(spec)},
-        )
-    warm = request.warm_start
-    if warm is not None and not resume:
-        logger.info(
-            "note: warm start from %d earlier jobs: %d trials seed the searcher, %d skipped (they do not fit "
-            "this spec's space or fixed values)",
-            len(warm.parent_run_ids),
-            warm.used,
-            warm.skipped,
-        )
-    if request.resume_command:
-        logger.info("Job %s; if it stops, continue it with: %s", run_name, request.resume_command)
-    if baseline is not None:
-        name, metrics = baseline
-        if not resume:  # the parent run has it already
-            tracker.log_to_parent(metrics={f"baseline_{k}": v for k, v in metrics.items()}, tags={"baseline": name})
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-        logger.info("Baseline (%s) on the same validation split: %s", name, shown)
-
-
 def _read_outcome(spec: Spec, results: Any, run_name: str, fit_started: float, result: TuneResult) -> None:
     """Trial rows, the best trial, and whether a stop left trials unfinished."""
     result.rows = read_trials(spec, results)
@@ -305,21 +220,8 @@ def _register_and_finish(
 ) -> None:
     """Register `registered` (the best trial, or with `selection` the chosen configuration's
     best reseeded run) and end the parent run with the job's figures."""
-    spec, best, selection = request.spec, result.best, result.selection
-    extra: dict[str, str] = {}
-    if selection is not None and selection.chosen is not None:
-        chosen = selection.chosen
-        extra = {
-            "selection_mean": repr(chosen.mean),
-            "selection_std": repr(chosen.std),
-            "selection_seeds": str(len(chosen.values)),
-        }
-        tracker.log_to_parent(
-            metrics={f"selection.std_{spec.metric}": chosen.std}
-            | ({} if chosen.mean is None else {f"selection.mean_{spec.metric}": chosen.mean}),
-            params={f"chosen.{k}": v for k, v in chosen.source.params.items()},
-            tags={"selection_chosen_trial": chosen.source.trial_id},
-        )
+    spec, best = request.spec, result.best
+    extra = log_selection(tracker, spec, result.selection)
     if registered is not None and registered.trial_id not in ran_here:
         result.notes.append(
             f"The best trial {registered.trial_id} ran before this extension; the registered model stays as that "
@@ -329,56 +231,5 @@ def _register_and_finish(
         result.registration = register_best(request, results, dataset, tracker, registered, extra)
         if result.registration is not None:
             result.notes.extend(result.registration.notes)
-    tracker.log_to_parent(
-        metrics={f"best_{spec.metric}": best.value} if best and best.value is not None else {},
-        params={f"best.{k}": v for k, v in (best.params if best else {}).items()},
-        tags={
-            f"trials_{status}": str(sum(r.status == status for r in result.rows))
-            for status in ENDED
-            if status != TrialStatus.INTERRUPTED
-        },
-    )
+    log_outcome(tracker, spec, result)
     tracker.finish("FINISHED" if best is not None else "FAILED")
-
-
-def _parent_params(spec: Spec, data: dict[str, Any]) -> dict[str, str]:
-    params = {
-        "trainable": spec.trainable,
-        "metric": spec.metric,
-        "mode": spec.mode,
-        "search.algorithm": spec.search.algorithm,
-        "search.num_samples": str(spec.search.num_samples),
-        "search.seed": str(spec.search.seed),
-        **{f"search.sampler.{k}": str(v) for k, v in spec.search.sampler.model_dump().items()},
-        "scheduler.type": spec.scheduler.type,
-        "resources.cpu": str(spec.resources.cpu),
-        "resources.gpu": str(spec.resources.gpu),
-    }
-    params.update({f"data.{k}": str(v) for k, v in data.items()})
-    return params
-
-
-def _description(request: JobRequest) -> str:
-    """What the job was, in a sentence or two (Markdown, as the MLflow UI shows it)."""
-    spec = request.spec
-    search = "Optuna TPE" if spec.search.algorithm == "optuna" else "random search"
-    scheduler = "ASHA early stopping" if spec.scheduler.type == "asha" else "no early stopping"
-    data = ", ".join(f"{k}={v}" for k, v in request.data.items()) or "its defaults"
-    text = (
-        f"Tuning job **{spec.name}**: {spec.search.num_samples} trials of `{spec.trainable}` proposed by {search} "
-        f"with {scheduler}, ranked by `{spec.metric}` ({spec.mode}). Spec `{request.spec_file}`; data: {data}."
-    )
-    if request.smoke_test:
-        text += " Smoke test (shrunk to run in a minute)."
-    return f"{spec.description.strip()}\n\n{text}" if spec.description else text
-
-
-def _warm_start_tags(request: JobRequest) -> dict[str, str]:
-    warm = request.warm_start
-    if warm is None:
-        return {}
-    return {"warm_start_parent_runs": ",".join(warm.parent_run_ids), "warm_start_skipped": str(warm.skipped)}
-
-
-def _resolved_yaml(spec: Spec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from tuning_platform.records import PARENT_RUN_ID_TAG
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -72,8 +74,6 @@ def sql_child_run_rows(
     from mlflow.entities import LifecycleStage
     from mlflow.store.tracking.dbmodels.models import SqlParam, SqlRun, SqlTag
     from sqlalchemy import select
-
-    from tuning_platform.records import PARENT_RUN_ID_TAG
 
     children: Any = select(SqlTag.run_uuid).where(SqlTag.key == PARENT_RUN_ID_TAG, SqlTag.value == parent_run_id)
     with store.ManagedSessionMaker() as session:

@@ -9,17 +9,16 @@ import queue
 import threading
 import time
 import weakref
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property, partial
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 from tuning_platform._compat.mlflow import sql_store
+from tuning_platform.tracking.batch import CREATE, FLUSH, LOG, STOP, UPDATE, Batch, counted_as
 from tuning_platform.tracking.client import open_client
 
 logger = logging.getLogger(__name__)
@@ -119,11 +118,11 @@ class RunWriter:
 
     def create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
         """Queue `make(client) -> run id`: the trial's run is made (or found) in the thread."""
-        self._put(trial_id, _CREATE, make)
+        self._put(trial_id, CREATE, make)
 
     def update(self, trial_id: str, change: Callable[[MlflowClient, str], None]) -> None:
         """Queue `change(client, run_id)` for the trial's run."""
-        self._put(trial_id, _UPDATE, change)
+        self._put(trial_id, UPDATE, change)
 
     def log(
         self,
@@ -133,7 +132,7 @@ class RunWriter:
         params: Sequence[Param] = (),
     ) -> None:
         """Queue metrics, tags and params of the trial's run; what waits for one run is written together."""
-        self._put(trial_id, _LOG, (list(metrics), list(tags), list(params)))
+        self._put(trial_id, LOG, (list(metrics), list(tags), list(params)))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is written, or until no write has been done for
@@ -143,7 +142,7 @@ class RunWriter:
         done = threading.Event()
         started = self.clock.now()
         said = started
-        self._put("", _FLUSH, done)
+        self._put("", FLUSH, done)
         while not done.wait(timeout=1.0):
             self.report_stall()
             if not self._thread.is_alive():
@@ -173,7 +172,7 @@ class RunWriter:
             self._thread = None  # a daemon, stuck in a request: left to end with the process
             return False
         if self._thread is not None:
-            self._put("", _STOP, None)
+            self._put("", STOP, None)
             self._thread.join()
             self._thread = None
         return True
@@ -183,7 +182,7 @@ class RunWriter:
         with self._lock:
             outstanding = {key: count for key, count in self._outstanding.items() if count > 0}
         parts = []
-        for kind, what in ((_LOG, "results"), (_CREATE, "run creations"), (_UPDATE, "run updates")):
+        for kind, what in ((LOG, "results"), (CREATE, "run creations"), (UPDATE, "run updates")):
             trials = sorted({trial for (trial, k) in outstanding if k == kind})
             count = sum(n for (_, k), n in outstanding.items() if k == kind)
             if count:
@@ -223,16 +222,16 @@ class RunWriter:
             )
 
     def _put(self, trial_id: str, kind: str, payload: Any) -> None:
-        if self._thread is None and kind not in (_FLUSH, _STOP):
+        if self._thread is None and kind not in (FLUSH, STOP):
             self._thread = threading.Thread(target=self._run, name="mlflow-run-writer", daemon=True)
             self._thread.start()
-        if kind in (_CREATE, _UPDATE, _LOG):
-            counted = _counted_as(kind, payload)
+        if kind in (CREATE, UPDATE, LOG):
+            counted = counted_as(kind, payload)
             with self._lock:
                 self._outstanding[(trial_id, counted)] = self._outstanding.get((trial_id, counted), 0) + 1
             self.report_stall()
         self._queue.put((trial_id, kind, payload, self.clock.now()))
-        if kind in (_FLUSH, _STOP):
+        if kind in (FLUSH, STOP):
             self._hurry.set()
 
     def _done(self, trial_id: str, kind: str, count: int = 1) -> None:
@@ -248,7 +247,7 @@ class RunWriter:
         while True:
             items = [self._queue.get()]
             _, first_kind, _, queued_at = items[0]
-            if first_kind not in (_FLUSH, _STOP):
+            if first_kind not in (FLUSH, STOP):
                 # Let the trials' next writes queue up and join these requests, for LINGER_S from
                 # when the first was queued: a write that already waited that long behind slow
                 # requests (a busy tracking server) goes at once. A flush cuts it short.
@@ -262,24 +261,24 @@ class RunWriter:
                 except queue.Empty:
                     break
             # Each trial's writes, in order; what was queued before a flush is done before it.
-            pending: dict[str, _Batch] = {}
+            pending: dict[str, Batch] = {}
             writes: dict[str, list[Callable[[], None]]] = {}
             for trial_id, kind, payload, _ in items:
-                if kind == _LOG:
-                    pending.setdefault(trial_id, _Batch()).add(*payload)
+                if kind == LOG:
+                    pending.setdefault(trial_id, Batch()).add(*payload)
                     continue
                 if trial_id in pending:  # this trial's results first: its writes keep their order
                     writes.setdefault(trial_id, []).append(partial(self._write, trial_id, pending.pop(trial_id)))
-                if kind in (_CREATE, _UPDATE):
+                if kind in (CREATE, UPDATE):
                     writes.setdefault(trial_id, []).append(partial(self._change, trial_id, kind, payload))
-                elif kind in (_FLUSH, _STOP):
+                elif kind in (FLUSH, STOP):
                     self._do(writes, pending)
-                    if kind == _STOP:
+                    if kind == STOP:
                         return
                     payload.set()
             self._do(writes, pending)
 
-    def _do(self, writes: dict[str, list[Callable[[], None]]], pending: dict[str, _Batch]) -> None:
+    def _do(self, writes: dict[str, list[Callable[[], None]]], pending: dict[str, Batch]) -> None:
         """Every trial's writes in order, and then its waiting results; trials side by side on a
         tracking server (PARALLEL_WRITES at once), one after another on a SQL store."""
         for trial_id, batch in pending.items():
@@ -311,7 +310,7 @@ class RunWriter:
             helper.join()
 
     def _change(self, trial_id: str, kind: str, payload: Any) -> None:
-        if kind == _CREATE:
+        if kind == CREATE:
             self._attempt(self._create, trial_id, payload)
         elif trial_id in self.run_ids:  # else its run could not be made; that failure is counted already
             self._attempt(payload, self.client, self.run_ids[trial_id])
@@ -331,7 +330,7 @@ class RunWriter:
     def _create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
         self.run_ids[trial_id] = make(self.client)
 
-    def _write(self, trial_id: str, batch: _Batch) -> None:
+    def _write(self, trial_id: str, batch: Batch) -> None:
         run_id = self.run_ids.get(trial_id)
         if run_id is not None:  # else its run could not be made; that failure is counted already
             for metrics, tags, params in batch.requests():
@@ -365,7 +364,6 @@ class RunWriter:
             self.report_stall()
 
 
-_CREATE, _UPDATE, _LOG, _FLUSH, _STOP = "create", "update", "log", "flush", "stop"
 # Seconds the writer lets writes gather before it sends them: a trial's params, its first
 # results and (for a trial this short) its end go in one request instead of one each, and a
 # trial of 0.4 s epochs sends about one batch a second, not one per epoch. Each `log_batch` on
@@ -378,44 +376,6 @@ LINGER_S = 1.0
 # the writer was busy for 7-8 s of the trials' 10 s. A SQL store gets one at a time: SQLite
 # takes one writer, and the requests there are the driver's CPU, not a wait.
 PARALLEL_WRITES = 4
-
-
-def _counted_as(kind: str, payload: Any) -> str:
-    """The kind a queued write counts as in `not_written`: a log without metrics (a run's
-    params or end tags) is a run update, not a result."""
-    return _UPDATE if kind == _LOG and not payload[0] else kind
-
-
-class _Batch:
-    """What waits to be written to one run, and how many queued writes of each counted kind it merges."""
-
-    def __init__(self) -> None:
-        self.metrics: list[Metric] = []
-        self.tags: list[RunTag] = []
-        self.params: list[Param] = []
-        self.counts: Counter[str] = Counter()
-
-    def add(self, metrics: list[Metric], tags: list[RunTag], params: list[Param]) -> None:
-        self.metrics += metrics
-        self.tags += tags
-        self.params += params
-        self.counts[_counted_as(_LOG, (metrics, tags, params))] += 1
-
-    def requests(self) -> Iterator[tuple[list[Metric], list[RunTag], list[Param]]]:
-        """The batch cut to MLflow's limits per `log_batch`: at most 100 params and tags
-        together, 1000 entities in all (mlflow/utils/validation.py). Always one request, even
-        an empty one, so a run's order of writes is the order they were queued in."""
-        metrics, tags, params = self.metrics, self.tags, self.params
-        while True:
-            request_params = params[:MAX_PARAMS_TAGS_PER_BATCH]
-            request_tags = tags[: MAX_PARAMS_TAGS_PER_BATCH - len(request_params)]
-            room = MAX_ENTITIES_PER_BATCH - len(request_params) - len(request_tags)
-            request_metrics = metrics[: min(room, MAX_METRICS_PER_BATCH)]
-            params, tags = params[len(request_params) :], tags[len(request_tags) :]
-            metrics = metrics[len(request_metrics) :]
-            yield request_metrics, request_tags, request_params
-            if not (metrics or tags or params):
-                return
 
 
 # Writers of this process, so the job can flush them before reading its runs back. The Tune
