@@ -1,12 +1,15 @@
 """Ray internals the platform uses (Ray 2.60): Tune's default loggers, its resume hint, a
-trial's checkpoint manager. The cluster's reaches (token, GCS, autoscaler) are in
-`tuning_platform/cluster/`, each named with its upstream file beside it.
+trial's checkpoint manager; a cluster's GCS, token and job config; its autoscaler's config,
+monitor process and status. Each names its upstream file; tests/test_autoscaling.py,
+tests/test_cluster_resources.py, tests/test_cluster.py and tests/test_resume.py fail when one
+changes.
 
-Imports Ray lazily where it can: the CLI's checks import the package without starting Ray.
+Imports Ray lazily: the CLI's checks import the package without loading Ray.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -77,3 +80,121 @@ def repoint_checkpoints(trial: Any, exists: Callable[[Any], bool]) -> tuple[bool
     manager._latest_checkpoint_result = newest
     trial.run_metadata.invalidate_cache()
     return True, newest
+
+
+# --- The cluster: its token, its GCS, its autoscaler -------------------------------------------
+
+
+def gcs_probe(address: str, timeout_s: float) -> None:
+    """One read from the GCS at `address` (a key nobody writes), as a cluster's first check:
+    raises what the GCS answers (`ray.exceptions.AuthenticationError` for a token it refuses).
+    `GcsClient` of Ray's Cython core (ray/_raylet.pyx, ray/includes/gcs_client.pxi)."""
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # no type stubs
+
+    GcsClient(address=address).internal_kv_get(b"tuning-platform-probe", None, timeout=timeout_s)
+
+
+def auth_token_found() -> bool:
+    """Whether a Ray token is where Ray's CLI finds one (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token), whatever RAY_AUTH_MODE says (ray/_raylet `AuthenticationTokenLoader`)."""
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
+
+    return bool(AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True))
+
+
+def enable_token_auth() -> None:
+    """What Ray does for a local cluster that has a token
+    (ray/_private/authentication/authentication_token_setup.py, `_enable_token_auth`)."""
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def submitted_job_config() -> str | None:
+    """The JSON job config `ray job submit` gives its driver in the environment, or None
+    (ray/_private/runtime_env/constants.py `RAY_JOB_CONFIG_JSON_ENV_VAR`; ray/_private/worker.py
+    reads the same variable in `ray.init`)."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    return os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or None
+
+
+def gcs_cluster_config() -> Any:
+    """The cluster config in the GCS (autoscaler v2 and KubeRay report their node groups there;
+    None on other clusters): ray/_private/state.py, `get_cluster_config`."""
+    import ray
+
+    return ray._private.state.state.get_cluster_config()
+
+
+def head_monitor() -> tuple[bool, dict[str, Any] | None] | None:
+    """What the head node says of this cluster's monitor process: whether it runs there, and its
+    autoscaling config (None: started without one); None when the head cannot be asked."""
+    import ray
+
+    # Nested, so Ray ships it by value: the head may not import this package.
+    def _monitor_on_head(gcs_address: str) -> tuple[bool, dict[str, Any] | None]:
+        """Runs on the head node: this cluster's monitor process and its autoscaling config.
+
+        The monitor is started as `monitor.py --gcs-address=... [--autoscaling-config=PATH]`
+        (ray/_private/services.py, `start_monitor`, lines 2387 and 2404 in Ray 2.60; v1's
+        ray/autoscaler/_private/monitor.py and v2's ray/autoscaler/v2/monitor.py alike). Without
+        the config it drives the read-only provider, which never launches a node (v1:
+        monitor.py `_initialize_autoscaler`, `BASE_READONLY_CONFIG` with `max_workers: 0`, lines
+        108 and 228-234; v2: monitor.py line 333, `ReadOnlyProviderConfigReader`).
+        """
+        import os
+
+        import psutil
+        import yaml
+
+        for process in psutil.process_iter(["cmdline"]):
+            args = process.info.get("cmdline") or []
+            if not any(arg.endswith("monitor.py") for arg in args) or f"--gcs-address={gcs_address}" not in args:
+                continue
+            path = next((arg.split("=", 1)[1] for arg in args if arg.startswith("--autoscaling-config=")), None)
+            if not path:
+                return True, None
+            with open(os.path.expanduser(path)) as handle:
+                return True, yaml.safe_load(handle)
+        return False, None
+
+    gcs_address = ray.get_runtime_context().gcs_address
+    reader = ray.remote(_monitor_on_head).options(
+        num_cpus=0, resources={"node:__internal_head__": 0.001}, max_retries=0
+    )
+    try:
+        found, config = ray.get(reader.remote(gcs_address), timeout=30)
+    except Exception:  # noqa: BLE001 - no readable head (Ray Client, a head without the marker)
+        return None
+    return found, config
+
+
+def read_only_node_type(node_id: str) -> str:
+    """The type name the read-only provider of a static cluster gives a node: `node_<id>`
+    (ray/autoscaler/_private/util.py `format_readonly_node_type`, line 986 in Ray 2.60)."""
+    from ray.autoscaler._private.util import format_readonly_node_type
+
+    return str(format_readonly_node_type(node_id))
+
+
+def autoscaler_status() -> dict[str, Any] | None:
+    """The status the cluster's monitor last wrote to the GCS, or None: none written, no Ray
+    connected, or a GCS that does not answer. Anything else (a Ray internal renamed) is raised."""
+    from ray._private import ray_constants
+    from ray.exceptions import RpcError
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+    key = ray_constants.DEBUG_AUTOSCALING_STATUS  # ray/_private/ray_constants.py, line 56 in Ray 2.60
+    if not _internal_kv_initialized():  # its client is None until ray.init (ray/experimental/internal_kv.py)
+        return None
+    try:
+        raw = _internal_kv_get(key)
+    except (RpcError, OSError):
+        # What a GcsClient read raises when the GCS does not answer: RpcError, timeouts included;
+        # IOError; ConnectionError through Ray Client (ray/includes/gcs_client.pxi and
+        # `check_status_timeout_as_rpc_error` in ray/_raylet.pyx).
+        return None
+    return json.loads(raw) if raw else None

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tuning_platform._compat import ray as ray_compat
 from tuning_platform.cluster.runtime_env import cluster_runtime_env, local_runtime_env
 from tuning_platform.errors import JobError
 
@@ -30,13 +31,11 @@ def probe_cluster(address: str) -> str | None:
     """
     if address.startswith("ray://") or address in ("auto", "local"):
         return None  # Ray Client, or found on this machine: Ray checks those itself
-    # Ray's Cython core has no type stubs.
-    from ray._raylet import AuthenticationTokenLoader, GcsClient  # type: ignore[attr-defined]
     from ray.exceptions import AuthenticationError
 
     def ask() -> None:
         with _native_stderr_hidden():  # Ray's C++ client logs each refusal there as well
-            GcsClient(address=address).internal_kv_get(b"tuning-platform-probe", None, timeout=GCS_PROBE_TIMEOUT_S)
+            ray_compat.gcs_probe(address, GCS_PROBE_TIMEOUT_S)
 
     try:
         ask()
@@ -45,13 +44,13 @@ def probe_cluster(address: str) -> str | None:
         pass
     except Exception as err:  # noqa: BLE001 - any other answer means no usable Ray there
         return f"Ray cluster not reachable: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
-    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+    if not ray_compat.auth_token_found():
         return (
             f"the Ray cluster requires an authentication token: set {TOKEN_SOURCES} "
             "(`ray get-auth-token` on the head prints it)"
         )
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-        _use_token_auth()
+        ray_compat.enable_token_auth()
         try:
             ask()
             return None
@@ -71,16 +70,6 @@ def _native_stderr_hidden() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def _use_token_auth() -> None:
-    # What Ray does for a local cluster that has a token
-    # (ray/_private/authentication/authentication_token_setup.py, `_enable_token_auth`).
-    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
-
-    os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def connect_ray(

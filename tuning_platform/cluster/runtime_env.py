@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tuning_platform._compat.ray import submitted_job_config
+
 
 def trainables_folder() -> Path:
     """Where the built-in trainables this process imports live (installed, or the repository)."""
@@ -53,10 +55,8 @@ def local_runtime_env() -> dict[str, Any] | None:
 
 def submitted_job_runtime_env() -> dict[str, Any] | None:
     """The runtime environment `ray job submit` gave this driver, or None when it was not
-    submitted that way (ray/_private/worker.py reads the same variable in `ray.init`)."""
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-
-    text = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    submitted that way."""
+    text = submitted_job_config()
     if not text:
         return None
     return json.loads(text).get("runtime_env") or {}
