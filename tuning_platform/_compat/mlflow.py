@@ -29,6 +29,16 @@ BULK_HISTORY_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 BULK_HISTORY_RUNS, BULK_HISTORY_VALUES = 100, 25_000
 
 
+def initialize_store_tables(engine: Any) -> None:
+    """What `SqlAlchemyStore.__init__` runs on a database without MLflow's tables
+    (mlflow/store/tracking/sqlalchemy_store.py line 409 in MLflow 3.17): the initial tables and
+    every migration, `mlflow.store.db.utils._initialize_tables`. tests/test_store_template.py
+    compares a store made this way with one MLflow made."""
+    from mlflow.store.db.utils import _initialize_tables
+
+    _initialize_tables(engine)
+
+
 def tracking_store(client: MlflowClient) -> Any:
     """The store behind MLflow's client (`MlflowClient._tracking_client.store`), which the
     public client does not expose: a SQL store, or a tracking server's `RestStore`."""

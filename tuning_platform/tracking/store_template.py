@@ -72,13 +72,10 @@ def template() -> Path:
 def _make_empty_store(path: Path) -> None:
     import sqlalchemy
 
-    # What SqlAlchemyStore.__init__ runs on a file without MLflow's tables
-    # (mlflow/store/tracking/sqlalchemy_store.py line 409 in MLflow 3.17): the initial tables and
-    # every migration. tests/test_store_template.py compares a copy with a store MLflow made.
-    from mlflow.store.db.utils import _initialize_tables
+    from tuning_platform._compat.mlflow import initialize_store_tables
 
     engine = sqlalchemy.create_engine(f"sqlite:///{path}")
     try:
-        _initialize_tables(engine)
+        initialize_store_tables(engine)
     finally:
         engine.dispose()
