@@ -4,7 +4,7 @@ The trial runs of a job hold everything a study needs: the parameters (run param
 per epoch (intermediate values), how the trial ended (`trial_status`), and when. Built from
 there rather than from Ray's searcher state, one study covers a resumed job, an extended job
 (several Ray runs under one parent run) and the jobs a warm start learns from alike. It feeds
-the search insight (`insight.py`) and seeds the searcher of an extended or warm-started job.
+the search insight (`insight/`) and seeds the searcher of an extended or warm-started job.
 
 Values are what Ray's `OptunaSearch` tells its study for a live trial: the metric of the
 trial's last result, so seeded and live trials are ranked alike. A trial ASHA stopped early is

@@ -82,7 +82,7 @@ class SamplerSpec(StrictModel):
     # Trials still running count as bad results, so parallel trials do not all propose alike.
     constant_liar: bool = True
     # Past this many trials TPE looks at the best 25 and the last `window` only, so a proposal
-    # costs the same at trial 10,000 as at 500 (tuning_platform/sampler.py); null: all trials.
+    # costs the same at trial 10,000 as at 500 (tuning_platform/search/sampler.py); null: all trials.
     window: int | None = Field(default=500, ge=1)
 
 
