@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuning_platform.cluster.capacity import Capacity, TrialResources, fit_resources
 from tuning_platform.cluster.connect import connect_ray
@@ -32,6 +32,9 @@ from tuning_platform.search.selection import reseed_top
 from tuning_platform.search.study import RecordedTrial, as_row, recorded_trials
 from tuning_platform.spec import Spec
 from tuning_platform.tracking.parent import JobTracker
+
+if TYPE_CHECKING:
+    from ray.tune import ResultGrid
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +197,7 @@ def _run_name_and_storage(request: JobRequest) -> tuple[str, str]:
     return run_name, request.storage_path
 
 
-def _read_outcome(spec: Spec, results: Any, run_name: str, fit_started: float, result: TuneResult) -> None:
+def _read_outcome(spec: Spec, results: ResultGrid, run_name: str, fit_started: float, result: TuneResult) -> None:
     """Trial rows, the best trial, and whether a stop left trials unfinished."""
     result.rows = read_trials(spec, results)
     result.best = best_trial(result.rows, spec.mode)
@@ -211,7 +214,7 @@ def _read_outcome(spec: Spec, results: Any, run_name: str, fit_started: float, r
 
 def _register_and_finish(
     request: JobRequest,
-    results: Any,
+    results: ResultGrid,
     dataset: Any,
     tracker: JobTracker,
     result: TuneResult,
