@@ -36,3 +36,12 @@ def _process_state_kept():
     for sig, handler in handlers.items():
         if signal.getsignal(sig) is not handler and handler is not None:
             signal.signal(sig, handler)
+
+
+@pytest.fixture
+def store_uri(tmp_path) -> str:
+    """A new SQLite MLflow store, `sqlite:///TMP_PATH/mlflow.db`, made as a job makes one: a copy
+    of the empty store (`tests.helpers.new_store`), not a second of MLflow's migrations."""
+    from tests.helpers import new_store
+
+    return new_store(tmp_path)

@@ -1,5 +1,5 @@
 """Running the CLI as a user does, in a subprocess or in this process, and reading what it left
-in MLflow; a user's table to train on."""
+in MLflow; a user's table to train on; a Ray cluster of a few nodes on this machine."""
 
 from __future__ import annotations
 
@@ -8,10 +8,20 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pytest
+
+from tuning_platform.records import PARENT_RUN_ID_TAG
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+    from ray.cluster_utils import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "search_spaces"
@@ -40,6 +50,35 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli_side_by_side(
+    runs: dict[str, tuple[list[str], Path]], timeout: float = 600
+) -> dict[str, subprocess.CompletedProcess]:
+    """`run_cli` for several commands at once, name -> (ARGS, cwd): each is a new interpreter
+    importing the CLI, and none waits for another to finish. Returns name -> result."""
+    started = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "platform.tune", *args],
+            cwd=cwd,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (args, cwd) in runs.items()
+    }
+    results = {}
+    try:
+        for name, process in started.items():
+            out, err = process.communicate(timeout=timeout)
+            results[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    finally:
+        for process in started.values():
+            if process.poll() is None:  # another timed out: stop each by its own handle
+                process.kill()
+                process.communicate()
+    return results
 
 
 def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -75,6 +114,78 @@ def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(text)
     return path
+
+
+def assert_ok(result: Any, output: str | None = None, tail: int = 3000) -> None:
+    """The command (a CompletedProcess, a finished Popen, anything with a `returncode`) exited 0;
+    else the test fails showing the end of what it printed (see `assert_exit`)."""
+    assert_exit(result, 0, output, tail)
+
+
+def assert_exit(result: Any, code: int, output: str | None = None, tail: int = 3000) -> None:
+    """The command exited with `code`; else the test fails with the last `tail` characters of
+    its stdout and of its stderr, or of `output` (what a Popen's merged pipe gave)."""
+    if result.returncode == code:
+        return
+    shown = [("output", output)] if output is not None else [("stdout", result.stdout), ("stderr", result.stderr)]
+    parts = []
+    for name, text in shown:
+        if isinstance(text, bytes):
+            text = text.decode(errors="replace")
+        if text:
+            parts.append(f"--- {name}, last {tail} characters ---\n{text[-tail:]}")
+    command = getattr(result, "args", "the command")
+    pytest.fail(
+        f"{command} exited {result.returncode}, not {code}\n" + ("\n".join(parts) or "(it printed nothing)"),
+        pytrace=False,
+    )
+
+
+def new_store(folder: Path) -> str:
+    """The URI of a new SQLite MLflow store in `folder`, made as a job makes one: a copy of the
+    empty store of the installed MLflow (`tracking.store_template`), not MLflow's migrations,
+    which cost about a second per store. (The `store_uri` fixture: one in the test's tmp_path.)"""
+    from tuning_platform.tracking.store_template import create_from_template
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    create_from_template(uri)
+    return uri
+
+
+def job_runs(client: MlflowClient | str, experiment: str, missing_ok: bool = False) -> tuple[list[Run], list[Run]]:
+    """The runs of an experiment's jobs: the parent runs (one per job), and their child runs
+    (a trial each, and `selection`'s reseeded runs). `client` may be a tracking URI; an
+    experiment that does not exist (yet) is a failure, or no runs with `missing_ok`."""
+    from mlflow.tracking import MlflowClient
+
+    if isinstance(client, str):
+        client = MlflowClient(client)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        assert missing_ok, f"no experiment {experiment!r} in the store"
+        return [], []
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    parents = [r for r in runs if PARENT_RUN_ID_TAG not in r.data.tags]
+    children = [r for r in runs if PARENT_RUN_ID_TAG in r.data.tags]
+    return parents, children
+
+
+@contextlib.contextmanager
+def ray_cluster(head: dict[str, Any], *workers: dict[str, Any]) -> Iterator[Cluster]:
+    """A Ray cluster of nodes on this machine (`ray.cluster_utils.Cluster`): a head with `head`'s
+    resources (`num_cpus`, `num_gpus`: a declared GPU need not exist) and a node for each of
+    `workers`, without an autoscaler; shut down through its own handle on leaving, whatever
+    happened, never by a process name."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        for worker in workers:
+            cluster.add_node(**worker)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
 
 
 # A trainable module (`train`) of half-second epochs, `config["epochs"]` of them.

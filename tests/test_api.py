@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import SPECS
+from tests.helpers import SPECS, assert_ok
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def test_tune_from_a_notebook_returns_a_result_and_leaves_the_process_as_it_was(
         text=True,
         timeout=600,
     )
-    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert_ok(ran)
     answer = json.loads(ran.stdout.strip().splitlines()[-1])
     # Nothing of the job's own was printed: it went to the logger.
     assert not any(line.startswith(("Job ", "Baseline ", "note:")) for line in ran.stdout.splitlines()[:-1])

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, cli_env, packing_trainable, run_cli
+from tests.helpers import ROOT, assert_exit, assert_ok, cli_env, job_runs, packing_trainable, run_cli
 from tests.servers import RAY, autoscaling_ray_head, mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -128,25 +128,14 @@ def _submit(head, project: Path, *args: str, wait: bool = True, submission_id: s
     return _ray(head, "job", "submit", *options, "--", "bash", "-c", command, cwd=project)
 
 
-def _runs(uri: str, experiment: str):
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([found.experiment_id]) if found else []
-    return (
-        client,
-        [r for r in runs if "mlflow.parentRunId" not in r.data.tags],
-        [r for r in runs if "mlflow.parentRunId" in r.data.tags],
-    )
-
-
 def test_a_submitted_job_gets_a_gpu_node_launched_and_packs_four_trials_on_its_gpu(cluster, project):
     head, uri, _ = cluster
     result = _submit(head, project, "packed.yaml", "--tracking-uri", uri, "--storage-path", str(project.parent / "rr"))
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    assert_ok(result, output, tail=4000)
     assert "Failed to merge the Job's runtime env" not in output
     assert "waiting for nodes: " in output and " of 4 trials running" in output
-    client, parents, children = _runs(uri, "packed")
+    parents, children = job_runs(uri, "packed")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4
     nodes = {c.data.tags["node_id"] for c in children}
@@ -160,27 +149,28 @@ def test_ray_job_stop_marks_the_runs_killed_and_resume_finishes_the_job(cluster,
     head, uri, _ = cluster
     args = ["steady.yaml", "--tracking-uri", uri, "--storage-path", str(project.parent / "rr")]
     started = _submit(head, project, *args, wait=False, submission_id="steady-1")
-    assert started.returncode == 0, started.stderr[-3000:]
+    assert_ok(started)
     deadline = time.time() + 240
     while time.time() < deadline:  # until trials are mid-way
-        _, _, children = _runs(uri, "steady")
+        _, children = job_runs(uri, "steady", missing_ok=True)
         if sum(c.data.metrics.get("epoch", 0) >= 2 for c in children) >= 2:
             break
         time.sleep(0.5)
     else:
         raise AssertionError(_ray(head, "job", "logs", "--address", head.dashboard, "steady-1", cwd=project).stdout)
     stop = _ray(head, "job", "stop", "--address", head.dashboard, "steady-1", cwd=project)
-    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert_ok(stop)
     logs = _ray(head, "job", "logs", "--address", head.dashboard, "steady-1", cwd=project).stdout
     assert "stopped by SIGTERM: Ray saved the job's state" in logs, logs[-4000:]
-    _, parents, children = _runs(uri, "steady")
+    parents, children = job_runs(uri, "steady")
     assert [p.info.status for p in parents] == ["KILLED"]
     assert all(c.info.status != "RUNNING" for c in children)
     assert any(c.data.tags["trial_status"] == "interrupted" for c in children)
 
     resumed = _submit(head, project, *args, "--resume")
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
-    client, parents, children = _runs(uri, "steady")
+    assert_ok(resumed, tail=4000)
+    client = MlflowClient(uri)
+    parents, children = job_runs(client, "steady")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED" and parents[0].data.tags["resumed"] == "1"
     trial_ids = [c.data.tags["trial_id"] for c in children]
     assert len(trial_ids) == len(set(trial_ids))
@@ -197,8 +187,8 @@ def test_on_the_head_address_auto_finds_the_cluster_as_ray_exec_runs_it(cluster,
         "packed.yaml", "--address", "auto", "--tracking-uri", uri, "--set", "name=packed-auto",
         "--storage-path", str(folder / "rr"), cwd=project, env=head.env, timeout=300,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    _, parents, children = _runs(uri, "packed-auto")
+    assert_ok(result)
+    parents, children = job_runs(uri, "packed-auto")
     assert [p.info.status for p in parents] == ["FINISHED"] and len(children) == 4
     assert all(c.data.metrics["gpu_share"] == 0.25 for c in children)
 
@@ -208,18 +198,19 @@ def test_address_from_outside_with_and_without_the_token(cluster, project):
     common = ["packed.yaml", "--address", head.address, "--tracking-uri", uri]
     no_token = {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None, "RAY_AUTH_TOKEN_PATH": None, "HOME": str(folder)}
     missing = run_cli(*common, cwd=project, env=no_token, timeout=120)
-    assert missing.returncode == 2
+    assert_exit(missing, 2)
     assert missing.stderr.strip() == (
         "error: packed.yaml: --address: the Ray cluster requires an authentication token: set RAY_AUTH_TOKEN, "
         f"RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (`ray get-auth-token` on the head prints it) (got '{head.address}')"
     ), missing.stderr
     wrong = run_cli(*common, cwd=project, env={**no_token, "RAY_AUTH_TOKEN": "0" * 64}, timeout=120)
-    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    assert_exit(wrong, 2)
+    assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
     assert "refused the authentication token from RAY_AUTH_TOKEN" in wrong.stderr
     assert "Traceback" not in missing.stderr + wrong.stderr
     # With the token, as Ray's CLI finds it: a request no node type can ever meet is one line.
     impossible = run_cli(*common, "--set", "resources.cpu=64", cwd=project, env={**no_token, **head.env}, timeout=120)
-    assert impossible.returncode == 2, impossible.stdout[-2000:] + impossible.stderr[-2000:]
+    assert_exit(impossible, 2)
     last = impossible.stderr.strip().splitlines()[-1]
     assert last.startswith("error: packed.yaml: resources: a trial worker asks for 64 CPU and 0.25 GPU; no node type")
     assert "gpu_worker {CPU: 2, GPU: 1}" in last
@@ -254,7 +245,7 @@ def test_the_autoscaler_reads_as_one_that_grows_from_its_status_and_from_its_mon
         [sys.executable, "-c", CAN_GROW], cwd=ROOT, env={**cli_env(), **head.env, "RAY_ADDRESS": head.address},
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert_ok(result)
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["found"] is True and seen["types"] == sorted(["ray.head.default", *_worker_types()])
     assert "ray.head.default" in seen["mapping"]  # the config's type names, not the read-only `node_<id>`

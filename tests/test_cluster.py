@@ -11,9 +11,10 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import SPECS, packing_trainable, run_cli
+from tests.helpers import SPECS, assert_ok, job_runs, packing_trainable, ray_cluster, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -42,41 +43,27 @@ tracking: {register_model: false}
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 1})
-    cluster.add_node(num_cpus=4, num_gpus=1)
-    cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
+    """Two nodes of 4 CPUs and one declared GPU each."""
+    with ray_cluster({"num_cpus": 4, "num_gpus": 1}, {"num_cpus": 4, "num_gpus": 1}) as cluster:
+        yield cluster
 
 
-def _children(uri: str, experiment: str):
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    assert found is not None
-    runs = client.search_runs([found.experiment_id], max_results=100)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    return client, parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-
-
-def test_quarter_gpus_pack_eight_trials_at_once_across_both_nodes(cluster, tmp_path):
+def test_quarter_gpus_pack_eight_trials_at_once_across_both_nodes(cluster, tmp_path, store_uri):
     (tmp_path / "sleepy.py").write_text(textwrap.dedent(SLEEPY_TRAINABLE))
     (tmp_path / "spec.yaml").write_text(SLEEPY_SPEC)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_cli(
         "spec.yaml",
         "--address",
         cluster.address,
         "--tracking-uri",
-        uri,
+        store_uri,
         "--storage-path",
         str(tmp_path / "ray_results"),
         cwd=tmp_path,
         timeout=300,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    client, parents, children = _children(uri, "packing")
+    assert_ok(result)
+    parents, children = job_runs(store_uri, "packing")
     assert len(parents) == 1 and len(children) == 8
     nodes = {c.data.tags["node_id"] for c in children}
     assert len(nodes) == 2, "trials ran on both nodes"
@@ -86,8 +73,7 @@ def test_quarter_gpus_pack_eight_trials_at_once_across_both_nodes(cluster, tmp_p
     assert [c.data.metrics["together"] for c in children] == [8] * 8
 
 
-def test_builtin_trainable_runs_on_both_nodes_and_is_tracked_by_the_driver(cluster, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_builtin_trainable_runs_on_both_nodes_and_is_tracked_by_the_driver(cluster, tmp_path, store_uri):
     # A trial takes a whole node (4 CPUs), so two trials at once must use both nodes.
     result = run_cli(
         str(SPECS / "mlp.yaml"),
@@ -95,7 +81,7 @@ def test_builtin_trainable_runs_on_both_nodes_and_is_tracked_by_the_driver(clust
         "--address",
         cluster.address,
         "--tracking-uri",
-        uri,
+        store_uri,
         "--storage-path",
         str(tmp_path / "ray_results"),
         "--set",
@@ -105,10 +91,12 @@ def test_builtin_trainable_runs_on_both_nodes_and_is_tracked_by_the_driver(clust
         cwd=tmp_path,
         timeout=300,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    # The simulated GPU is assigned, then the trainable says it is not there and uses the CPU.
-    assert "CUDA is not available here; training on CPU" in result.stdout + result.stderr
-    client, parents, children = _children(uri, "mlp-breast-cancer")
+    assert_ok(result)
+    # The declared GPU is assigned; without a real one the trainable says so and uses the CPU.
+    fell_back = "CUDA is not available here; training on CPU" in result.stdout + result.stderr
+    assert fell_back is not torch.cuda.is_available()
+    client = MlflowClient(store_uri)
+    parents, children = job_runs(client, "mlp-breast-cancer")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4
     assert len({c.data.tags["node_id"] for c in children}) == 2

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from tests.helpers import ROOT, SPECS, run_cli
+from tests.helpers import ROOT, SPECS, assert_exit, ray_cluster, run_cli
 from tests.test_spec import BASE
 from tuning_platform.cluster import autoscaler
 from tuning_platform.cluster.autoscaler import NodeType, autoscaler_running, autoscaler_status
@@ -168,31 +168,24 @@ def static_cluster():
     """Two nodes of 2 CPUs and no GPU, without an autoscaling config: `ray start` on machines
     of one's own or under Slurm. Ray runs its monitor there all the same (over a read-only node
     provider), which writes an autoscaling status to the GCS."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
-    try:
-        cluster.add_node(num_cpus=2, num_gpus=0)
-        cluster.wait_for_nodes()
+    with ray_cluster({"num_cpus": 2, "num_gpus": 0}, {"num_cpus": 2, "num_gpus": 0}) as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
 
 
 @pytest.mark.slow
-def test_a_worker_no_node_of_a_static_cluster_can_hold_is_refused_not_waited_for(static_cluster, tmp_path):
+def test_a_worker_no_node_of_a_static_cluster_can_hold_is_refused_not_waited_for(static_cluster, tmp_path, store_uri):
     spec = str(SPECS / "mlp.yaml")
     try:
         result = run_cli(
             spec, "--address", static_cluster.address,
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage-path", str(tmp_path / "rr"),
+            "--tracking-uri", store_uri, "--storage-path", str(tmp_path / "rr"),
             "--set", "resources.cpu=8", "--set", "resources.gpu=0",
             cwd=tmp_path, timeout=90,
         )  # fmt: skip
     except subprocess.TimeoutExpired as waited:
         pytest.fail(f"the job waited for a node no one will launch: {(waited.stderr or b'')[-2000:]!r}")
     output = result.stdout + result.stderr
-    assert result.returncode == 2, output[-3000:]
+    assert_exit(result, 2)
     assert "an autoscaler runs on this cluster" not in output and "Traceback" not in output
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(

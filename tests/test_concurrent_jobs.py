@@ -9,13 +9,14 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import SPECS, cli_env
+from tests.helpers import SPECS, assert_ok, cli_env, job_runs
+from tuning_platform.records import PARENT_RUN_ID_TAG
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_jobs_on_one_sqlite_store_both_finish_with_separate_complete_records(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # no store yet: the two jobs make it
     env = cli_env()
     command = [sys.executable, "-m", "platform.tune", str(SPECS / "mlp.yaml"), "--smoke-test", "--tracking-uri", uri]
     # Started together, so both create the store's tables and the one experiment at once.
@@ -25,18 +26,17 @@ def test_two_jobs_on_one_sqlite_store_both_finish_with_separate_complete_records
     ]
     outputs = [job.communicate(timeout=400)[0] for job in jobs]
     for job, output in zip(jobs, outputs, strict=True):
-        assert job.returncode == 0, output[-3000:]
+        assert_ok(job, output)
         assert "database is locked" not in output
 
     client = MlflowClient(uri)
     experiments = client.search_experiments(filter_string="name = 'mlp-breast-cancer'")
     assert len(experiments) == 1
-    runs = client.search_runs([experiments[0].experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents, trials = job_runs(client, "mlp-breast-cancer")
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
     assert parents[0].data.tags["ray_run_name"] != parents[1].data.tags["ray_run_name"]
     for parent in parents:
-        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        children = [r for r in trials if r.data.tags[PARENT_RUN_ID_TAG] == parent.info.run_id]
         assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
         assert len({c.data.tags["trial_id"] for c in children}) == 4
         for child in children:

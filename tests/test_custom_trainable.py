@@ -4,9 +4,8 @@ test_study.py: tracked, a default storage path in the working directory, nothing
 from __future__ import annotations
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.helpers import run_cli, write_spec
+from tests.helpers import assert_exit, job_runs, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -34,23 +33,13 @@ failure: {{max_failures: 0}}
 """
 
 
-def _run(tmp_path, function):
+def test_a_job_whose_trials_all_fail_exits_1_and_records_the_error(tmp_path, store_uri):
     (tmp_path / "my_trainables.py").write_text(TRAINABLE)
-    spec = write_spec(tmp_path, SPEC.format(function=function))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_cli(str(spec), "--tracking-uri", uri, cwd=tmp_path, timeout=300)
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(f"custom-{function}")
-    runs = client.search_runs([experiment.experiment_id])
-    return result, client, runs
-
-
-def test_a_job_whose_trials_all_fail_exits_1_and_records_the_error(tmp_path):
-    result, client, runs = _run(tmp_path, "broken")
-    assert result.returncode == 1
+    spec = write_spec(tmp_path, SPEC.format(function="broken"))
+    result = run_cli(str(spec), "--tracking-uri", store_uri, cwd=tmp_path, timeout=300)
+    assert_exit(result, 1)
     assert "no trial produced the metric 'score'" in result.stderr
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents, children = job_runs(store_uri, "custom-broken")
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
     assert len(children) == 3
     for child in children:

@@ -6,7 +6,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import SPECS, run_cli
+from tests.helpers import SPECS, assert_ok, job_runs, run_cli
 from trainables.loop import worker_share
 
 
@@ -19,8 +19,7 @@ def test_every_worker_gets_the_same_number_of_distinct_batches(batches, world_si
 
 
 @pytest.mark.slow
-def test_two_worker_trials_train_report_and_register(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_two_worker_trials_train_report_and_register(tmp_path, store_uri):
     result = run_cli(
         str(SPECS / "mlp.yaml"),
         "--smoke-test",
@@ -29,18 +28,16 @@ def test_two_worker_trials_train_report_and_register(tmp_path):
         "--set",  # one trial of two workers: a Ray Train group starts in about 25 s here
         "search.num_samples=1",
         "--tracking-uri",
-        uri,
+        store_uri,
         "--storage-path",
         str(tmp_path / "ray_results"),
         cwd=tmp_path,
         timeout=400,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_ok(result)
     assert "Setting up process group" in result.stdout + result.stderr  # really DDP
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("mlp-breast-cancer")
-    runs = client.search_runs([experiment.experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    client = MlflowClient(store_uri)
+    _, children = job_runs(client, "mlp-breast-cancer")
     assert len(children) == 1
     for child in children:
         epochs = int(child.data.tags["epochs_run"])
@@ -50,6 +47,6 @@ def test_two_worker_trials_train_report_and_register(tmp_path):
     # Ray Train kept the checkpoints; the best one was rebuilt and registered.
     version = client.get_model_version_by_alias("mlp-breast-cancer-smoke", "champion")
     assert float(version.tags["metric_value"]) > 0.8
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(store_uri)
     model = mlflow.pyfunc.load_model("models:/mlp-breast-cancer-smoke@champion")
     assert len(model.predict(model.input_example)) == len(model.input_example)

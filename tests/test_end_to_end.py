@@ -20,9 +20,10 @@ import mlflow.artifacts
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import SPECS, cli_env, run_main
+from tests.helpers import SPECS, assert_ok, cli_env, job_runs, run_main
 from tests.servers import free_port, stop_group, wait_for_http
 from trainables import fraud
 from tuning_platform.insight import DPI, FIGSIZE, PICTURES
@@ -57,6 +58,11 @@ class Job:
         return MlflowClient(self.uri)
 
     @property
+    def runs(self):
+        """The parent runs and the child runs in the job's experiment."""
+        return job_runs(self.client, self.spec.name)
+
+    @property
     def model_name(self) -> str:
         """A smoke job registers under its own name, never beside the real models."""
         return f"{self.spec.registered_model_name}-smoke"
@@ -70,7 +76,7 @@ def smoke_job(tmp_path_factory):
     def run(name: str) -> Job:
         if name not in done:
             folder = tmp_path_factory.mktemp(f"job-{name}")
-            uri = f"sqlite:///{folder / 'mlflow.db'}"
+            uri = f"sqlite:///{folder / 'mlflow.db'}"  # no store yet: a user's first job makes it
             # gpu=0.5 also exercises the embedded no-GPU path: CPU with one warning, never a hang.
             args = [str(SPECS / f"{name}.yaml"), "--smoke-test", "--tracking-uri", uri]
             args += ["--storage-path", str(folder / "ray_results"), "--set", "resources.gpu=0.5"]
@@ -87,17 +93,8 @@ def job(request, smoke_job):
     return smoke_job(request.param)
 
 
-def _runs(job: Job):
-    experiment = job.client.get_experiment_by_name(job.spec.name)
-    assert experiment is not None
-    runs = job.client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return parents, children
-
-
 def test_job_succeeds_and_prints_a_summary(job):
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert_ok(job)
     assert "Top " in job.stdout and "Best trial" in job.stdout
     assert f"models:/{job.model_name}@champion" in job.stdout
     assert f"mlflow ui --backend-store-uri {job.uri}" in job.stdout
@@ -107,13 +104,14 @@ def test_job_succeeds_and_prints_a_summary(job):
     assert not any("Traceback" in line for line in driver_lines)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the job's trials use it")
 def test_gpu_ask_without_gpu_falls_back_to_cpu_with_one_warning(job):
     output = job.stdout + job.stderr
     assert output.count("but this machine has no GPU; running trials on CPU") == 1
 
 
 def test_one_parent_run_with_the_spec_and_best_result(job):
-    parents, _ = _runs(job)
+    parents, _ = job.runs
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
@@ -125,7 +123,7 @@ def test_one_parent_run_with_the_spec_and_best_result(job):
 
 
 def test_one_nested_child_run_per_trial_with_params_and_histories(job):
-    parents, children = _runs(job)
+    parents, children = job.runs
     assert len(children) == 4  # --smoke-test runs 4 trials
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert len({c.data.tags["trial_id"] for c in children}) == 4
@@ -146,7 +144,7 @@ def test_one_nested_child_run_per_trial_with_params_and_histories(job):
 def test_the_search_is_pictured_and_weighed_on_the_parent_run(job, tmp_path):
     """Importances as parent metrics, four PNGs under search/, the experiment opens on its runs
     table, trial runs with names a person can scan, and the printed links lead there."""
-    parents, children = _runs(job)
+    parents, children = job.runs
     parent = parents[0]
     importances = {k: v for k, v in parent.data.metrics.items() if k.startswith("importance.")}
     assert set(importances) == {f"importance.{p}" for p in job.spec.search.space}
@@ -177,7 +175,7 @@ def test_the_search_is_pictured_and_weighed_on_the_parent_run(job, tmp_path):
 
 
 def test_the_champion_is_scored_once_on_the_held_out_test_split(job):
-    parents, _ = _runs(job)
+    parents, _ = job.runs
     test_name = "test_" + job.spec.metric.removeprefix("val_")
     score = parents[0].data.metrics[test_name]
     assert 0 < score <= 1
@@ -204,7 +202,7 @@ def test_champion_is_registered_and_predicts(job):
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_baseline_is_logged_on_the_parent_run_and_compared_in_the_summary(smoke_job, name):
     job = smoke_job(name)
-    parents, _ = _runs(job)
+    parents, _ = job.runs
     parent = parents[0]
     assert parent.data.tags["baseline"] == BASELINES[job.name]
     baseline = parent.data.metrics[f"baseline_{job.spec.metric}"]
@@ -294,7 +292,7 @@ def test_champion_loads_in_a_fresh_environment_that_has_only_its_requirements(sm
         text=True,
         timeout=900,
     )
-    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert_ok(installed)
     code = (
         "import sys, mlflow\n"
         "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
@@ -311,6 +309,6 @@ def test_champion_loads_in_a_fresh_environment_that_has_only_its_requirements(sm
         text=True,
         timeout=300,
     )
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert_ok(loaded)
     predicted, rows = loaded.stdout.split()
     assert predicted == rows != "0"

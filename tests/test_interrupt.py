@@ -10,9 +10,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.helpers import STEADY_TRAINABLE, run_cli, write_spec
+from tests.helpers import STEADY_TRAINABLE, assert_ok, job_runs, run_cli, write_spec
 from tuning_platform.execution.interrupt import TrialOutcomes, reclaim_sigterm, sigterm_as_interrupt, unfinished_trials
 
 
@@ -94,16 +93,13 @@ tracking: {register_model: false}
 
 
 @pytest.mark.slow
-def test_trials_the_time_budget_stops_are_stopped_early_not_interrupted(tmp_path):
+def test_trials_the_time_budget_stops_are_stopped_early_not_interrupted(tmp_path, store_uri):
     # Tune ends such trials as a stop would, without its callbacks: they must not look interrupted.
     (tmp_path / "steady.py").write_text(STEADY_TRAINABLE)
     write_spec(tmp_path, BUDGET_SPEC)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_cli("spec.yaml", "--tracking-uri", uri, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_cli("spec.yaml", "--tracking-uri", store_uri, cwd=tmp_path, timeout=300)
+    assert_ok(result)
     assert "interrupted" not in result.stdout + result.stderr
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("budget").experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert [r.info.status for r in runs if r not in children] == ["FINISHED"]
+    parents, children = job_runs(store_uri, "budget")
+    assert [r.info.status for r in parents] == ["FINISHED"]
     assert children and all(c.data.tags["trial_status"] == "early_stopped" for c in children)

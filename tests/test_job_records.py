@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.helpers import SPECS, cli_env
+from tests.helpers import SPECS, cli_env, job_runs
 
 pytestmark = pytest.mark.slow
 
@@ -26,19 +25,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_job_failing_before_its_first_trial_leaves_a_failed_parent_with_the_reason(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_job_failing_before_its_first_trial_leaves_a_failed_parent_with_the_reason(tmp_path, store_uri):
     result = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(SPECS / "mlp.yaml"), "--smoke-test", "--tracking-uri", uri],
+        [sys.executable, "-c", DRIVER, str(SPECS / "mlp.yaml"), "--smoke-test", "--tracking-uri", store_uri],
         cwd=tmp_path,
         env=cli_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert result.returncode != 0
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("mlp-breast-cancer").experiment_id])
-    assert len(runs) == 1, "one parent run and no child runs"
-    assert runs[0].info.status == "FAILED"
-    assert runs[0].data.tags["error"] == "RuntimeError: the object store is full"
+    assert result.returncode != 0, result.stdout[-3000:] + result.stderr[-3000:]
+    parents, children = job_runs(store_uri, "mlp-breast-cancer")
+    assert len(parents) == 1 and children == [], "one parent run and no child runs"
+    assert parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["error"] == "RuntimeError: the object store is full"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -28,16 +29,18 @@ def test_memory_freed_between_chunks_in_use_goes_back_to_the_system():
 
 
 def test_a_run_returns_freed_memory_at_most_once_every_few_seconds(monkeypatch):
+    now = [time.monotonic()]  # the callback's monotonic clock, moved by the test, not waited for
+    monkeypatch.setattr(memory, "time", SimpleNamespace(monotonic=lambda: now[0]))
     trims = []
-    monkeypatch.setattr(memory, "return_freed_memory", lambda: trims.append(time.monotonic()))
+    monkeypatch.setattr(memory, "return_freed_memory", lambda: trims.append(now[0]))
     callback = FreedMemoryReturned(every_s=1.0)
     # The period starts with the run's first step, not when the callback was made: Tune pickles
     # it with the run config, and `--resume` restores it later, maybe after a reboot.
-    time.sleep(1.05)
+    now[0] += 1.05
     callback.on_step_end(iteration=1, trials=[])
     callback.on_step_end(iteration=2, trials=[])
     assert trims == []  # a run's first second
-    time.sleep(1.05)
+    now[0] += 1.05
     callback.on_step_end(iteration=3, trials=[])
     callback.on_step_end(iteration=4, trials=[])
     assert len(trims) == 1

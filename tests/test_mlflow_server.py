@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests import servers
-from tests.helpers import SPECS, STEADY_TRAINABLE, cli_env, run_cli, write_spec
+from tests.helpers import SPECS, STEADY_TRAINABLE, assert_ok, cli_env, job_runs, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_job_tracks_and_registers_over_http(mlflow_server, tmp_path):
         cwd=tmp_path,
         timeout=300,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_ok(result)
     assert not (tmp_path / "mlflow.db").exists(), "nothing may fall back to a local store"
     # MLflow's `set_terminated` prints two links per run over HTTP: none for the 4 trial runs
     # (the summary has the links), one for the parent run that registration's `log_model` opens.
@@ -48,9 +48,7 @@ def test_job_tracks_and_registers_over_http(mlflow_server, tmp_path):
     assert len(links) <= 1 and all("View run mlp-breast-cancer-" in line for line in links), links
     client = MlflowClient(mlflow_server)  # the REST client
     experiment = client.get_experiment_by_name("mlp-breast-cancer")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents, children = job_runs(client, "mlp-breast-cancer")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 4
     assert "spec.yaml" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     version = client.get_model_version_by_alias("mlp-breast-cancer-smoke", "champion")
@@ -132,9 +130,8 @@ def test_a_tracking_server_down_for_20_seconds_mid_job_loses_nothing(tmp_path):
             client = MlflowClient(server.uri)
             deadline = time.time() + 180
             while time.time() < deadline:  # until results flow
-                experiment = client.get_experiment_by_name("outage")
-                runs = client.search_runs([experiment.experiment_id]) if experiment else []
-                if any(r.data.metrics.get("epoch", 0) >= 1 for r in runs):
+                _, children = job_runs(client, "outage", missing_ok=True)
+                if any(r.data.metrics.get("epoch", 0) >= 1 for r in children):
                     break
                 time.sleep(0.3)
             server.stop()
@@ -143,13 +140,10 @@ def test_a_tracking_server_down_for_20_seconds_mid_job_loses_nothing(tmp_path):
             out, err = job.communicate(timeout=400)
         finally:
             servers.stop_group(job)
-        assert job.returncode == 0, out[-3000:] + err[-3000:]
+        assert_ok(subprocess.CompletedProcess(job.args, job.returncode, out, err))
         assert "warning: the MLflow tracking store http://127.0.0.1:" in err and "has not answered for" in err
         assert "MLflow writes failed" not in err
-        experiment = client.get_experiment_by_name("outage")
-        runs = client.search_runs([experiment.experiment_id])
-        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        parents, children = job_runs(client, "outage")
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
         assert sorted(c.data.tags["trial_id"] for c in children) == sorted({c.data.tags["trial_id"] for c in children})
         assert len(children) == 6

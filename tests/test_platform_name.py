@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, assert_ok
 
 # Run from the repository root with `-c`, as `python -m platform.tune` runs: the root is first
 # on sys.path, so `platform` is the stand-in.
@@ -45,11 +45,11 @@ print("loaded")
 
 def test_the_stand_in_answers_like_the_standard_module_and_what_it_pickles_loads_anywhere(tmp_path):
     made = subprocess.run([sys.executable, "-c", AT_ROOT], cwd=ROOT, capture_output=True, timeout=120)
-    assert made.returncode == 0, made.stderr.decode()
+    assert_ok(made)
     loaded = subprocess.run(
         [sys.executable, "-c", ELSEWHERE], cwd=tmp_path, input=made.stdout, capture_output=True, timeout=120
     )
-    assert loaded.returncode == 0, loaded.stderr.decode()
+    assert_ok(loaded)
     assert loaded.stdout.decode().strip() == "loaded"
 
 
@@ -57,7 +57,7 @@ def test_python_m_platform_tune_works_from_the_repository_root():
     result = subprocess.run(
         [sys.executable, "-m", "platform.tune", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 0, result.stderr
+    assert_ok(result)
     assert result.stdout.startswith("usage: python -m platform.tune")
 
 
@@ -76,5 +76,5 @@ def test_outside_the_repository_platform_is_the_standard_module_and_the_tool_imp
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 0, result.stderr
+    assert_ok(result)
     assert result.stdout.strip() == "Linux"

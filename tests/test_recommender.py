@@ -74,8 +74,14 @@ def test_synthetic_data_has_skewed_popularity_and_tens_of_thousands_of_interacti
     assert frame.equals(recommender.generate_interactions(2000, 1000, seed=0))
 
 
-def test_training_negatives_avoid_every_known_interaction():
-    data = recommender.load_data({"smoke": True})
+@pytest.fixture(scope="module")
+def smoke():
+    """The smoke data, made once for the tests below, which only read it."""
+    return recommender.load_data({"smoke": True})
+
+
+def test_training_negatives_avoid_every_known_interaction(smoke):
+    data = smoke
     num_items = data.info["num_items"]
     known = set((data.x_train @ torch.tensor([num_items, 1])).tolist())
     known |= set((data.x_val[data.y_val == 1] @ torch.tensor([num_items, 1])).tolist())
@@ -89,14 +95,13 @@ def test_training_negatives_avoid_every_known_interaction():
     assert max(len(b[0]) for b in batches) == 500
 
 
-def _trained_scorer():
-    data = recommender.load_data({"smoke": True})
+def _scorer(data):
     model = recommender.build_model({"embedding_dim": 8}, data.info)
-    return data, recommender.serving_model(model, data.info)
+    return recommender.serving_model(model, data.info)
 
 
-def test_served_model_scores_raw_ids_like_the_model_scores_indices():
-    data, scorer = _trained_scorer()
+def test_served_model_scores_raw_ids_like_the_model_scores_indices(smoke):
+    data, scorer = smoke, _scorer(smoke)
     example = recommender.input_example(data)
     assert list(example.columns) == ["user_id", "item_id"]
     scores = scorer(torch.tensor(example.to_numpy(dtype="float32")))
@@ -112,8 +117,8 @@ def test_served_model_scores_raw_ids_like_the_model_scores_indices():
         ([1.5, 1], "unknown user_id 1.5"),
     ],
 )
-def test_unknown_ids_are_a_clear_error(row, message):
-    _, scorer = _trained_scorer()
+def test_unknown_ids_are_a_clear_error(smoke, row, message):
+    scorer = _scorer(smoke)
     with pytest.raises(ValueError, match=message):
         scorer(torch.tensor([row], dtype=torch.float32))
 

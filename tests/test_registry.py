@@ -15,8 +15,8 @@ NAME = "reg-model"
 
 
 @pytest.fixture
-def client(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def client(store_uri):
+    client = MlflowClient(store_uri)
     client.create_registered_model(NAME)
     return client
 

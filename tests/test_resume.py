@@ -18,7 +18,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import cli_env, run_cli, write_spec
+from tests.helpers import assert_exit, assert_ok, cli_env, job_runs, run_cli, write_spec
 from tests.servers import s3_server
 from tuning_platform.records import RUN_NAME_TAG, STORAGE_TAG
 
@@ -106,12 +106,8 @@ def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen, tmp_pat
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         time.sleep(0.3)
-        experiment = client.get_experiment_by_name("resumable")
-        if experiment is None:
-            continue
-        runs = client.search_runs([experiment.experiment_id])
-        parent = next((r for r in runs if "mlflow.parentRunId" not in r.data.tags), None)
-        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        parents, children = job_runs(client, "resumable", missing_ok=True)
+        parent = parents[0] if parents else None
         # Four epochs left as MLflow shows it, which is up to a second (the run writer's
         # gathering) behind the trial: a Ctrl-C lands before the trial ends on its own.
         mid_way = {
@@ -160,10 +156,7 @@ def _saved_checkpoint(client: MlflowClient, trial_id: str) -> Path:
 
 def _check_one_complete_record(client: MlflowClient, resumed: int = 1) -> None:
     """One FINISHED parent; one run per trial, every epoch logged once; the champion registered."""
-    experiment = client.get_experiment_by_name("resumable")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents, children = job_runs(client, "resumable")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["resumed"] == str(resumed)
     trial_ids = [c.data.tags["trial_id"] for c in children]
@@ -202,51 +195,50 @@ def _kill_mid_job(tmp_path: Path, uri: str) -> tuple[list[str], str]:
     return args, mid_trial
 
 
-def test_a_killed_driver_is_resumed_without_losing_or_duplicating_anything(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args, mid_trial = _kill_mid_job(tmp_path, uri)
+def test_a_killed_driver_is_resumed_without_losing_or_duplicating_anything(tmp_path, store_uri):
+    args, mid_trial = _kill_mid_job(tmp_path, store_uri)
 
     result = run_cli(*args, "--resume", cwd=tmp_path, timeout=400)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_ok(result)
     assert "Resuming job resumable-" in result.stdout
-    _check_one_complete_record(MlflowClient(uri))
+    _check_one_complete_record(MlflowClient(store_uri))
     # Ray had saved a checkpoint of it when stopped: it goes on from there, not from scratch.
     starts = _starts(tmp_path)
     assert starts[mid_trial][0] == 0 and starts[mid_trial][-1] > 0, starts
 
 
-def test_a_trial_whose_saved_checkpoint_was_deleted_goes_on_from_one_that_exists(tmp_path):
+def test_a_trial_whose_saved_checkpoint_was_deleted_goes_on_from_one_that_exists(tmp_path, store_uri):
     """Retention deletes a trial's older checkpoints at once, Ray saves its state every few
     seconds: a driver killed in between leaves a state naming a deleted checkpoint."""
     from trainables.loop import load_state
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args, mid_trial = _kill_mid_job(tmp_path, uri)
-    named = _saved_checkpoint(MlflowClient(uri), mid_trial)
+    args, mid_trial = _kill_mid_job(tmp_path, store_uri)
+    named = _saved_checkpoint(MlflowClient(store_uri), mid_trial)
     deleted_epoch = load_state(str(named))["epoch"]
     shutil.rmtree(named)
 
     result = run_cli(*args, "--resume", cwd=tmp_path, timeout=400)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_ok(result)
     assert f"note: trial {mid_trial}: its last checkpoint was deleted before the driver stopped" in result.stderr
-    _check_one_complete_record(MlflowClient(uri))  # the trial completed instead of failing
+    _check_one_complete_record(MlflowClient(store_uri))  # the trial completed instead of failing
     starts = _starts(tmp_path)
     assert starts[mid_trial][-1] < deleted_epoch, starts
 
 
-def test_ctrl_c_then_sigterm_on_object_storage_each_stop_the_job_and_resume_finishes_it(tmp_path, monkeypatch):
+def test_ctrl_c_then_sigterm_on_object_storage_each_stop_the_job_and_resume_finishes_it(
+    tmp_path, store_uri, monkeypatch
+):
     """Ctrl-C, then `kill` (SIGTERM, as `ray job stop` or a deleted pod sends) of the resumed
     job; Ray keeps the job's state and checkpoints in S3 only, and `--resume` finishes it."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    client = MlflowClient(store_uri)
     with s3_server(tmp_path) as s3:
         for key, value in s3.items():  # the driver inherits them, and this process reads the state
             monkeypatch.setenv(key, value)
-        process, args = _start_job(tmp_path, uri, ("--storage-path", "s3://tuning/ray_results"))
+        process, args = _start_job(tmp_path, store_uri, ("--storage-path", "s3://tuning/ray_results"))
         mid_trial = _wait_until_mid_job(client, process, tmp_path)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=180)
-        assert process.returncode == 130, output[-3000:]
+        assert_exit(process, 130, output)
         assert re.search(r"trials in \d+s: .*, [1-9] interrupted\n", output), output[-3000:]
         _check_stopped(client)
         command = output.rsplit("continue with: ", 1)[1].splitlines()[0]
@@ -257,14 +249,14 @@ def test_ctrl_c_then_sigterm_on_object_storage_each_stop_the_job_and_resume_fini
         _wait_until_mid_job(client, process, tmp_path, starts=started)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=180)
-        assert process.returncode == 143, output[-3000:]
+        assert_exit(process, 143, output)
         assert "stopped by SIGTERM: Ray saved the job's state under s3://tuning/ray_results/resumable-" in output, (
             output[-3000:]
         )
         _check_stopped(client)
 
         result = run_cli(*shlex.split(command)[3:], cwd=tmp_path, timeout=400)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert_ok(result)
         assert not (tmp_path / "ray_results").exists(), "nothing was kept on the local disk"
     _check_one_complete_record(client, resumed=2)
     starts = _starts(tmp_path)
@@ -272,7 +264,7 @@ def test_ctrl_c_then_sigterm_on_object_storage_each_stop_the_job_and_resume_fini
 
     # Finished: nothing to resume, and to extend it the budget must grow.
     again = run_cli(*args, "--resume", cwd=tmp_path, timeout=120)
-    assert again.returncode == 2
+    assert_exit(again, 2)
     line = again.stderr.strip()
     assert line.startswith("error: spec.yaml: --resume: nothing to resume: job resumable-"), line
     assert line.endswith(
@@ -283,8 +275,7 @@ def test_ctrl_c_then_sigterm_on_object_storage_each_stop_the_job_and_resume_fini
 
 def _check_stopped(client: MlflowClient) -> None:
     """A stopped job: its parent KILLED, no run left RUNNING, some trial interrupted."""
-    experiment = client.get_experiment_by_name("resumable")
-    runs = client.search_runs([experiment.experiment_id])
-    assert all(run.info.status != "RUNNING" for run in runs)
-    assert [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["KILLED"]
-    assert any(r.data.tags.get("trial_status") == "interrupted" for r in runs)
+    parents, children = job_runs(client, "resumable")
+    assert all(run.info.status != "RUNNING" for run in parents + children)
+    assert [r.info.status for r in parents] == ["KILLED"]
+    assert any(r.data.tags.get("trial_status") == "interrupted" for r in children)

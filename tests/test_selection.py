@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
-from tests.helpers import run_cli, write_spec
+from tests.helpers import assert_ok, job_runs, run_cli, write_spec
 from tuning_platform.outcome import TrialRow
 from tuning_platform.search.selection import top_configurations
 from tuning_platform.spec import SpecError, load_spec
@@ -56,17 +55,13 @@ def test_the_top_configurations_are_distinct_and_never_failed_or_diverged():
 
 
 @pytest.mark.slow
-def test_the_champion_is_the_best_mean_not_the_luckiest_run(tmp_path):
+def test_the_champion_is_the_best_mean_not_the_luckiest_run(tmp_path, store_uri):
     (tmp_path / "noisy_trainable.py").write_text(NOISY)
     spec_file = write_spec(tmp_path, yaml.safe_dump(SPEC))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_cli(str(spec_file), "--tracking-uri", uri, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_cli(str(spec_file), "--tracking-uri", store_uri, cwd=tmp_path, timeout=300)
+    assert_ok(result)
 
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("noisy").experiment_id])
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    (parent,), children = job_runs(store_uri, "noisy")
     search = [c for c in children if c.data.tags["trial_status"] != "reseed"]
     reseeded = [c for c in children if c.data.tags["trial_status"] == "reseed"]
     kinds = {c.data.params["kind"] for c in search}

@@ -81,9 +81,25 @@ def test_defaults_are_sane():
     assert spec.resources.cpu == 1 and spec.resources.gpu == 0 and spec.failure.max_failures == 1
 
 
-@pytest.mark.parametrize("name", ["cnn.yaml", "mlp.yaml"])
+# Every spec shipped in search_spaces/: one per built-in trainable, and any added later.
+SHIPPED = sorted(path.name for path in SPECS.glob("*.yaml"))
+
+
+def test_a_spec_is_shipped_for_each_built_in_trainable():
+    from trainables import TRAINABLES
+
+    assert sorted(TRAINABLES) == ["cnn", "fraud", "mlp", "recommender"]
+    assert {f"{name}.yaml" for name in TRAINABLES} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_specs_are_valid(name):
+    """Valid as a job reads them: the schema, then the trainable they name, which must report
+    their metric and take their data block."""
+    from tuning_platform.spec.trainable import check_against_trainable, resolve_trainable
+
     spec, _, _ = load_spec(SPECS / name)
+    check_against_trainable(spec, resolve_trainable(spec, name), name)
     assert spec.search.algorithm == "optuna" and spec.scheduler.type == "asha"
     assert {"lr", "batch_size", "optimizer"} <= set(spec.search.space)
 

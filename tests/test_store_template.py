@@ -50,11 +50,10 @@ def test_a_copied_store_is_the_store_mlflow_makes_and_the_migrations_run_once(tm
     assert not list(tmp_path.glob(".*.partial"))
 
 
-def test_an_existing_store_is_never_replaced(tmp_path, cache):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    open_client(uri).create_experiment("kept")
-    store_template.create_from_template(uri)
-    assert "kept" in [e.name for e in open_client(uri).search_experiments()]
+def test_an_existing_store_is_never_replaced(store_uri):
+    open_client(store_uri).create_experiment("kept")
+    store_template.create_from_template(store_uri)
+    assert "kept" in [e.name for e in open_client(store_uri).search_experiments()]
 
 
 def test_without_a_cache_folder_mlflow_makes_the_store_itself(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import run_cli, write_spec
+from tests.helpers import assert_ok, job_runs, run_cli, write_spec
 from tuning_platform.execution.resume import settings_fingerprint, spec_fingerprint
 from tuning_platform.execution.searcher import build_search
 from tuning_platform.execution.tuner import trial_config
@@ -253,16 +253,15 @@ def test_a_warm_started_searcher_finds_the_optimum_in_fewer_trials_than_a_cold_o
 
 
 @pytest.mark.slow
-def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_path, monkeypatch):
+def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_path, store_uri, monkeypatch):
     (tmp_path / "toy.py").write_text(TOY)
     monkeypatch.syspath_prepend(str(tmp_path))  # for the in-process checks, as the CLI finds it
     wide_file = write_spec(tmp_path, yaml.safe_dump(WIDE), "wide.yaml")
     narrow_file = write_spec(tmp_path, yaml.safe_dump(NARROW), "narrow.yaml")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [str(wide_file), "--tracking-uri", uri]
+    args = [str(wide_file), "--tracking-uri", store_uri]
 
     first = run_cli(*args, cwd=tmp_path, timeout=300)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert_ok(first)
     # A user's function from the working directory: tracked, and nothing to register.
     assert "note: toy:bowl exposes no TASK, so no model was registered" in first.stdout
     assert (tmp_path / "ray_results").is_dir()  # the default storage path is the working directory
@@ -272,24 +271,22 @@ def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_p
     assert not list((tmp_path / "ray_results").rglob("events.out.tfevents*"))
     # Asked in-process, as the CLI asks before anything starts (its exit 2).
     with pytest.raises(SpecError) as same:
-        build_request(wide_file, tracking_uri=uri, resume=True)
+        build_request(wide_file, tracking_uri=store_uri, resume=True)
     assert "has finished its 8 trials; to extend it, raise search.num_samples above 8" in str(same.value)
     with pytest.raises(SpecError) as changed:
-        build_request(wide_file, ["search.num_samples=12", "scheduler.type=fifo"], tracking_uri=uri, resume=True)
+        build_request(wide_file, ["search.num_samples=12", "scheduler.type=fifo"], tracking_uri=store_uri, resume=True)
     assert "\n" not in str(changed.value)
     assert "only search.num_samples and budget.time_s may change" in str(changed.value)
     assert "search.warm_start: {experiment: bowl}" in str(changed.value)
 
     extended = run_cli(*args, "--resume", "--set", "search.num_samples=12", cwd=tmp_path, timeout=300)
-    assert extended.returncode == 0, extended.stdout[-3000:] + extended.stderr[-3000:]
+    assert_ok(extended)
     assert "Extending job bowl-" in extended.stdout and "by 4 trials" in extended.stdout
     assert "12 trials in" in extended.stdout
 
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("bowl")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = sorted((r for r in runs if "mlflow.parentRunId" in r.data.tags), key=lambda r: r.info.run_name)
+    client = MlflowClient(store_uri)
+    parents, children = job_runs(client, "bowl")
+    children.sort(key=lambda r: r.info.run_name)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 12 and len({c.data.tags["trial_id"] for c in children}) == 12
     assert [c.info.run_name.split()[0] for c in children] == [f"t{n:02d}" for n in range(1, 13)]
@@ -308,8 +305,8 @@ def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_p
     assert len(new) == 4
     assert all(abs(float(c.data.params["x"]) - first_fresh["x"]) > 1e-9 for c in new)
 
-    warm = run_cli(str(narrow_file), "--tracking-uri", uri, cwd=tmp_path, timeout=300)
-    assert warm.returncode == 0, warm.stdout[-3000:] + warm.stderr[-3000:]
+    warm = run_cli(str(narrow_file), "--tracking-uri", store_uri, cwd=tmp_path, timeout=300)
+    assert_ok(warm)
     recorded = [
         {k: c.data.params[k] for k in ("x", "y", "kind")} | {"status": c.data.tags["trial_status"]} for c in children
     ]
@@ -326,11 +323,7 @@ def test_a_finished_job_is_extended_and_a_narrower_job_warm_starts_from_it(tmp_p
         "(they do not fit this spec's space or fixed values)"
     )
     assert line in warm.stdout.splitlines(), warm.stdout[-3000:]
-    narrow_parent = [
-        r
-        for r in client.search_runs([client.get_experiment_by_name("bowl-narrow").experiment_id])
-        if "mlflow.parentRunId" not in r.data.tags
-    ][0]
+    (narrow_parent,), _ = job_runs(client, "bowl-narrow")
     assert narrow_parent.data.tags["warm_start_parent_runs"] == parents[0].info.run_id
     assert narrow_parent.data.tags["warm_start_skipped"] == str(skipped)
 

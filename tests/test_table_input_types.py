@@ -25,7 +25,7 @@ from mlflow.models import convert_input_example_to_serving_input
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from tests.helpers import cli_env
+from tests.helpers import cli_env, new_store
 from tests.servers import free_port, stop_group, wait_for_http
 from trainables import fraud, mlp
 from trainables.loop import make_optimizer, shuffled_batches, train_one_epoch
@@ -76,7 +76,7 @@ def champions(table, tmp_path_factory) -> dict[str, tuple[str, mlflow.pyfunc.PyF
     """name -> (tracking URI, the `champion` of each trainable's registered model, loaded from
     `models:/NAME@champion`)."""
     folder = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = new_store(folder)
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("tables", artifact_location=str(folder / "artifacts")))
     tracker = types.SimpleNamespace(tracking_uri=uri, parent_run_id=run.info.run_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mlflow
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, assert_ok
 from tuning_platform.records import trial_params
 from tuning_platform.tracking.callback import result_metrics
 
@@ -32,17 +32,39 @@ def test_result_metrics_keep_the_trainables_numbers_only():
 
 
 # Four jobs reaching a fresh store at the same instant: MLflow creates a SQLite store's tables
-# without a lock, and all four would create the one experiment.
+# without a lock, and all four would create the one experiment. The jobs are forks of one
+# process that imported MLflow (no thread runs yet): four processes, each opening the store
+# itself, for one import of MLflow instead of four on the same cores.
 _OPEN_AT_ONCE = """
-import pathlib, sys, time
+import os, pathlib, sys, time, traceback
 from tuning_platform.tracking.parent import JobTracker
 uri, folder, jobs = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
-tracker = JobTracker(uri, "shared")
-(folder / f"ready-{id(tracker)}-{time.time()}").touch()
-while len(list(folder.glob("ready-*"))) < jobs:  # every process has imported MLflow: all go at once
-    time.sleep(0.001)  # not a busy wait: the others are still importing on the same cores
-tracker.start(run_name="job", tags={}, params={"a": "1"}, artifacts={})
-tracker.finish("FINISHED")
+
+def job():
+    tracker = JobTracker(uri, "shared")
+    (folder / f"ready-{os.getpid()}").touch()
+    while len(list(folder.glob("ready-*"))) < jobs:  # every job has started: all go at once
+        time.sleep(0.001)
+    tracker.start(run_name="job", tags={}, params={"a": "1"}, artifacts={})
+    tracker.finish("FINISHED")
+
+pids = []
+for _ in range(jobs):
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            job()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    pids.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+print(codes)
+sys.exit(1 if any(codes) else 0)
 """
 
 
@@ -51,28 +73,27 @@ def test_jobs_opening_a_fresh_sqlite_store_at_once_all_get_their_parent_run(tmp_
     import subprocess
     import sys
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # no store yet: the four jobs make it
     (tmp_path / "ready").mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-c", _OPEN_AT_ONCE, uri, str(tmp_path / "ready"), "4"]
-    jobs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    errors = [job.communicate(timeout=120)[1] for job in jobs]
-    assert [job.returncode for job in jobs] == [0] * 4, "\n".join(errors)[-3000:]
+    ran = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert_ok(ran)
+    assert ran.stdout.strip() == "[0, 0, 0, 0]", ran.stdout  # each job's exit status
     client = mlflow.tracking.MlflowClient(uri)
     experiment = client.get_experiment_by_name("shared")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 4 and all(run.info.status == "FINISHED" for run in runs)
 
 
-def test_a_run_ends_as_mlflow_s_own_client_ends_it(tmp_path):
+def test_a_run_ends_as_mlflow_s_own_client_ends_it(store_uri):
     """`QuietEndClient.set_terminated` skips MLflow's read-back and printing over HTTP
     (tests/test_mlflow_server.py shows it) and writes the end through the store's
     `update_run_info`, an MLflow internal: this fails when that changes, and checks the run
     ends as MLflow's client ends it."""
     from tuning_platform.tracking.client import QuietEndClient, open_client
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ours, theirs = open_client(uri), mlflow.tracking.MlflowClient(uri)
+    ours, theirs = open_client(store_uri), mlflow.tracking.MlflowClient(store_uri)
     assert isinstance(ours, QuietEndClient)
     experiment = ours.create_experiment("end")
     for status, end_time in (("KILLED", 1_700_000_000_123), ("FINISHED", None)):
@@ -110,7 +131,7 @@ def test_a_bulk_history_answer_that_is_not_mlflow_s_json_reads_run_by_run(monkey
     assert asked == ["a", "b"]
 
 
-def test_metric_histories_read_in_bulk_from_a_sql_store_equal_the_per_run_reads(tmp_path, monkeypatch):
+def test_metric_histories_read_in_bulk_from_a_sql_store_equal_the_per_run_reads(store_uri, monkeypatch):
     """The bulk read is an MLflow internal (`SqlAlchemyStore.get_metric_history_bulk`): this
     fails when it changes, and checks it gives what the public per-run call gives."""
     from mlflow.entities import Metric
@@ -118,7 +139,7 @@ def test_metric_histories_read_in_bulk_from_a_sql_store_equal_the_per_run_reads(
 
     from tuning_platform.tracking import queries
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(store_uri)
     experiment = client.create_experiment("bulk")
     runs = [client.create_run(experiment).info.run_id for _ in range(5)]
     for n, run_id in enumerate(runs):
@@ -134,7 +155,7 @@ def test_metric_histories_read_in_bulk_from_a_sql_store_equal_the_per_run_reads(
     assert [len(bulk[r]) for r in runs] == [0, 1, 2, 3, 4]
 
 
-def test_trial_runs_read_lean_from_a_sql_store_equal_what_search_runs_finds(tmp_path, monkeypatch):
+def test_trial_runs_read_lean_from_a_sql_store_equal_what_search_runs_finds(store_uri, monkeypatch):
     """The lean read queries MLflow's tables (`SqlRun`, `SqlTag`, `SqlParam`) through the store's
     sessions: this fails when they change, and checks it finds exactly the runs, clocks, tags and
     params that the public `search_runs` path finds: a job's trial runs, not its reseeded runs,
@@ -146,7 +167,7 @@ def test_trial_runs_read_lean_from_a_sql_store_equal_what_search_runs_finds(tmp_
     from tuning_platform.records import PARENT_RUN_ID_TAG, TrialStatus
     from tuning_platform.tracking import queries
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(store_uri)
     experiment = client.create_experiment("lean")
     parent, other = (client.create_run(experiment).info.run_id for _ in range(2))
 

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle
 
-from tests.helpers import run_cli, write_spec
+from tests.helpers import assert_exit, assert_ok, job_runs, new_store, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -100,12 +100,10 @@ def _job(tmp_path: Path, function: str, samples: int, epochs: int = 4):
     log_dir = tmp_path / "log"
     log_dir.mkdir()
     spec = write_spec(tmp_path, SPEC.format(function=function, samples=samples, epochs=epochs, log_dir=log_dir))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     result = run_cli(str(spec), "--tracking-uri", uri, cwd=tmp_path, timeout=400)
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name(f"failures-{function}").experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents, children = job_runs(client, f"failures-{function}")
     return result, client, parents, children, log_dir
 
 
@@ -115,8 +113,7 @@ def _steps(client, run, key):
 
 def test_crashes_retries_and_divergence_are_told_apart(tmp_path):
     result, client, parents, children, log_dir = _job(tmp_path, "fragile", samples=10)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    assert_ok(result)
     by_fate = {"failed": [], "diverged": [], "completed": []}
     for child in children:
         x = float(child.data.params["x"])
@@ -166,7 +163,7 @@ def test_trials_whose_last_attempt_dies_with_an_actor_are_failed_not_interrupted
     # before it handles the failure, and then does not snapshot the trial again.
     result, client, parents, children, _ = _job(tmp_path, "lost_helper", samples=6, epochs=2)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    assert_ok(result)
     assert "interrupted" not in output
     lost = [child for child in children if float(child.data.params["x"]) < 0.7]
     assert 0 < len(lost) < 6, "the seed gives both fates"
@@ -179,7 +176,7 @@ def test_trials_whose_last_attempt_dies_with_an_actor_are_failed_not_interrupted
 
 def test_a_trainable_that_never_reports_the_metric_is_stopped_after_one_result(tmp_path):
     result, client, parents, children, _ = _job(tmp_path, "no_score", samples=2)
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert_exit(result, 1)
     message = "the trainable never reported the metric 'score'; it reported: epoch, loss"
     assert result.stderr.strip().splitlines()[-1] == f"error: no trial produced the metric 'score': {message}"
     assert "Traceback" not in result.stderr

@@ -14,7 +14,7 @@ import mlflow.artifacts
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, customers
+from tests.helpers import ROOT, assert_ok, customers, job_runs, ray_cluster
 from tuning_platform.cluster.runtime_env import WORKING_DIR_EXCLUDES
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,7 @@ def tool(tmp_path_factory) -> Path:
         text=True,
         timeout=300,
     )
-    assert built.returncode == 0, built.stderr
+    assert_ok(built)
     (wheel,) = (folder / "dist").glob("tuning_platform-*.whl")
     installed = subprocess.run(
         [*pip, "install", "--no-deps", "--target", str(folder / "site"), str(wheel)],
@@ -111,7 +111,7 @@ def tool(tmp_path_factory) -> Path:
         text=True,
         timeout=300,
     )
-    assert installed.returncode == 0, installed.stderr
+    assert_ok(installed)
     assert not (folder / "site" / "platform").exists(), "the repo-root stand-in is not installed"
     return folder / "site"
 
@@ -134,7 +134,7 @@ def _run(tool: Path, project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_console_command_runs_a_users_project_and_their_code_travels_with_the_model(tool, project, tmp_path):
-    uri = f"sqlite:///{project / 'mlflow.db'}"
+    uri = f"sqlite:///{project / 'mlflow.db'}"  # where a spec without tracking.uri puts the store
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tool), "HOME": str(Path.home())}
     where = subprocess.run(
         [sys.executable, "-c", "import tuning_platform, trainables; print(tuning_platform.__file__)"],
@@ -146,7 +146,7 @@ def test_the_console_command_runs_a_users_project_and_their_code_travels_with_th
     assert where.stdout.startswith(str(tool)), "the job runs the installed wheel, not the repository"
 
     result = _run(tool, project)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_ok(result)
     assert "tuning-platform spec.yaml --resume" in result.stdout
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("user-model", "champion")
@@ -169,7 +169,7 @@ def test_the_console_command_runs_a_users_project_and_their_code_travels_with_th
         text=True,
         timeout=300,
     )
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert_ok(loaded)
     answer = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert answer["rows"] > 0
     assert answer["user_module"].startswith(str(tmp_path / "download")) is False
@@ -200,20 +200,13 @@ def _example_frame(example: Path, folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
+    """One node of 2 CPUs."""
+    with ray_cluster({"num_cpus": 2}) as cluster:
+        yield cluster
 
 
 def test_the_console_command_sends_a_users_project_to_a_cluster(tool, project, cluster):
-    uri = f"sqlite:///{project / 'mlflow.db'}"
     result = _run(tool, project, "--address", cluster.address, "--set", "tracking.register_model=false")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("user-project")
-    runs = client.search_runs([experiment.experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert_ok(result)
+    _, children = job_runs(f"sqlite:///{project / 'mlflow.db'}", "user-project")
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
