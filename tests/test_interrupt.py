@@ -30,6 +30,7 @@ def test_sigterm_raises_what_ctrl_c_raises_and_is_remembered():
     assert signal.getsignal(signal.SIGTERM) == before, "the handler in force before is back"
 
 
+@pytest.mark.slow  # starts a real Ray (about 6 s here): the fast set stays under a minute
 def test_sigterm_is_taken_back_from_ray_init():
     import ray
 

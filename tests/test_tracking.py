@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlflow
+import pytest
 
 from tests.helpers import ROOT, assert_ok
 from tuning_platform.records import trial_params
@@ -68,6 +69,7 @@ sys.exit(1 if any(codes) else 0)
 """
 
 
+@pytest.mark.slow  # four processes racing for a new store (6-9 s here): the fast set stays under a minute
 def test_jobs_opening_a_fresh_sqlite_store_at_once_all_get_their_parent_run(tmp_path):
     import os
     import subprocess
