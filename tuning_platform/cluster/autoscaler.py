@@ -25,18 +25,6 @@ class NodeType:
     max_count: int  # nodes of this type that can exist at once
 
 
-def autoscaler_node_types() -> list[NodeType] | None:
-    """The node types an autoscaler of this cluster can launch, or None (no autoscaler, or one
-    whose configuration this driver cannot read)."""
-    types = gcs_node_types()
-    if types is not None:
-        return types
-    monitor = head_monitor()
-    if monitor is None or not monitor[1]:
-        return None
-    return launcher_node_types(monitor[1])
-
-
 def gcs_node_types() -> list[NodeType] | None:
     """The node groups of the cluster config in the GCS (autoscaler v2 and KubeRay report it;
     a static cluster has none), or None."""
