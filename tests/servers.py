@@ -234,3 +234,106 @@ def autoscaling_ray_head(folder: Path, worker_types: dict, head_cpus: int, env: 
         # tests, so 5 s of grace and then SIGKILL for the whole group.
         stop_group(process, grace_s=5)
         shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+def postgres_binary(name: str) -> str:
+    """A PostgreSQL server program (`initdb`, `pg_ctl`): on PATH, else where Debian's
+    `postgresql` package puts them (`.ci/run` installs it where it is missing)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (folder / name).exists():
+            return str(folder / name)
+    raise RuntimeError(f"PostgreSQL's {name} not found: install Debian's postgresql package")
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server in a folder of its own, on a free port of 127.0.0.1, with password
+    authentication over TCP (as a team's database has it) and a superuser `admin` / `admin`.
+
+    PostgreSQL refuses to run as root, so as root the server runs as Debian's `postgres` user
+    (or `nobody`), which owns its folder; the folder is a new one under /tmp, since a test's
+    tmp_path lies in a folder only root may enter (and the server's socket path must stay short)."""
+
+    folder: Path
+    port: int
+
+    def uri(self, database: str = "mlflow", user: str = "admin", password: str = "admin", driver: str = "") -> str:
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://{user}:{password}@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+        prefix: list[str] = []
+        if os.geteuid() == 0:
+            user = "postgres" if _user_exists("postgres") else "nobody"
+            prefix = ["runuser", "-u", user, "--"]
+        return subprocess.run([*prefix, *command], capture_output=True, text=True, check=check, timeout=120)
+
+    def init(self) -> None:
+        password = self.folder / "pwfile"
+        password.write_text("admin\n")
+        if os.geteuid() == 0:
+            user = "postgres" if _user_exists("postgres") else "nobody"
+            shutil.chown(self.folder, user)
+            shutil.chown(password, user)
+        result = self._run(
+            postgres_binary("initdb"), "-D", str(self.data), "-U", "admin", f"--pwfile={password}",
+            "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync", check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed: {result.stdout}{result.stderr}")
+
+    def start(self) -> None:
+        """Starts it (again, after `stop`: the same data and port, as a restarted database)."""
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off -c max_connections=200"
+        result = self._run(
+            postgres_binary("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "server.log"),
+            "-o", options, "-w", "-t", "60", "start", check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            log = (self.folder / "server.log").read_text()[-3000:] if (self.folder / "server.log").exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start: {result.stdout}{result.stderr}\n{log}")
+
+    def stop(self) -> None:
+        self._run(postgres_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        """Runs one statement as `admin` over the server's own socket; returns what psql printed."""
+        return self._run(
+            "psql", "-h", str(self.folder), "-p", str(self.port), "-U", "admin", "-d", database,
+            "-v", "ON_ERROR_STOP=1", "-At", "-c", statement,
+        ).stdout  # fmt: skip
+
+    def create_database(self, name: str = "mlflow") -> str:
+        self.sql(f'CREATE DATABASE "{name}"')
+        return self.uri(name)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """A new PostgreSQL server with one database, `mlflow`; stopped and its folder removed after."""
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp")), free_port())
+    try:
+        server.init()
+        server.start()
+        server.create_database("mlflow")
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.folder, ignore_errors=True)
