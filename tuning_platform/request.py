@@ -25,6 +25,7 @@ from tuning_platform.spec import (
     smoke_overrides,
     validate_spec,
 )
+from tuning_platform.tracking.database import DatabaseError, check_database, database_scheme, printable
 from tuning_platform.tracking.store_template import sqlite_file
 
 if TYPE_CHECKING:
@@ -151,6 +152,11 @@ def check_tracking_uri(uri: str, source: str, file: str) -> None:
         folder = store.resolve().parent  # no `~` expansion: SQLAlchemy opens the path as written
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise SpecError(file, source, "folder of the SQLite file does not exist or is not writable", uri)
+    elif database_scheme(uri) is not None:
+        try:
+            check_database(uri)
+        except DatabaseError as err:
+            raise SpecError(file, source, str(err), printable(uri)) from None
 
 
 def check_ray_address(address: str | None, source: str, file: str) -> None:

@@ -27,6 +27,7 @@ from tuning_platform.registry.champion import (
     settle_champion,
 )
 from tuning_platform.registry.packaging import code_paths, code_requirements
+from tuning_platform.tracking.client import store_uri
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
@@ -155,7 +156,7 @@ def _log_model(
     # `log_model` works on MLflow's active run and global tracking URI; this sets both for the
     # call only and puts back what the caller had (`_compat.mlflow.tracking_uri_for_the_call`).
     with (
-        tracking_uri_for_the_call(tracker.tracking_uri),
+        tracking_uri_for_the_call(store_uri(tracker.tracking_uri)),
         mlflow.start_run(run_id=tracker.parent_run_id),
         warnings.catch_warnings(),
     ):

@@ -10,6 +10,7 @@ from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
 from tuning_platform._compat.mlflow import end_run_without_read_back
+from tuning_platform.tracking.database import database_scheme, with_installed_driver
 from tuning_platform.tracking.store_template import create_from_template
 
 # Seconds a SQLite writer waits for another job's write to finish (sqlite3's default is 5).
@@ -18,9 +19,12 @@ SQLITE_BUSY_TIMEOUT_S = 60
 
 def store_uri(tracking_uri: str) -> str:
     """The URI MLflow opens: a SQLite store gets a busy timeout, so two jobs writing to one file
-    wait for each other instead of failing with "database is locked"."""
+    wait for each other instead of failing with "database is locked"; a plain `postgresql://`
+    names the PostgreSQL driver that is installed (`database.with_installed_driver`)."""
     if tracking_uri.startswith("sqlite:") and "?" not in tracking_uri:
         return f"{tracking_uri}?timeout={SQLITE_BUSY_TIMEOUT_S}"
+    if database_scheme(tracking_uri) is not None:
+        return with_installed_driver(tracking_uri)
     return tracking_uri
 
 

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from tuning_platform._compat.mlflow import sql_store
 from tuning_platform.tracking.batch import CREATE, FLUSH, LOG, STOP, UPDATE, Batch, counted_as
 from tuning_platform.tracking.client import open_client
+from tuning_platform.tracking.database import printable
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class RunWriter:
                 said = now
                 logger.info(
                     "note: writing the trial runs to MLflow (%s): %d writes left, %.0fs so far",
-                    self.tracking_uri,
+                    printable(self.tracking_uri),
                     self.writes_left(),
                     now - started,
                 )
@@ -210,7 +211,7 @@ class RunWriter:
             logger.warning(
                 "warning: the MLflow tracking store %s has not answered for %.0fs; trial results are kept "
                 "and written when it answers (retried for up to %.0fs)",
-                self.tracking_uri,
+                printable(self.tracking_uri),
                 now - busy_since,
                 RETRY_FOR_S,
             )
