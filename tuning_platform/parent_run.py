@@ -4,6 +4,7 @@ of the search, of `selection` and of the outcome. The job's steps (`job.py`) cal
 
 from __future__ import annotations
 
+import getpass
 import logging
 from typing import Any
 
@@ -31,6 +32,13 @@ from tuning_platform.records import (
 from tuning_platform.request import JobRequest
 from tuning_platform.search.selection import Selection
 from tuning_platform.spec import Spec
+from tuning_platform.tracking.jobs import (
+    CHAMPION_AT_END_TAG,
+    REGISTERED_MODEL_TAG,
+    REGISTERED_VERSION_TAG,
+    TRIALS_TAG_PREFIX,
+    USER_TAG,
+)
 from tuning_platform.tracking.parent import JobTracker
 
 logger = logging.getLogger(__name__)
@@ -80,6 +88,8 @@ def open_parent_run(
                 **budget_tags(spec),
                 **_warm_start_tags(request),
                 **driver_tags(),
+                # Who ran it, as MLflow's own runs record it (its UI's User column, `jobs`).
+                USER_TAG: _user(),
             },
             params=_parent_params(spec, request.data),
             artifacts={"spec.yaml": request.spec_text, "resolved_spec.yaml": _resolved_yaml(spec)},
@@ -125,15 +135,22 @@ def log_selection(tracker: JobTracker, spec: Spec, selection: Selection | None) 
 
 
 def log_outcome(tracker: JobTracker, spec: Spec, result: TuneResult) -> None:
-    """The best trial's value and params, and how many trials ended each way."""
-    best = result.best
+    """The best trial's value and params, how many trials ended each way, and what was
+    registered (empty: nothing, this time) with the champion of that moment: what
+    `tuning-platform jobs` lists without reading a trial run or the registry's versions."""
+    best, registration = result.best, result.registration
     tracker.log_to_parent(
         metrics={f"best_{spec.metric}": best.value} if best and best.value is not None else {},
         params={f"best.{k}": v for k, v in (best.params if best else {}).items()},
         tags={
-            f"trials_{status}": str(sum(r.status == status for r in result.rows))
-            for status in ENDED
-            if status != TrialStatus.INTERRUPTED
+            **{
+                f"{TRIALS_TAG_PREFIX}{status}": str(sum(r.status == status for r in result.rows))
+                for status in ENDED
+                if status != TrialStatus.INTERRUPTED
+            },
+            REGISTERED_MODEL_TAG: registration.name if registration else "",
+            REGISTERED_VERSION_TAG: registration.version if registration else "",
+            CHAMPION_AT_END_TAG: (registration.champion_version or "") if registration else "",
         },
     )
 
@@ -168,6 +185,14 @@ def _description(request: JobRequest) -> str:
     if request.smoke_test:
         text += " Smoke test (shrunk to run in a minute)."
     return f"{spec.description.strip()}\n\n{text}" if spec.description else text
+
+
+def _user() -> str:
+    """The login name, as MLflow's own runs take it (`mlflow.tracking.context`)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):  # no login name in the environment or passwd
+        return "unknown"
 
 
 def _warm_start_tags(request: JobRequest) -> dict[str, str]:

@@ -1,6 +1,11 @@
 """Command line: `tuning-platform SPEC [options]` runs one tuning job (also `python -m
 tuning_platform`, and `python -m platform.tune` from the repository root).
 
+Two more forms read a store instead: `tuning-platform jobs` lists its jobs (`jobs.py`) and
+`tuning-platform show JOB` prints a job's summary again (`show.py`). The first argument is one
+of those words only when no file of that name is there: a spec file named `jobs` still runs as
+it always did (`./jobs` names it either way). `--version` prints the installed version.
+
 Exit codes: 0 the job finished with a best trial (some trials may have failed: a warning
 says how many), 1 the job failed (no trial produced the metric), 2 bad input (spec, options,
 unreachable tracking server or cluster, a cluster's token missing, impossible resources, nothing
@@ -10,12 +15,17 @@ to `--resume`), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (`ray job stop`
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import shlex
 import sys
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any
 
+from tuning_platform.cli.common import OneLineParser
+from tuning_platform.cli.jobs import jobs_command
+from tuning_platform.cli.show import show_command
 from tuning_platform.cli.summary import format_summary
 from tuning_platform.errors import JobError, SpecError, TrialsFailedError, TuneInterrupted
 from tuning_platform.records import TrialStatus
@@ -25,18 +35,27 @@ from tuning_platform.request import DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
+# The forms that read a store instead of running a job: the first argument, when no file has its name.
+STORE_COMMANDS: dict[str, Callable[[list[str], str], int]] = {"jobs": jobs_command, "show": show_command}
+DISTRIBUTION = "tuning-platform"
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2, like every other input error
-        self.exit(2, f"error: {message} (see --help)\n")
+
+def installed_version() -> str:
+    """The installed distribution's version; says so when the package runs uninstalled."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def build_parser(prog: str = "tuning-platform") -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=prog,
         description="Tune a trainable with Ray Tune (Optuna TPE + ASHA) and record every trial in MLflow.",
-        epilog=f"Example: {prog} search_spaces/cnn.yaml --set search.num_samples=8",
+        epilog=f"Example: {prog} search_spaces/cnn.yaml --set search.num_samples=8. "
+        f"Also: {prog} jobs [--experiment NAME] lists a store's jobs; {prog} show JOB prints a job's summary again.",
     )
+    parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {installed_version()}")
     parser.add_argument("spec", help="search-space YAML file (see search_spaces/)")
     parser.add_argument(
         "--set",
@@ -87,6 +106,8 @@ def console() -> None:
 
 def main(argv: list[str] | None = None, prog: str = "tuning-platform") -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in STORE_COMMANDS and not os.path.isfile(argv[0]):
+        return STORE_COMMANDS[argv[0]](argv[1:], prog)
     args = build_parser(prog).parse_args(argv)
     _show_job_log()
     try:

@@ -1,5 +1,6 @@
 """The summary a job's command prints at its end: counts, the top trials, the best one, the
-model, the insight and the links to the MLflow UI."""
+model, the insight and the links to the MLflow UI. `tuning-platform show JOB` prints it again
+from the job's records (`cli/show.py`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from typing import Any
 from tuning_platform.outcome import TrialRow, TuneResult, ranked
 from tuning_platform.records import ENDED, TrialStatus, test_metric_name
 from tuning_platform.request import JobRequest
+from tuning_platform.spec import Spec
 from tuning_platform.tracking.links import ui_links
 
 
 def format_summary(outcome: TuneResult, request: JobRequest, top: int = 5) -> str:
-    spec = request.spec
+    return summary_of(outcome, request.spec, request.tracking_uri, top)
+
+
+def summary_of(outcome: TuneResult, spec: Spec, tracking_uri: str, top: int = 5) -> str:
+    """The summary of a job of `spec` whose store is `tracking_uri` (its links point there)."""
     lines = [""]
     rows = ranked(outcome.rows, spec.mode)
     count = {status: sum(r.status == status for r in rows) for status in ENDED}
@@ -69,7 +75,7 @@ def format_summary(outcome: TuneResult, request: JobRequest, top: int = 5) -> st
             folder = outcome.insight.pictures[0].rsplit("/", 1)[0]
             lines.append(f"Pictures of the search: artifacts {folder}/ of the parent run")
     lines.extend(outcome.notes)
-    command, runs_table, parent_run = ui_links(request.tracking_uri, outcome.experiment_id, outcome.parent_run_id)
+    command, runs_table, parent_run = ui_links(tracking_uri, outcome.experiment_id, outcome.parent_run_id)
     lines.append(f"Browse: {command}, then open" if command else "Browse:")
     lines.append(f"  runs table: {runs_table}")
     lines.append(f"  this job:   {parent_run}")
