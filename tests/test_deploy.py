@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import shlex
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -13,6 +15,7 @@ from tests.helpers import ROOT
 
 CLUSTER_YAML = ROOT / "cluster.yaml"
 KUBERAY = ROOT / "deploy" / "kuberay"
+CLUSTER_DOC = ROOT / "docs" / "cluster.md"
 
 
 def pinned(name: str):
@@ -83,7 +86,6 @@ def test_head_runs_mlflow_and_nothing_listens_publicly(cluster_config):
     commands = " ".join(cluster_config["head_start_ray_commands"])
     mlflow = re.search(r"mlflow server .*", commands)
     assert mlflow and "--host 127.0.0.1" in mlflow.group(0)
-    assert "--backend-store-uri sqlite:" in mlflow.group(0) and "--artifacts-destination" in mlflow.group(0)
     assert "--dashboard-host=127.0.0.1" in commands
     # As the tests' server runs (tests/servers.py), which checks that MLflow honours it.
     assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup mlflow server" in commands
@@ -141,3 +143,84 @@ def test_mlflow_on_kubernetes_stays_inside_the_cluster():
     (job,) = _documents(KUBERAY / "rayjob.yaml")
     name, port = documents["Service"]["metadata"]["name"], documents["Service"]["spec"]["ports"][0]["port"]
     assert f"--tracking-uri http://{name}:{port}" in job["spec"]["entrypoint"]
+
+
+def server_options(arguments: list[str], monkeypatch, env: dict[str, str] | None = None) -> dict:
+    """What the installed `mlflow server` makes of these arguments (after `mlflow server`), with
+    only `env` of the variables its options read: click's own parsing, nothing started."""
+    import mlflow.cli
+
+    for param in mlflow.cli.server.params:
+        for name in [param.envvar] if isinstance(param.envvar, str) else param.envvar or []:
+            monkeypatch.delenv(name, raising=False)
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    return mlflow.cli.server.make_context("server", list(arguments)).params
+
+
+def _bucket(uri: str) -> str:
+    assert uri.startswith("s3://"), uri
+    return urlsplit(uri).netloc
+
+
+def _storage_buckets(text: str) -> set[str]:
+    """The buckets of the jobs' `--storage-path s3://BUCKET/...` in a command or a page."""
+    return set(re.findall(r"--storage-path s3://([^/\s]+)/", text))
+
+
+def test_head_tracking_server_keeps_records_in_postgres_on_the_head_and_artifacts_in_the_bucket(
+    cluster_config, monkeypatch
+):
+    """As tests/test_team_server.py runs it: PostgreSQL as the store, the artifacts proxied to a
+    folder of the bucket the jobs' storage path names (docs/cluster.md's commands)."""
+    starts = cluster_config["head_start_ray_commands"]
+    (line,) = [c for c in starts if "mlflow server --" in c]
+    words = shlex.split(line)
+    arguments = words[words.index("server") + 1 : words.index(">")]
+    options = server_options(arguments, monkeypatch)
+    assert options["host"] == "127.0.0.1" and options["port"] == 5000
+    assert options["serve_artifacts"] is True and options["default_artifact_root"] is None
+    destination = options["artifacts_destination"]
+    assert destination.endswith("/mlflow") and {_bucket(destination)} == _storage_buckets(CLUSTER_DOC.read_text())
+    # The head's own PostgreSQL over its socket, with peer authentication: no password anywhere.
+    store = urlsplit(options["backend_store_uri"])
+    assert store.scheme == "postgresql" and store.password is None and not store.hostname
+    socket = parse_qs(store.query)["host"][0]
+    role, database = store.username, store.path.lstrip("/")
+    setup = cluster_config["head_setup_commands"]
+    assert any("apt-get install" in c and "postgresql" in c.split("apt-get install", 1)[1] for c in setup)
+    assert any(f"createuser {role}" in c for c in setup) and any(f"createdb -O {role} {database}" in c for c in setup)
+    assert any("listen_addresses = ''" in c for c in setup), "PostgreSQL listens on no TCP port"
+    assert socket == "/var/run/postgresql"  # where Debian's and Ubuntu's PostgreSQL put it
+    # It is started (again, after a stopped node) before the server, which needs its drivers.
+    started = [i for i, c in enumerate(starts) if "service postgresql start" in c]
+    assert started and started[0] < starts.index(line)
+    assert any("[postgres]" in c and "boto3" in c and "pip install" in c for c in setup)
+    # The extra as pyproject.toml declares it (an installed copy's metadata may predate it).
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    extras = re.search(r"^\[project.optional-dependencies\]$(.*?)^\[", pyproject, re.M | re.S)
+    assert re.search(r"^postgres = \[.*psycopg", extras.group(1), re.M)
+
+
+def test_kubernetes_tracking_server_names_its_database_in_one_variable_and_uses_the_jobs_bucket(monkeypatch):
+    documents = {d["kind"]: d for d in _documents(KUBERAY / "mlflow.yaml")}
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    assert server["command"][:2] == ["mlflow", "server"]
+    assert not any(a.startswith("--backend-store-uri") for a in server["command"]), "the password stays off it"
+    (variable,) = [e for e in server["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI"]
+    assert set(variable["valueFrom"]["secretKeyRef"]) == {"name", "key"}
+    # `mlflow server` itself reads the variable as its --backend-store-uri.
+    managed = "postgresql://mlflow:secret@db.example.internal:5432/mlflow"
+    options = server_options(server["command"][2:], monkeypatch, env={"MLFLOW_BACKEND_STORE_URI": managed})
+    assert options["backend_store_uri"] == managed
+    assert options["serve_artifacts"] is True and options["default_artifact_root"] is None
+    (job,) = _documents(KUBERAY / "rayjob.yaml")
+    destination = options["artifacts_destination"]
+    assert destination.endswith("/mlflow") and {_bucket(destination)} == _storage_buckets(job["spec"]["entrypoint"])
+    # Nothing of it on the pod's disk; the bucket through the pod's service account.
+    assert "volumes" not in pod and "volumeMounts" not in server
+    assert pod["serviceAccountName"] == documents["ServiceAccount"]["metadata"]["name"]
+    assert "sqlite" not in (KUBERAY / "mlflow.yaml").read_text()
+    install = re.search(r"^RUN pip install .*", (KUBERAY / "Dockerfile").read_text(), re.M).group(0)
+    assert "[postgres]" in install and "boto3" in install
