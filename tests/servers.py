@@ -76,6 +76,8 @@ class MlflowServer:
     folder: Path
     port: int
     process: subprocess.Popen | None = None
+    app_name: str | None = None  # `basic-auth`: MLflow's users and permissions
+    env: dict[str, str] | None = None
 
     @property
     def uri(self) -> str:
@@ -93,11 +95,12 @@ class MlflowServer:
                 "--workers", "1",
                 "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
                 "--artifacts-destination", str(self.folder / "artifacts"),
+                *(["--app-name", self.app_name] if self.app_name else []),
             ],
             stdout=log.open("a"),
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its worker processes go down with it
-            env={**os.environ, **SERVER_ENV},
+            env={**os.environ, **SERVER_ENV, **(self.env or {})},
         )  # fmt: skip
         wait_for_http(f"{self.uri}/health", self.process, log)
 
@@ -337,3 +340,31 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(server.folder, ignore_errors=True)
+
+
+ADMIN = ("admin", "admin-password-1")
+
+
+@contextlib.contextmanager
+def auth_mlflow_server(folder: Path) -> Iterator[MlflowServer]:
+    """`mlflow server --app-name basic-auth`, as a team runs it: users and permissions in a
+    database of their own, the admin `ADMIN`, and users who get READ by default (MLflow's
+    default_permission) on what they did not create. Add users and grants with
+    `mlflow.server.auth.client.AuthServiceClient` and the admin's credentials."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+        f"admin_username = {ADMIN[0]}\n"
+        f"admin_password = {ADMIN[1]}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    server = MlflowServer(folder, free_port(), app_name="basic-auth", env=env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

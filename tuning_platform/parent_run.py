@@ -188,7 +188,13 @@ def _description(request: JobRequest) -> str:
 
 
 def _user() -> str:
-    """The login name, as MLflow's own runs take it (`mlflow.tracking.context`)."""
+    """Who ran the job: the MLflow user the job authenticates as on a tracking server with users
+    (MLFLOW_TRACKING_USERNAME, ~/.mlflow/credentials), else the login name, as MLflow's own runs
+    take it (`mlflow.tracking.context`)."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    if username := read_mlflow_creds().username:
+        return username
     try:
         return getpass.getuser()
     except (OSError, KeyError, ImportError):  # no login name in the environment or passwd

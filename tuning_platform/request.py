@@ -7,6 +7,7 @@ Every problem found here is a `SpecError` (the CLI's exit 2); nothing is written
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import urllib.error
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from tuning_platform.execution.resume import ResumeTarget
     from tuning_platform.search.warm_start import WarmStart
     from tuning_platform.spec.trainable import ResolvedTrainable
+    from tuning_platform.tracking.server_access import Access
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_STORAGE_PATH = "ray_results"
@@ -87,7 +91,20 @@ def build_request(
     trainable = resolve_trainable(loaded, file)
     data = check_against_trainable(loaded, trainable, file)
     uri, source = resolve_tracking_uri(tracking_uri, loaded.tracking.uri)
-    check_tracking_uri(uri, source, file)
+    model = loaded.registered_model_name
+    if model is not None and smoke_test:
+        from tuning_platform.registry.champion import SMOKE_SUFFIX
+
+        model += SMOKE_SUFFIX
+    access = check_tracking_uri(uri, source, file, experiment=loaded.name, model=model)
+    if access is not None and access.model_permission_missing:
+        logger.warning(
+            "warning: MLflow user %r has %s on registered model %r, and registering a version needs EDIT: the job "
+            "runs and records its trials, and its model will not be registered",
+            access.username,
+            access.model_permission_missing,
+            model,
+        )
     check_ray_address(address, address_source, file)
     storage = storage_path or loaded.storage_path or DEFAULT_STORAGE_PATH
     check_storage_path(storage, "--storage-path" if storage_path else "storage_path", file)
@@ -139,8 +156,12 @@ def resolve_tracking_uri(given: str | None, spec_uri: str | None) -> tuple[str, 
     return DEFAULT_TRACKING_URI, "tracking.uri"
 
 
-def check_tracking_uri(uri: str, source: str, file: str) -> None:
-    """Fail fast, before Ray starts, on a tracking store the job could never write to."""
+def check_tracking_uri(
+    uri: str, source: str, file: str, experiment: str | None = None, model: str | None = None
+) -> Access | None:
+    """Fail fast, before Ray starts, on a tracking store the job could never write to; for a
+    tracking server, also on credentials it refuses and on a user who may not write runs in
+    `experiment` (`tracking.server_access`). Returns what the server said of the user."""
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=TRACKING_CHECK_TIMEOUT_S):
@@ -148,6 +169,12 @@ def check_tracking_uri(uri: str, source: str, file: str) -> None:
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise SpecError(file, source, f"MLflow tracking server not reachable: {reason}", uri) from None
+        from tuning_platform.tracking.server_access import AccessError, check_server_access  # imports MLflow
+
+        try:
+            return check_server_access(uri, experiment, model)
+        except AccessError as err:
+            raise SpecError(file, source, str(err), uri) from None
     elif (store := sqlite_file(uri)) is not None:
         folder = store.resolve().parent  # no `~` expansion: SQLAlchemy opens the path as written
         if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -157,6 +184,7 @@ def check_tracking_uri(uri: str, source: str, file: str) -> None:
             check_database(uri)
         except DatabaseError as err:
             raise SpecError(file, source, str(err), printable(uri)) from None
+    return None
 
 
 def check_ray_address(address: str | None, source: str, file: str) -> None:

@@ -7,6 +7,7 @@ Imports MLflow lazily: the CLI's checks import this module without loading MLflo
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -154,12 +155,34 @@ def tracking_uri_for_the_call(uri: str) -> AbstractContextManager[Any]:
     return _use_tracking_uri(uri)
 
 
+# What MLflow's SQL store logs, with the traceback, before it raises a database's
+# OperationalError as TEMPORARILY_UNAVAILABLE (mlflow/store/db/utils.py, `make_managed_session`,
+# line 181 in 3.17).
+SQL_OUTAGE_LOGGER = "mlflow.store.db.utils"
+SQL_OUTAGE_MESSAGE = "SQLAlchemy database error"
+
+
+def _not_an_outage(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(SQL_OUTAGE_MESSAGE)
+
+
+def quiet_sql_outage_tracebacks() -> None:
+    """Drops MLflow's traceback for each write to a database that does not answer (a restart): a
+    job's run writer retries those writes and says once, in a `warning:` line, that the store is
+    away; 20 s of a restarted PostgreSQL printed a traceback per retry. Only these records are
+    dropped. tests/test_postgres_store.py fails if they come back."""
+    log = logging.getLogger(SQL_OUTAGE_LOGGER)
+    if _not_an_outage not in log.filters:
+        log.addFilter(_not_an_outage)
+
+
 __all__ = [
     "BULK_HISTORY_PATH",
     "BULK_HISTORY_RUNS",
     "BULK_HISTORY_VALUES",
     "end_run_without_read_back",
     "global_tracking_uri",
+    "quiet_sql_outage_tracebacks",
     "server_history_request",
     "set_global_tracking_uri",
     "sql_child_run_rows",

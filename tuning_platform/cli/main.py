@@ -30,6 +30,7 @@ from tuning_platform.cli.summary import format_summary
 from tuning_platform.errors import JobError, SpecError, TrialsFailedError, TuneInterrupted
 from tuning_platform.records import TrialStatus
 from tuning_platform.request import DEFAULT_STORAGE_PATH, DEFAULT_TRACKING_URI, build_request
+from tuning_platform.tracking.database import printable
 
 # Exit codes of a job stopped by Ctrl-C and by SIGTERM (128 + the signal, as shells report).
 EXIT_INTERRUPTED = 130
@@ -94,9 +95,15 @@ def build_parser(prog: str = "tuning-platform") -> argparse.ArgumentParser:
 
 
 def resume_command(prog: str, argv: list[str]) -> str:
-    """The exact command that resumes the job this command line started."""
-    args = [arg for arg in argv if arg != "--resume"]
+    """The exact command that resumes the job this command line started, less a database's
+    password (printed as `***`: give it again, or keep it in PGPASSWORD)."""
+    args = [_without_password(arg) for arg in argv if arg != "--resume"]
     return f"{prog} " + shlex.join([*args, "--resume"])
+
+
+def _without_password(arg: str) -> str:
+    option, equals, value = arg.partition("=")
+    return f"{option}={printable(value)}" if equals and option.startswith("--") else printable(arg)
 
 
 def console() -> None:

@@ -11,6 +11,8 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from mlflow.exceptions import MlflowException
+
 from tuning_platform._compat.mlflow import tracking_uri_for_the_call
 from tuning_platform.contract import SplitDataset, Task
 from tuning_platform.execution.results import best_checkpoint
@@ -28,6 +30,7 @@ from tuning_platform.registry.champion import (
 )
 from tuning_platform.registry.packaging import code_paths, code_requirements
 from tuning_platform.tracking.client import store_uri
+from tuning_platform.tracking.server_access import refused_registration
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
@@ -72,14 +75,22 @@ def register_best(
         model, state = rebuild_model(cast(LoopTask, task), directory)
     test_metrics = score_on_test(task, model, state, dataset)
     code = code_paths(request.trainable.module)
-    version = _log_model(
-        tracker,
-        task.serving_model(model, state["info"]),
-        task.input_example(dataset),
-        name,
-        code,
-        code_requirements(code),
-    )
+    try:
+        version = _log_model(
+            tracker,
+            task.serving_model(model, state["info"]),
+            task.input_example(dataset),
+            name,
+            code,
+            code_requirements(code),
+        )
+    except MlflowException as err:
+        if err.error_code != "PERMISSION_DENIED":
+            raise
+        # A tracking server with users: this one may write runs but not this model's versions.
+        # The trials and the parent run stand; no retry mends a permission.
+        logger.warning(refused_registration(name, err.error_code))
+        return None
     tags = {
         METRIC_TAG: spec.metric,
         VALUE_TAG: repr(best.value),

@@ -9,7 +9,7 @@ import tempfile
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
-from tuning_platform._compat.mlflow import end_run_without_read_back
+from tuning_platform._compat.mlflow import end_run_without_read_back, quiet_sql_outage_tracebacks
 from tuning_platform.tracking.database import database_scheme, with_installed_driver
 from tuning_platform.tracking.store_template import create_from_template
 
@@ -30,6 +30,7 @@ def store_uri(tracking_uri: str) -> str:
 
 def open_client(tracking_uri: str) -> MlflowClient:
     create_from_template(tracking_uri)  # a new SQLite file: a copy, not MLflow's migrations
+    quiet_sql_outage_tracebacks()  # the run writer reports a database that does not answer
     return QuietEndClient(store_uri(tracking_uri))
 
 

@@ -11,8 +11,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tuning_platform.errors import JobError
 from tuning_platform.records import (
     ERROR_TAG,
     EXPERIMENT_KIND,
@@ -51,6 +53,19 @@ class JobTracker:
         return self._client
 
     def start(self, run_name: str, tags: dict[str, str], params: dict[str, str], artifacts: dict[str, str]) -> str:
+        try:
+            return self._start(run_name, tags, params, artifacts)
+        except MlflowException as err:
+            # A tracking server with users, whose permission the pre-flight could not ask
+            # (`server_access`): nothing of the job was written yet.
+            if err.error_code != "PERMISSION_DENIED":
+                raise
+            raise JobError(
+                f"MLflow refused to create the experiment or a run in {self.experiment_name!r} "
+                f"({err.error_code}): a job needs EDIT on its experiment; ask an MLflow admin to grant it"
+            ) from None
+
+    def _start(self, run_name: str, tags: dict[str, str], params: dict[str, str], artifacts: dict[str, str]) -> str:
         with first_use_lock(self.tracking_uri):
             experiment = self.client.get_experiment_by_name(self.experiment_name)
             if experiment is None:
