@@ -197,3 +197,28 @@ def test_trial_runs_read_lean_from_a_sql_store_equal_what_search_runs_finds(stor
     assert lean == searched
     assert lean[kept[0]][1] is not None and lean[kept[1]][1] is None  # ended, still running
     assert lean[kept[1]][3] == {"lr": "0.2", "layers": "2"}
+
+
+def test_a_sqlite_store_named_by_path_keeps_its_artifacts_beside_it(store_uri, tmp_path, monkeypatch):
+    """A job run from another folder: its experiment's artifacts (the specs, the pictures, the
+    registered model) go to `mlartifacts/` beside `mlflow.db`, not to ./mlruns of the job's
+    working folder, as MLflow alone puts them."""
+    from tuning_platform.tracking.parent import JobTracker
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    tracker = JobTracker(store_uri, "beside")
+    tracker.start(run_name="job", tags={}, params={}, artifacts={"spec.yaml": "name: beside\n"})
+    tracker.finish("FINISHED")
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.artifact_location == str(tmp_path / "mlartifacts" / tracker.experiment_id)
+    run = tracker.client.get_run(tracker.parent_run_id)
+    assert (tmp_path / "mlartifacts" / tracker.experiment_id / run.info.run_id / "artifacts" / "spec.yaml").is_file()
+    assert list(elsewhere.iterdir()) == []
+    # Opened again from a third folder, the store still finds them where they are.
+    monkeypatch.chdir(tmp_path)
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="spec.yaml", tracking_uri=store_uri, dst_path=str(tmp_path / "got")
+    )
+    assert open(path).read() == "name: beside\n"

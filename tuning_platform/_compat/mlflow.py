@@ -155,6 +155,20 @@ def tracking_uri_for_the_call(uri: str) -> AbstractContextManager[Any]:
     return _use_tracking_uri(uri)
 
 
+def set_new_experiments_artifact_root(client: MlflowClient, root: str) -> bool:
+    """New experiments of the client's SQL store keep their artifacts under `root`/<experiment
+    id>. MLflow's `SqlAlchemyStore` takes that root only when it is built (`artifact_root_uri`,
+    mlflow/store/tracking/sqlalchemy_store.py line 403; read by `_get_artifact_location`, line
+    609 in 3.17), and the client builds it with ./mlruns of the working folder
+    (tracking/_tracking_service/utils.py, `_get_sqlalchemy_store`, line 192). False when the
+    store is not one that has it. tests/test_tracking.py fails if the attribute goes."""
+    store = sql_store(client)
+    if store is None or not hasattr(store, "artifact_root_uri"):
+        return False
+    store.artifact_root_uri = root
+    return True
+
+
 # What MLflow's SQL store logs, with the traceback, before it raises a database's
 # OperationalError as TEMPORARILY_UNAVAILABLE (mlflow/store/db/utils.py, `make_managed_session`,
 # line 181 in 3.17).
@@ -183,6 +197,7 @@ __all__ = [
     "end_run_without_read_back",
     "global_tracking_uri",
     "quiet_sql_outage_tracebacks",
+    "set_new_experiments_artifact_root",
     "server_history_request",
     "set_global_tracking_uri",
     "sql_child_run_rows",

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from tuning_platform._compat.mlflow import end_run_without_read_back, quiet_sql_outage_tracebacks
 from tuning_platform.tracking.database import database_scheme, with_installed_driver
-from tuning_platform.tracking.store_template import create_from_template
+from tuning_platform.tracking.store_template import create_from_template, sqlite_file
 
 # Seconds a SQLite writer waits for another job's write to finish (sqlite3's default is 5).
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -42,6 +42,20 @@ class QuietEndClient(MlflowClient):
 
     def set_terminated(self, run_id: str, status: str | None = None, end_time: int | None = None) -> None:
         end_run_without_read_back(self, run_id, status, end_time)
+
+
+# The folder beside a SQLite store where its experiments keep their artifacts: the name
+# `mlflow server` gives its own (--artifacts-destination ./mlartifacts).
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
+def artifacts_beside_store(tracking_uri: str) -> str | None:
+    """Where a SQLite store's new experiments keep their artifacts: `mlartifacts/` in the
+    store's folder, wherever the job runs from (MLflow's own default is ./mlruns of the working
+    folder, so a job run from elsewhere left its models and pictures there). None for any other
+    store: a database server's experiments keep MLflow's default, a tracking server its own."""
+    store = sqlite_file(tracking_uri)
+    return None if store is None else str(store.resolve().parent / ARTIFACTS_FOLDER)
 
 
 def first_use_lock(tracking_uri: str) -> FileLock:

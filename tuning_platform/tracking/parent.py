@@ -14,6 +14,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tuning_platform._compat.mlflow import set_new_experiments_artifact_root
 from tuning_platform.errors import JobError
 from tuning_platform.records import (
     ERROR_TAG,
@@ -26,7 +27,7 @@ from tuning_platform.records import (
     TRIAL_STATUS_TAG,
     TrialStatus,
 )
-from tuning_platform.tracking.client import first_use_lock, open_client
+from tuning_platform.tracking.client import artifacts_beside_store, first_use_lock, open_client
 from tuning_platform.tracking.queries import child_runs
 from tuning_platform.tracking.writer import flush_run_writers
 
@@ -69,6 +70,8 @@ class JobTracker:
         with first_use_lock(self.tracking_uri):
             experiment = self.client.get_experiment_by_name(self.experiment_name)
             if experiment is None:
+                if (root := artifacts_beside_store(self.tracking_uri)) is not None:
+                    set_new_experiments_artifact_root(self.client, root)
                 self.experiment_id = self.client.create_experiment(self.experiment_name)
             else:
                 self.experiment_id = experiment.experiment_id
