@@ -98,6 +98,16 @@ def tracking_server(folder: Path) -> Iterator[str]:
         yield server.uri
 
 
+@contextmanager
+def postgres_store() -> Iterator[str]:
+    """A real PostgreSQL server on 127.0.0.1 (Debian's `postgresql` package, as the tests run
+    it: tests/servers.py) with an empty database; yields its URI."""
+    from tests.servers import postgres_server
+
+    with postgres_server() as server:
+        yield server.uri()
+
+
 def create_store(tracking_uri: str) -> float:
     """Creates the tables of a fresh SQLite store, as a user's first job does once; returns seconds.
 

@@ -6,6 +6,7 @@
     python -m benchmarks.scale --trials 10000 --plain    # the same trials through plain Ray Tune
     python -m benchmarks.scale --trials 10000 --census   # which objects the driver gains
     python -m benchmarks.scale --trials 2000 --server    # tracking to a real `mlflow server` over HTTP
+    python -m benchmarks.scale --trials 10000 --postgres  # tracking to a real PostgreSQL database
 
 This process is the job's driver (the same code `python -m platform.tune` runs). It prints
 trials per minute, the driver's peak memory, and checks that MLflow holds exactly one child run
@@ -50,6 +51,7 @@ from typing import Any
 from benchmarks.common import (
     job_request,
     parser,
+    postgres_store,
     quiet,
     ray_running,
     run_plain_tune,
@@ -250,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plain", action="store_true", help="the same trials through plain Ray Tune, no tracking")
     p.add_argument("--census", action="store_true", help="count the driver's objects by type as the job grows")
     p.add_argument("--server", action="store_true", help="track to a real mlflow server over HTTP")
+    p.add_argument("--postgres", action="store_true", help="track to a real PostgreSQL database (no server)")
     args = p.parse_args(argv)
     if args.smoke:
         args.trials = 40
@@ -261,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as outer:
         folder = outer.enter_context(workdir(args.workdir))
         server = outer.enter_context(tracking_server(folder)) if args.server else None
+        if args.postgres:
+            server = outer.enter_context(postgres_store())
         outer.enter_context(ray_running(args.cpus))
         request = job_request(SPEC, [f"search.num_samples={args.trials}"], folder, "scale", server)
         with contextlib.ExitStack() as stack:
@@ -288,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     trial_ids = {row.trial_id for row in outcome.rows}
     one_each = set(per_trial) == trial_ids and all(count == 1 for count in per_trial.values())
     finished = sum(run.info.status == "FINISHED" for run in runs)
-    store = "an mlflow server over HTTP" if server else "SQLite"
+    store = "PostgreSQL" if args.postgres else "an mlflow server over HTTP" if server else "SQLite"
     print(f"\nScale: {args.trials} trivial trials, full platform (Optuna TPE, MLflow on {store}), {args.cpus} CPUs")
     print(f"best trial: {outcome.best_trial_id}; {len(outcome.rows)} trials in {seconds:.1f} s")
     print(
