@@ -174,9 +174,9 @@ def test_a_flush_does_not_wait_for_writes_to_gather(tmp_path, monkeypatch):
 
 
 def test_writes_that_waited_behind_slow_requests_go_at_once(tmp_path, monkeypatch):
-    """A busy tracking server: while one request takes 1.5 s, the next trial's run waits in the
-    queue longer than the writer lets writes gather; it is sent right after, not a second later."""
-    monkeypatch.setattr(writer, "LINGER_S", 1.0)
+    """A busy tracking server: while one request takes 1.2 s, the next trial's run waits in the
+    queue longer than the writer lets writes gather; it is sent right after, not LINGER_S later."""
+    monkeypatch.setattr(writer, "LINGER_S", 0.8)
     tracker, callback = _job(tmp_path)
     client = callback.writer.client
     original = client.create_run
@@ -184,7 +184,7 @@ def test_writes_that_waited_behind_slow_requests_go_at_once(tmp_path, monkeypatc
 
     def slow_create(*args, **kwargs):
         started = time.monotonic()
-        time.sleep(1.5)
+        time.sleep(1.2)
         try:
             return original(*args, **kwargs)
         finally:
@@ -192,13 +192,13 @@ def test_writes_that_waited_behind_slow_requests_go_at_once(tmp_path, monkeypatc
 
     client.create_run = slow_create
     callback.on_trial_start(0, [], FakeTrial(trial_id="first", config={"lr": 0.1}, last_result={}))
-    time.sleep(1.3)  # the first run is being made now
+    time.sleep(0.9)  # the first run is being made now
     callback.on_trial_start(0, [], FakeTrial(trial_id="second", config={"lr": 0.2}, last_result={}))
     deadline = time.monotonic() + 30
     while len(spans) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     (_, first_done), (second_sent, _) = spans
-    assert second_sent - first_done < 0.5  # it had waited 1.2 s already: no more gathering
+    assert second_sent - first_done < 0.4  # it had waited 0.9 s already: no more gathering
     callback.on_experiment_end([])
 
 
@@ -219,7 +219,7 @@ def test_on_a_tracking_server_trials_are_written_side_by_side_each_in_order(tmp_
             with lock:
                 in_flight[0] += 1
                 most[0] = max(most[0], in_flight[0])
-            time.sleep(0.3)
+            time.sleep(0.15)
             try:
                 return _original(*args, **kwargs)
             finally:
@@ -234,7 +234,7 @@ def test_on_a_tracking_server_trials_are_written_side_by_side_each_in_order(tmp_
     callback.on_experiment_end([])
     took = time.monotonic() - started
     assert most[0] == (writer.PARALLEL_WRITES if server else 1)
-    assert took < 2.5 if server else took > 3.0, took  # 12 writes of 0.3 s, 4 at a time or 1
+    assert took < 1.25 if server else took > 1.5, took  # 12 writes of 0.15 s, 4 at a time or 1
     mlflow = MlflowClient(tracker.tracking_uri)
     for trial_id in trials:
         (run,) = mlflow.search_runs([tracker.experiment_id], filter_string=f"tags.trial_id = '{trial_id}'")
@@ -313,18 +313,18 @@ def test_the_final_flush_waits_for_a_slow_store_while_it_writes_and_says_how_muc
 ):
     """A tracking server behind the trials (a large job of short trials) takes longer than
     FINAL_FLUSH_TIMEOUT_S to catch up, writing all the while: nothing is given up on."""
-    monkeypatch.setattr(writer, "FINAL_FLUSH_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(writer, "FLUSH_PROGRESS_EVERY_S", 0.5)
+    monkeypatch.setattr(writer, "FINAL_FLUSH_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(writer, "FLUSH_PROGRESS_EVERY_S", 0.3)
     tracker, callback = _job(tmp_path)
     calls: list[str] = []
-    _slow_writes(callback.writer.client, 0.2, calls)  # 12 writes one after another: 2.4 s
+    _slow_writes(callback.writer.client, 0.12, calls)  # 12 writes one after another: 1.44 s
     trials = ["a", "b", "c", "d"]
     for trial_id in trials:
         _run_trial(callback, trial_id)
     started = time.monotonic()
     with caplog.at_level("INFO", logger="tuning_platform.tracking.writer"):
         callback.on_experiment_end([])
-    assert time.monotonic() - started > 1.0 and len(calls) == 12
+    assert time.monotonic() - started > 0.6 and len(calls) == 12
     assert "not written" not in caplog.text and callback.writer.failures == []
     assert "note: writing the trial runs to MLflow" in caplog.text and "writes left" in caplog.text
     client = MlflowClient(tracker.tracking_uri)
