@@ -119,19 +119,35 @@ LAUNCHER_STATUS = {
 }
 
 
+# What Ray's monitor writes before its first update, on any cluster: no report yet.
+NO_REPORT_YET = {"monitor_pid": 1, "load_metrics_report": {}}
+
+
 @pytest.mark.parametrize(
-    ("status", "running"),
+    ("statuses", "running"),
     [
-        (None, False),
-        (READ_ONLY_STATUS, False),  # a static cluster: nothing launches nodes
-        (LAUNCHER_STATUS, True),
-        # A monitor that has not yet made its first update: the answer of an autoscaler.
-        ({"monitor_pid": 1, "load_metrics_report": {}}, True),
+        ([None], False),
+        ([READ_ONLY_STATUS], False),  # a static cluster: nothing launches nodes
+        ([LAUNCHER_STATUS], True),
+        # A young cluster's monitor: its first report decides, whichever it is.
+        ([NO_REPORT_YET, NO_REPORT_YET, READ_ONLY_STATUS], False),
+        ([NO_REPORT_YET, LAUNCHER_STATUS], True),
+        # One that never reports is no evidence of an autoscaler (it used to count as one, and a
+        # static cluster of three nodes printed that an autoscaler ran there).
+        ([NO_REPORT_YET] * 50, False),
     ],
 )
-def test_only_a_status_of_node_types_that_can_be_launched_is_an_autoscaler(monkeypatch, status, running):
-    monkeypatch.setattr(autoscaler, "autoscaler_status", lambda: status)
-    assert autoscaler_running() is running
+def test_only_a_status_of_node_types_that_can_be_launched_is_an_autoscaler(monkeypatch, statuses, running):
+    written = iter(statuses)
+    last = [statuses[0]]
+
+    def status():
+        last[0] = next(written, last[0])
+        return last[0]
+
+    monkeypatch.setattr(autoscaler, "autoscaler_status", status)
+    monkeypatch.setattr(autoscaler, "FIRST_REPORT_POLL_S", 0.001)
+    assert autoscaler_running(wait_s=0.5) is running
 
 
 def test_a_ray_api_change_at_the_status_read_surfaces_instead_of_reading_as_no_autoscaler(monkeypatch):

@@ -24,7 +24,14 @@ RESEED_OF_TAG = "reseed_of"
 OUTCOME_TAG = "outcome"
 EPOCHS_RUN_TAG = "epochs_run"
 ERROR_TAG = "error"  # a failed trial's (or job's) last error line
+# Where the trial's latest attempt ran (a data-parallel trial: its rank-0 worker), when it reports
+# `node_id` (the built-in trainables do).
 NODE_ID_TAG, NODE_IP_TAG = "node_id", "node_ip"
+# A trial whose node was lost (a crashed machine, a pre-empted spot node) and that went on from its
+# last checkpoint elsewhere: the last node it lost, and how many nodes it lost in all. Such a loss
+# is not the trial's failure: `failure.max_failures` counts the trial's own errors only.
+MOVED_FROM_NODE_TAG, MOVED_FROM_NODE_IP_TAG = "moved_from_node", "moved_from_node_ip"
+NODE_LOSSES_TAG = "node_losses"
 
 # --- Tags of the parent run that `--resume` reads back -----------------------------------------
 SPEC_HASH_TAG = "spec_hash"

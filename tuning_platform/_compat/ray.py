@@ -1,8 +1,8 @@
 """Ray internals the platform uses (Ray 2.60): Tune's default loggers, its resume hint, a
-trial's checkpoint manager; a cluster's GCS, token and job config; its autoscaler's config,
-monitor process and status. Each names its upstream file; tests/test_autoscaling.py,
-tests/test_cluster_resources.py, tests/test_cluster.py and tests/test_resume.py fail when one
-changes.
+trial's checkpoint manager, how Tune counts a trial's failures; a cluster's GCS, token and job
+config; its autoscaler's config, monitor process and status. Each names its upstream file;
+tests/test_autoscaling.py, tests/test_cluster_resources.py, tests/test_cluster.py,
+tests/test_resume.py and tests/test_node_loss.py fail when one changes.
 
 Imports Ray lazily: the CLI's checks import the package without loading Ray.
 """
@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -80,6 +82,124 @@ def repoint_checkpoints(trial: Any, exists: Callable[[Any], bool]) -> tuple[bool
     manager._latest_checkpoint_result = newest
     trial.run_metadata.invalidate_cache()
     return True, newest
+
+
+# --- A trial whose node was lost ----------------------------------------------------------------
+#
+# How Ray 2.60 counts it: a trial's failure goes to `TuneController._process_trial_failure`
+# (ray/tune/execution/tune_controller.py, lines 1339-1361), which calls `trial.handle_error(exc)`
+# (ray/tune/experiment/trial.py, line 823) and then retries the trial only while
+# `trial.should_recover()` (line 910): `run_metadata.num_failures <= max_failures`. For the
+# trial's actor lost with its node, `exc` is a `RayActorError`: `ActorDiedError` when the GCS
+# already knew the node was dead, `ActorUnavailableError` ("Socket closed") when the driver lost
+# the actor first (a crashed machine, a killed raylet). `_handle_ray_actor_error` (line 806) adds
+# one to `num_failures` unless `exc.preempted`, which only an `ActorDiedError` of a node the
+# autoscaler drained for pre-emption sets (ray/exceptions.py, lines 515-520; also counted with
+# RAY_TRAIN_COUNT_PREEMPTION_AS_FAILURE=1). So Ray spends `FailureConfig.max_failures` on a
+# crashed or removed node, and with `max_failures: 0` such a trial ends as an error.
+
+
+@dataclass(frozen=True)
+class LostNode:
+    """The node a trial's actor was lost with."""
+
+    node_id: str
+    node_ip: str
+
+
+# Where the record of a trial's last lost node waits for the trial's callbacks: an attribute of
+# its `_TemporaryTrialState` (ray/tune/experiment/trial.py, line 157), which Tune never saves.
+_LOST_NODE_ATTR = "tuning_platform_lost_node"
+_WRAPPER_MARK = "tuning_platform_node_losses_not_counted"
+RAYLET_PROBE_TIMEOUT_S = 2.0
+
+
+@contextmanager
+def node_losses_not_counted() -> Iterator[None]:
+    """While a Tune run is driven from this process: a trial whose actor was lost with its node
+    keeps its count of failures, so `failure.max_failures` counts the trial's own errors only,
+    and the lost node is recorded for `take_lost_node`.
+
+    Tune decides on a retry right after `Trial.handle_error` (see above), before any callback
+    hears of the failure, so this wraps that method for the run and puts it back after. A run
+    that Tune drives elsewhere (a `Tuner` under Ray Client runs on the cluster) keeps Ray's count.
+    """
+    from ray.tune.experiment.trial import Trial
+
+    original = Trial.handle_error
+    if getattr(original, _WRAPPER_MARK, False):  # a run inside a run: the outer one's wrapper serves
+        yield
+        return
+    lost_ids: set[str] = set()  # nodes found lost: no raylet to ask again
+
+    def handle_error(trial: Any, exc: Any = None) -> None:
+        before = trial.run_metadata.num_failures
+        original(trial, exc)
+        try:
+            lost = lost_node(exc, lost_ids)
+        except Exception:  # noqa: BLE001 - unknown: Ray's own count stands
+            logging.getLogger(__name__).debug("could not tell whether a trial's node was lost", exc_info=True)
+            return
+        if lost is None:
+            return
+        lost_ids.add(lost.node_id)
+        trial.run_metadata.num_failures = before
+        trial.run_metadata.invalidate_cache()
+        setattr(trial.temporary_state, _LOST_NODE_ATTR, lost)
+
+    setattr(handle_error, _WRAPPER_MARK, True)
+    Trial.handle_error = handle_error  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        Trial.handle_error = original  # type: ignore[method-assign]
+
+
+def take_lost_node(trial: Any) -> LostNode | None:
+    """The node the trial's last attempt was lost with (once: the record is taken), or None."""
+    state = getattr(trial, "temporary_state", None)
+    lost = getattr(state, _LOST_NODE_ATTR, None)
+    if lost is not None:
+        delattr(state, _LOST_NODE_ATTR)
+    return lost if isinstance(lost, LostNode) else None
+
+
+def lost_node(error: Any, known_lost: set[str] | frozenset[str] = frozenset()) -> LostNode | None:
+    """The node a trial's actor was lost with, when `error` is that loss; None for anything
+    else: an exception of the trial's own code (a `RayTaskError`, also when it wraps a helper
+    actor's death), or an actor that died on a node that is still there (its process crashed or
+    was killed for memory).
+
+    The actor's node comes from the GCS actor table (`ray._private.state.state.actor_table`,
+    ray/_private/state.py line 194: its `Address.NodeID`). The node is lost when the GCS says it
+    is dead (`ray.nodes()`), or when its raylet refuses or does not answer a connection: right
+    after a crash the GCS still lists the node as alive until its health checks give up
+    (seconds), while the driver already has the actor's `ActorUnavailableError`.
+    """
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    if not isinstance(error, RayActorError) or isinstance(error, RayTaskError) or not error.actor_id:
+        return None
+    actor = ray._private.state.state.actor_table(error.actor_id) or {}
+    node_id = str((actor.get("Address") or {}).get("NodeID") or "")
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None) if node_id else None
+    if node is None:
+        return None
+    address = str(node.get("NodeManagerAddress") or "")
+    if node_id in known_lost or not node.get("Alive"):
+        return LostNode(node_id, address)
+    if _raylet_answers(address, int(node["NodeManagerPort"])):
+        return None
+    return LostNode(node_id, address)
+
+
+def _raylet_answers(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=RAYLET_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
 
 
 # --- The cluster: its token, its GCS, its autoscaler -------------------------------------------

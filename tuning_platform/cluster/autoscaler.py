@@ -12,6 +12,7 @@ the GCS. All are Ray internals, read in `_compat/ray.py` and held by `tests/test
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,12 @@ def _count(value: Any) -> int:
     return sys.maxsize // 2**20 if count < 0 else count  # -1: no limit
 
 
-def autoscaler_running() -> bool:
+# How long a status without a report (a monitor before its first update) is waited on for one.
+FIRST_REPORT_WAIT_S = 20.0
+FIRST_REPORT_POLL_S = 0.5
+
+
+def autoscaler_running(wait_s: float = FIRST_REPORT_WAIT_S) -> bool:
     """Whether an autoscaler that may launch nodes reports to the GCS.
 
     A monitor writes DEBUG_AUTOSCALING_STATUS every update (ray/autoscaler/_private/monitor.py,
@@ -63,11 +69,20 @@ def autoscaler_running() -> bool:
     `format_readonly_node_type`, line 986; ray/autoscaler/_private/readonly/node_provider.py line
     40), keyed by that id in the report's `node_type_mapping` (its `internal_ip` is the id; the
     mapping is built in ray/autoscaler/_private/autoscaler.py line 1520). Such a status is no
-    autoscaler. Before the monitor's first update the status has no report; that one counts as an
-    autoscaler, as any status did before.
+    autoscaler.
+
+    Until the GCS has the nodes' first load reports, the monitor writes a status without an
+    `autoscaler_report` (monitor.py lines 402-410), whatever its provider: that says nothing yet,
+    so it is read again for up to `wait_s` (the monitor updates every 5 s by default). A status
+    that never gets a report is no evidence of an autoscaler: the live nodes decide, and no note
+    claims one (a young static cluster printed that it had an autoscaler).
     """
     status = autoscaler_status()
-    if status is None:
+    deadline = time.monotonic() + wait_s
+    while status is not None and not status.get("autoscaler_report") and time.monotonic() < deadline:
+        time.sleep(FIRST_REPORT_POLL_S)
+        status = autoscaler_status()
+    if status is None or not status.get("autoscaler_report"):
         return False
     return not _read_only_provider(status)
 

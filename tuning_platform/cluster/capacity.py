@@ -62,7 +62,8 @@ def cluster_capacity(embedded: bool) -> Capacity:
     `--autoscaling-config`, `ray.cluster_utils.Cluster`, Slurm): there it drives a read-only
     provider, launches nothing, and writes an autoscaling status to the GCS all the same. So a
     cluster counts as one that grows only on evidence of node types to launch: the cluster config
-    in the GCS, the launcher's config on the head, or a status naming types of its own.
+    in the GCS, the launcher's config on the head, or a status naming types of its own (a status
+    written before the monitor's first update names none yet, and is read again until it does).
     """
     import ray
 

@@ -31,6 +31,7 @@ WORKING_DIR_EXCLUDES = [
     "*.pyc",
     ".pytest_cache",
     ".ruff_cache",
+    ".mypy_cache",
 ]
 
 # Where Ray's own CLI finds a cluster's token (ray/_raylet AuthenticationTokenLoader).

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from tuning_platform._compat.ray import auto_loggers_off, tune_resume_hint_hidden
+from tuning_platform._compat.ray import auto_loggers_off, node_losses_not_counted, tune_resume_hint_hidden
 from tuning_platform.cluster.capacity import Capacity, TrialResources, as_tune_resources
 from tuning_platform.cluster.waiting import WaitingForNodes
 from tuning_platform.contract import SplitDataset
@@ -127,10 +127,12 @@ def fit(
             stop=TrialGuard(spec.metric, spec.mode, cut_at),
             callbacks=callbacks,
             checkpoint_config=checkpoint_config(spec),
+            # The trial's own errors: a trial whose node was lost goes on without spending one
+            # (`node_losses_not_counted`; Ray alone would count it, see _compat/ray.py).
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         ),
     )
-    with tune_resume_hint_hidden(), auto_loggers_off():
+    with tune_resume_hint_hidden(), auto_loggers_off(), node_losses_not_counted():
         return tuner.fit()
 
 
@@ -146,7 +148,7 @@ def restore(spec: Spec, resume: ResumeTarget, trainable: Any, data: dict[str, An
         resume_errored=True,
         param_space=trial_config(spec, data),
     )
-    with tune_resume_hint_hidden():
+    with tune_resume_hint_hidden(), node_losses_not_counted():
         return tuner.fit()
 
 

@@ -1,5 +1,6 @@
 """The Tune callback that writes each trial as a child run of the job's parent run: params at
-its start, its results, its end status. Its writes go through a `RunWriter`, off Tune's loop."""
+its start, its results, its end status, and the nodes it lost on the way. Its writes go through
+a `RunWriter`, off Tune's loop."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.result import EXPR_RESULT_FILE
 
+from tuning_platform._compat.ray import LostNode, take_lost_node
 from tuning_platform.execution.guard import TUNE_RESULT_KEYS, is_diverged, missing_metric_error
 from tuning_platform.records import (
     EPOCHS_RUN_TAG,
     ERROR_TAG,
+    MOVED_FROM_NODE_IP_TAG,
+    MOVED_FROM_NODE_TAG,
     NODE_ID_TAG,
     NODE_IP_TAG,
+    NODE_LOSSES_TAG,
     OUTCOME_TAG,
     PARENT_RUN_ID_TAG,
     RAY_RUN_TAG,
@@ -91,6 +96,14 @@ class TrialRunsCallback(Callback):
         # And when MLflow has its last one (ms): epochs written later never go before it.
         self._logged_at: dict[str, int] = {}
         self._placed: set[str] = set()
+        # The last step logged per trial in this run, and for a trial Tune retried (after its own
+        # error or a lost node) the step up to which its new attempt repeats epochs MLflow has:
+        # an attempt goes on from the last checkpoint, which may be older than the last result.
+        self._last_step: dict[str, int] = {}
+        self._repeats_until: dict[str, int] = {}
+        # Per trial: the nodes it lost (a resumed job's count included), and the last of them.
+        self._node_losses: dict[str, int] = {}
+        self._moved_from: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -101,7 +114,17 @@ class TrialRunsCallback(Callback):
             "_logged_at": {},
             "_placed": set(),
             "_numbered": 0,
+            "_last_step": {},
+            "_repeats_until": {},
+            "_node_losses": {},
+            "_moved_from": {},
         }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A job saved before a field existed pickled a callback without it (`--resume`).
+        for name in ("_last_step", "_repeats_until", "_node_losses", "_moved_from"):
+            state.setdefault(name, {})
+        self.__dict__.update(state)
 
     @property
     def writer(self) -> RunWriter:
@@ -127,6 +150,10 @@ class TrialRunsCallback(Callback):
                 history = histories[run.info.run_id]
                 self._logged_until[trial_id] = max((m.step for m in history), default=0)
                 self._logged_at[trial_id] = max((m.timestamp for m in history), default=0)
+                losses = run.data.tags.get(NODE_LOSSES_TAG, "")
+                if losses.isdigit():
+                    self._node_losses[trial_id] = int(losses)
+                    self._moved_from[trial_id] = run.data.tags.get(MOVED_FROM_NODE_TAG, "")
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self._known:  # resumed or retried: the same child run goes on
@@ -169,6 +196,8 @@ class TrialRunsCallback(Callback):
         if trial.trial_id not in self._known:
             return
         step = result_step(result)
+        if step <= self._repeats_until.get(trial.trial_id, 0):
+            return  # an epoch a retried trial runs again: its run keeps the first
         if trial.trial_id in self._logged_until:  # a trial of the job this one resumes
             logged = self._logged_until[trial.trial_id]
             if step <= logged:
@@ -214,10 +243,47 @@ class TrialRunsCallback(Callback):
             metrics.pop(self.metric, None)
         tags = []
         if trial.trial_id not in self._placed and result.get("node_id"):
-            # Where the trial ran (a data-parallel trial: its rank-0 worker), once per trial.
+            # Where the trial runs (a data-parallel trial: its rank-0 worker), once per attempt.
             self._placed.add(trial.trial_id)
             tags = [RunTag(NODE_ID_TAG, str(result["node_id"])), RunTag(NODE_IP_TAG, str(result.get("node_ip", "")))]
         self.writer.log(trial.trial_id, [Metric(k, v, timestamp, step) for k, v in metrics.items()], tags)
+        self._last_step[trial.trial_id] = max(step, self._last_step.get(trial.trial_id, 0))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Tune retries the trial from its last checkpoint, after an error of its own or with
+        its node lost (which Tune was kept from counting, `_compat.ray.node_losses_not_counted`):
+        the run stays RUNNING, says which node it moved from, and logs no epoch twice."""
+        trial_id = trial.trial_id
+        self._repeats_until[trial_id] = max(self._repeats_until.get(trial_id, 0), self._last_step.get(trial_id, 0))
+        self._placed.discard(trial_id)  # its next result names the node it runs on now
+        if trial_id not in self._known:
+            return
+        lost = self._note_lost_node(trial)
+        if lost is not None:
+            logger.info(
+                "note: trial %s lost its node %s (%s); it goes on from its last checkpoint, and the "
+                "loss does not count against failure.max_failures",
+                trial_id,
+                lost.node_id,
+                lost.node_ip,
+            )
+
+    def _note_lost_node(self, trial: Any) -> LostNode | None:
+        """Tags the trial's run with the node its last attempt was lost with, if it was."""
+        lost = take_lost_node(trial)
+        if lost is None:
+            return None
+        trial_id = trial.trial_id
+        if self._moved_from.get(trial_id) != lost.node_id:  # not a retry placed on the dying node again
+            self._node_losses[trial_id] = self._node_losses.get(trial_id, 0) + 1
+            self._moved_from[trial_id] = lost.node_id
+        tags = [
+            RunTag(MOVED_FROM_NODE_TAG, lost.node_id),
+            RunTag(MOVED_FROM_NODE_IP_TAG, lost.node_ip),
+            RunTag(NODE_LOSSES_TAG, str(self._node_losses[trial_id])),
+        ]
+        self.writer.log(trial_id, tags=tags)
+        return lost
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
@@ -233,6 +299,8 @@ class TrialRunsCallback(Callback):
         self._end(trial.trial_id, tags, RUN_STATUS[status])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._known:
+            self._note_lost_node(trial)
         tags = [RunTag(TRIAL_STATUS_TAG, TrialStatus.FAILED.value), RunTag(ERROR_TAG, last_error_line(trial))]
         self._end(trial.trial_id, tags, "FAILED")
 
