@@ -66,12 +66,16 @@ def test_postgresql_uri_takes_whichever_driver_is_installed(postgres, no_driver,
     uri = postgres.uri(password="secret")
     message = _refused(uri)
     assert "no PostgreSQL driver is installed: pip install 'tuning-platform[postgres]'" in message
-    assert "admin:***@" in message
+    assert "postgresql://admin@127.0.0.1" in message  # the URI as given, less its password
     monkeypatch.setitem(sys.modules, "psycopg2", psycopg2)  # only psycopg2, as most people have
     database.with_installed_driver.cache_clear()
     assert store_uri(uri) == uri.replace("postgresql://", "postgresql+psycopg2://")
     check_tracking_uri(postgres.uri(), "--tracking-uri", "spec.yaml")
-    assert database.printable(uri) == f"postgresql://admin:***@127.0.0.1:{postgres.port}/mlflow"
+    assert database.printable(uri) == f"postgresql://admin@127.0.0.1:{postgres.port}/mlflow"
+    command = f"tuning-platform s.yaml --set tracking.uri={uri}?password=secret&sslmode=require"
+    assert database.printable(command) == (
+        f"tuning-platform s.yaml --set tracking.uri=postgresql://admin@127.0.0.1:{postgres.port}/mlflow?sslmode=require"
+    )
 
 
 STEADY_SPEC = """
@@ -138,7 +142,7 @@ def test_two_jobs_on_one_database_through_a_restart_lose_nothing(postgres, tmp_p
     for name, job in jobs.items():
         out, err = outputs[name]
         assert_ok(subprocess.CompletedProcess(job.args, job.returncode, out, err))
-        assert "warning: the MLflow tracking store postgresql://admin:***@127.0.0.1:" in err, err[-3000:]
+        assert "warning: the MLflow tracking store postgresql://admin@127.0.0.1:" in err, err[-3000:]
         assert "has not answered for" in err and "MLflow writes failed" not in err
         # One warning line, not MLflow's traceback per retried write (a Ray worker may still print
         # its own at shutdown).

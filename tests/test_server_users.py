@@ -108,3 +108,24 @@ def test_a_user_who_may_not_register_gets_the_trials_recorded_and_a_warning(team
     assert parents[0].data.tags["mlflow.user"] == "writer"
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     assert client.search_model_versions(f"name = '{MODEL}'") == []
+
+
+def test_the_pre_flight_judges_by_what_the_server_would_allow(team_server, monkeypatch):
+    """An admin may write anywhere, whatever the permission API says of them; a model that does
+    not exist yet is its registering user's (the creator gets MANAGE); an existing one the user
+    may only read is reported before the job runs."""
+    from tuning_platform.tracking.server_access import check_server_access
+
+    def as_env(user: tuple[str, str]) -> None:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", user[1])
+
+    as_env(WRITER)
+    MlflowClient(team_server.uri).create_experiment("writers-own")
+    assert check_server_access(team_server.uri, "writers-own", "nobody-made-it").model_permission_missing is None
+    assert check_server_access(team_server.uri, EXPERIMENT, MODEL).model_permission_missing == "READ"
+    as_env(servers.ADMIN)  # no grant on the writer's experiment, and none needed
+    access = check_server_access(team_server.uri, "writers-own", MODEL)
+    assert access.username == "admin" and access.model_permission_missing is None
+    as_env(READER)  # a read-only command (`jobs`, `show`) only needs to be let in
+    check_server_access(team_server.uri, None)

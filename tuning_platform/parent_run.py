@@ -32,6 +32,7 @@ from tuning_platform.records import (
 from tuning_platform.request import JobRequest
 from tuning_platform.search.selection import Selection
 from tuning_platform.spec import Spec
+from tuning_platform.tracking.database import printable
 from tuning_platform.tracking.jobs import (
     CHAMPION_AT_END_TAG,
     REGISTERED_MODEL_TAG,
@@ -92,7 +93,11 @@ def open_parent_run(
                 USER_TAG: _user(),
             },
             params=_parent_params(spec, request.data),
-            artifacts={"spec.yaml": request.spec_text, "resolved_spec.yaml": _resolved_yaml(spec)},
+            # A database password in the spec's tracking.uri stays out of the store's records.
+            artifacts={
+                "spec.yaml": printable(request.spec_text),
+                "resolved_spec.yaml": printable(_resolved_yaml(spec)),
+            },
         )
     warm = request.warm_start
     if warm is not None and not resume:

@@ -166,6 +166,8 @@ def check_tracking_uri(
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=TRACKING_CHECK_TIMEOUT_S):
                 pass
+        except urllib.error.HTTPError:
+            pass  # it answered: a proxy in front that wants credentials; `check_server_access` judges them
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise SpecError(file, source, f"MLflow tracking server not reachable: {reason}", uri) from None

@@ -96,14 +96,9 @@ def build_parser(prog: str = "tuning-platform") -> argparse.ArgumentParser:
 
 def resume_command(prog: str, argv: list[str]) -> str:
     """The exact command that resumes the job this command line started, less a database's
-    password (printed as `***`: give it again, or keep it in PGPASSWORD)."""
-    args = [_without_password(arg) for arg in argv if arg != "--resume"]
+    password (keep it in PGPASSWORD or ~/.pgpass, which the drivers read)."""
+    args = [printable(arg) for arg in argv if arg != "--resume"]
     return f"{prog} " + shlex.join([*args, "--resume"])
-
-
-def _without_password(arg: str) -> str:
-    option, equals, value = arg.partition("=")
-    return f"{option}={printable(value)}" if equals and option.startswith("--") else printable(arg)
 
 
 def console() -> None:

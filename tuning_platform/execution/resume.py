@@ -40,6 +40,7 @@ from tuning_platform.records import (
 )
 from tuning_platform.spec import Spec
 from tuning_platform.tracking.client import open_client
+from tuning_platform.tracking.database import printable
 from tuning_platform.tracking.queries import search_trial_runs
 from tuning_platform.tracking.store_template import sqlite_file
 
@@ -136,11 +137,11 @@ def find_job_to_resume(tracking_uri: str, spec: Spec, spec_file: str) -> ResumeT
 
     store = sqlite_file(tracking_uri)
     if store is not None and not store.exists():
-        raise nothing(f"no MLflow store at {tracking_uri}")
+        raise nothing(f"no MLflow store at {printable(tracking_uri)}")
     client = open_client(tracking_uri)
     experiment = client.get_experiment_by_name(spec.name)
     if experiment is None:
-        raise nothing(f"no job of experiment {spec.name!r} in {tracking_uri}")
+        raise nothing(f"no job of experiment {spec.name!r} in {printable(tracking_uri)}")
     runs = client.search_runs(
         [experiment.experiment_id],
         filter_string="attributes.status != 'FAILED'",
@@ -160,7 +161,7 @@ def find_job_to_resume(tracking_uri: str, spec: Spec, spec_file: str) -> ResumeT
                 f"the unfinished job {unfinished[0].data.tags[RUN_NAME_TAG]} ran with other settings; "
                 "repeat its command line (same --set, --smoke-test, --name) with --resume"
             )
-        raise nothing(f"every job of experiment {spec.name!r} in {tracking_uri} has finished")
+        raise nothing(f"every job of experiment {spec.name!r} in {printable(tracking_uri)} has finished")
     run = matching[0]
     tags = run.data.tags
     if run.info.status == "RUNNING" and _driver_alive(tags):

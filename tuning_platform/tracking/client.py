@@ -30,7 +30,8 @@ def store_uri(tracking_uri: str) -> str:
 
 def open_client(tracking_uri: str) -> MlflowClient:
     create_from_template(tracking_uri)  # a new SQLite file: a copy, not MLflow's migrations
-    quiet_sql_outage_tracebacks()  # the run writer reports a database that does not answer
+    if database_scheme(tracking_uri) is not None:
+        quiet_sql_outage_tracebacks()  # the run writer reports a database server that does not answer
     return QuietEndClient(store_uri(tracking_uri))
 
 

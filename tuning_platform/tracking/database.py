@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 
 # The database schemes MLflow's SQL store accepts besides SQLite (mlflow/store/db/db_types.py).
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
-# Seconds the pre-flight connection waits for the server (the drivers wait for ever by default).
+# Seconds the pre-flight connection waits for the server (the drivers wait for ever by default),
+# given to the drivers known to take it as `connect_timeout`.
 CONNECT_TIMEOUT_S = 5
+TIMEOUT_DRIVERS = ("psycopg", "psycopg2", "pymysql", "mysqldb")
 POSTGRES_DRIVERS = (("psycopg", "psycopg"), ("psycopg2", "psycopg2"))  # (SQLAlchemy's name, module)
 POSTGRES_INSTALL = "pip install 'tuning-platform[postgres]' (psycopg 3) or pip install psycopg2-binary"
 
@@ -36,16 +39,19 @@ def database_scheme(uri: str) -> str | None:
     return base if base in DATABASE_SCHEMES else None
 
 
-def printable(uri: str) -> str:
-    """The URI with its password as `***`, for output and logs."""
-    if database_scheme(uri) is None:
-        return uri
-    try:
-        from sqlalchemy.engine import make_url
+# A database URI's password in any text: `SCHEME://USER:PASSWORD@`, and `password=` in its query.
+_PASSWORD_IN_NETLOC = re.compile(
+    r"\b((?:postgres(?:ql)?|mysql|mssql|https?)(?:\+\w+)?://[^:/@\s'\"]*):[^\s'\"]*@(?=[^@\s'\"]*(?:[/?\s'\"]|$))"
+)
+_PASSWORD_IN_QUERY = re.compile(r"([?&])password=[^&\s'\"]*(&?)", re.IGNORECASE)
 
-        return make_url(uri).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unreadable URI has nothing to hide that we can find
-        return uri
+
+def printable(uri: str) -> str:
+    """The text with every database URI in it less its password: the commands the job prints
+    then work as they are where the password comes from PGPASSWORD or ~/.pgpass (a `***` in its
+    place would be sent as the password)."""
+    text = _PASSWORD_IN_NETLOC.sub(r"\1@", uri)
+    return _PASSWORD_IN_QUERY.sub(lambda m: m.group(1) if m.group(2) else "", text)
 
 
 @functools.lru_cache(maxsize=32)
@@ -76,21 +82,25 @@ def check_database(uri: str) -> None:
 
     url = with_installed_driver(uri)
     scheme = database_scheme(uri)
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if scheme in ("postgresql", "mysql") else {}
+    try:
+        driver = sqlalchemy.engine.make_url(url).get_driver_name()
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:  # a port that is not a number, say
+        raise DatabaseError(f"not a database URI SQLAlchemy can read: {printable(str(err))}") from None
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if driver in TIMEOUT_DRIVERS else {}
     try:
         engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
     except sqlalchemy.exc.NoSuchModuleError:
         raise DatabaseError(f"SQLAlchemy has no dialect or driver for {uri.partition('://')[0]}://") from None
     except ImportError as err:  # the driver the URI names (`postgresql+psycopg2://`) is not installed
-        hint = POSTGRES_INSTALL if scheme == "postgresql" else f"install the Python package {err.name}"
+        hint = POSTGRES_INSTALL if scheme == "postgresql" else f"install the driver SQLAlchemy names ({err.name})"
         raise DatabaseError(f"the database driver is not installed ({err}): {hint}") from None
-    except sqlalchemy.exc.ArgumentError as err:
-        raise DatabaseError(f"not a database URI SQLAlchemy can read: {err}") from None
+    except (sqlalchemy.exc.ArgumentError, ValueError, TypeError) as err:
+        raise DatabaseError(f"not a database URI SQLAlchemy can read: {printable(str(err))}") from None
     try:
         with engine.connect():
             pass
     except sqlalchemy.exc.DBAPIError as err:
-        raise DatabaseError(_connection_problem(str(err.orig))) from None
+        raise DatabaseError(printable(_connection_problem(str(err.orig)))) from None
     finally:
         engine.dispose()
 

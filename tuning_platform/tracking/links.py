@@ -3,6 +3,8 @@ imports this without loading MLflow."""
 
 from __future__ import annotations
 
+import shlex
+
 from tuning_platform.tracking.database import printable
 
 
@@ -18,7 +20,7 @@ def ui_links(tracking_uri: str, experiment_id: str, run_id: str) -> tuple[str | 
     if tracking_uri.startswith(("http://", "https://")):
         command, base = None, tracking_uri.rstrip("/")
     else:
-        command, base = f"mlflow ui --backend-store-uri {printable(tracking_uri)}", "http://127.0.0.1:5000"
+        command, base = f"mlflow ui --backend-store-uri {shlex.quote(printable(tracking_uri))}", "http://127.0.0.1:5000"
     query = "?workflowType=machine_learning"
     experiment = f"{base}/#/experiments/{experiment_id}"
     return command, f"{experiment}/runs{query}", f"{experiment}/runs/{run_id}{query}"

@@ -17,7 +17,12 @@ from typing import Any
 
 CREDENTIAL_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
 EXPERIMENT_PATH = "/api/2.0/mlflow/experiments/get-by-name"
+MODEL_PATH = "/api/2.0/mlflow/registered-models/get"
+CURRENT_USER_PATH = "/api/2.0/mlflow/users/current"
 PERMISSION_PATH = "/api/3.0/mlflow/users/permissions/get"
+# What writing needs: runs in an experiment, versions of a registered model (the auth app's
+# `update` right; READ and USE do not have it).
+WRITE_PERMISSIONS = ("EDIT", "MANAGE")
 CHECK_TIMEOUT_S = 10
 
 
@@ -36,8 +41,9 @@ class Access:
 
 def check_server_access(uri: str, experiment: str | None, model: str | None = None) -> Access:
     """Raises AccessError when the server refuses the credentials, or the user may not write
-    runs in `experiment`. A missing permission on `model` is returned, not raised: the job's
-    trials are worth running and recording without it."""
+    runs in `experiment` (None: a command that only reads, which needs only to be let in). A
+    missing permission on an existing `model` is returned, not raised: the job's trials are worth
+    running and recording without it."""
     from mlflow.utils.credentials import get_default_host_creds
 
     creds = get_default_host_creds(uri)
@@ -45,21 +51,23 @@ def check_server_access(uri: str, experiment: str | None, model: str | None = No
     response = _get(creds, EXPERIMENT_PATH, {"experiment_name": experiment or "Default"})
     if response.status_code == 401:
         raise AccessError(_unauthenticated(creds))
+    if experiment is None:
+        return access
     if response.status_code == 403:
-        raise AccessError(f"user {creds.username!r} may not read experiment {experiment!r}; {_ask('EDIT')}")
-    if response.status_code != 200 or not creds.username or experiment is None:
-        return access  # a new experiment (its creator may write it), a server without users, a token
+        raise AccessError(f"{_who(creds)} may not read experiment {experiment!r}; {_ask('EDIT')}")
+    if response.status_code != 200 or not creds.username or _is_admin(creds):
+        return access  # a new experiment (its creator may write it), no users, a token, an admin
     experiment_id = response.json()["experiment"]["experiment_id"]
     permission = _permission(creds, "experiment", experiment_id)
-    if permission is not None and not permission["allowed"]:
+    if permission is not None and permission not in WRITE_PERMISSIONS:
         raise AccessError(
-            f"user {creds.username!r} has {permission['permission']} on experiment {experiment!r}; a job writes "
-            f"runs there and needs EDIT: {_ask('EDIT')}"
+            f"{_who(creds)} has {permission} on experiment {experiment!r}; a job writes runs there and needs "
+            f"EDIT: {_ask('EDIT')}"
         )
-    if model is not None:
+    if model is not None and _get(creds, MODEL_PATH, {"name": model}).status_code == 200:  # a new one is theirs
         permission = _permission(creds, "registered_model", model)
-        if permission is not None and not permission["allowed"] and permission["permission"] != "NO_PERMISSIONS":
-            access.model_permission_missing = permission["permission"]
+        if permission is not None and permission not in WRITE_PERMISSIONS:
+            access.model_permission_missing = permission
     return access
 
 
@@ -85,8 +93,9 @@ def _get(creds: Any, path: str, params: dict[str, str]) -> Any:
         raise AccessError(f"MLflow tracking server did not answer: {type(err).__name__}: {err}") from None
 
 
-def _permission(creds: Any, resource_type: str, resource_id: str) -> dict[str, Any] | None:
-    """The server's answer for this user and resource; None when it has no such API."""
+def _permission(creds: Any, resource_type: str, resource_id: str) -> str | None:
+    """The user's permission on the resource, as the server names it; None when it has no such
+    API (an older MLflow, a proxy that does not pass it)."""
     params = {"username": creds.username, "resource_type": resource_type, "resource_id": resource_id}
     response = _get(creds, PERMISSION_PATH, params)
     if response.status_code != 200:
@@ -95,7 +104,21 @@ def _permission(creds: Any, resource_type: str, resource_id: str) -> dict[str, A
         found = response.json()
     except ValueError:
         return None
-    return found if isinstance(found, dict) and "allowed" in found and "permission" in found else None
+    return str(found["permission"]) if isinstance(found, dict) and "permission" in found else None
+
+
+def _is_admin(creds: Any) -> bool:
+    """An admin may do anything (the auth app lets admins past every check), whatever the
+    permission API says of them."""
+    response = _get(creds, CURRENT_USER_PATH, {})
+    try:
+        return response.status_code == 200 and bool(response.json().get("user", {}).get("is_admin"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def _who(creds: Any) -> str:
+    return f"user {creds.username!r}" if creds.username else "this user"
 
 
 def _unauthenticated(creds: Any) -> str:
