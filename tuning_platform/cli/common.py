@@ -21,6 +21,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def add_tracking_uri(parser: argparse.ArgumentParser) -> None:
+    """`--tracking-uri`, found as a job finds it when not given (no spec here)."""
+    parser.add_argument(
+        "--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then {DEFAULT_TRACKING_URI})"
+    )
+
+
 class StoreError(Exception):
     """A store that cannot be read, or a job it does not hold: one line, exit 2."""
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 from tuning_platform.cli.common import (
     OneLineParser,
     StoreError,
+    add_tracking_uri,
     print_out,
     reading,
     store_to_read,
 )
-from tuning_platform.request import DEFAULT_TRACKING_URI
 from tuning_platform.tracking.database import printable
 
 if TYPE_CHECKING:
@@ -32,9 +32,7 @@ def jobs_parser(prog: str) -> OneLineParser:
         epilog=f"Then: {prog} show JOB prints a job's summary again.",
     )
     parser.add_argument("--experiment", metavar="NAME", help="only the jobs of this experiment (a spec's name)")
-    parser.add_argument(
-        "--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then {DEFAULT_TRACKING_URI})"
-    )
+    add_tracking_uri(parser)
     parser.add_argument("--limit", type=int, metavar="N", help="only the newest N jobs")
     return parser
 

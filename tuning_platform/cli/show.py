@@ -8,12 +8,12 @@ import sys
 from tuning_platform.cli.common import (
     OneLineParser,
     StoreError,
+    add_tracking_uri,
     print_out,
     reading,
     store_to_read,
 )
 from tuning_platform.cli.summary import summary_of
-from tuning_platform.request import DEFAULT_TRACKING_URI
 from tuning_platform.tracking.database import printable
 
 
@@ -25,9 +25,7 @@ def show_parser(prog: str) -> OneLineParser:
         epilog=f"Jobs and their names: {prog} jobs",
     )
     parser.add_argument("job", metavar="JOB", help="the job's name (its MLflow parent run's name) or its parent run id")
-    parser.add_argument(
-        "--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then {DEFAULT_TRACKING_URI})"
-    )
+    add_tracking_uri(parser)
     return parser
 
 
