@@ -77,15 +77,19 @@ class MlflowServer:
     port: int
     process: subprocess.Popen | None = None
     app_name: str | None = None  # `basic-auth`: MLflow's users and permissions
-    env: dict[str, str] | None = None
+    env: dict[str, str] | None = None  # added to this process's environment, for the server only
+    backend_store_uri: str | None = None  # default: a SQLite file in `folder`
+    artifacts_destination: str | None = None  # default: a folder in `folder`
+    start_timeout_s: float = 90  # a first start on a new database also makes MLflow's tables there
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        """`mlflow server` with a SQLite store and an artifact folder it serves; the same
-        store and port again after `stop`, as a restarted server."""
+        """`mlflow server` with its store and an artifact destination it serves (proxies); the
+        same store and port again after `stop`, as a restarted server. It runs in `folder`, where
+        a fallback to local artifacts would show."""
         log = self.folder / "server.log"
         self.process = subprocess.Popen(
             [
@@ -93,16 +97,18 @@ class MlflowServer:
                 "--host", "127.0.0.1",
                 "--port", str(self.port),
                 "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-                "--artifacts-destination", str(self.folder / "artifacts"),
+                "--backend-store-uri", self.backend_store_uri or f"sqlite:///{self.folder / 'server.db'}",
+                "--artifacts-destination", self.artifacts_destination or str(self.folder / "artifacts"),
+                "--serve-artifacts",  # MLflow's default, said as cluster.yaml says it
                 *(["--app-name", self.app_name] if self.app_name else []),
             ],
+            cwd=self.folder,
             stdout=log.open("a"),
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its worker processes go down with it
             env={**os.environ, **SERVER_ENV, **(self.env or {})},
         )  # fmt: skip
-        wait_for_http(f"{self.uri}/health", self.process, log)
+        wait_for_http(f"{self.uri}/health", self.process, log, timeout=self.start_timeout_s)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -34,36 +34,6 @@ LOCAL_RECORDS = ("mlruns", "mlartifacts", "artifacts", "mlflow.db")
 
 def without_aws(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith("AWS_")}
-
-
-@dataclass
-class TeamMlflowServer(servers.MlflowServer):
-    """`mlflow server` with a PostgreSQL store and artifacts proxied to S3; the bucket's
-    endpoint and credentials (`s3_env`) are in its environment only."""
-
-    backend_store_uri: str = ""
-    s3_env: dict[str, str] = field(default_factory=dict)
-
-    def start(self) -> None:
-        log = self.folder / "server.log"
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--host", "127.0.0.1",
-                "--port", str(self.port),
-                "--workers", "1",
-                "--backend-store-uri", self.backend_store_uri,
-                "--artifacts-destination", ARTIFACTS,
-                "--serve-artifacts",
-            ],
-            cwd=self.folder,  # where a fallback to local artifacts would show
-            stdout=log.open("a"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**without_aws(os.environ), **servers.SERVER_ENV, **self.s3_env},
-        )  # fmt: skip
-        # Its first start creates MLflow's tables in PostgreSQL (about 10 s here).
-        servers.wait_for_http(f"{self.uri}/health", self.process, log, timeout=180)
 
 
 def bucket_keys(s3_env: dict[str, str]) -> list[str]:
@@ -90,8 +60,14 @@ def test_a_job_against_a_postgres_server_with_artifacts_in_a_bucket_is_served_fr
         servers.postgres_server() as database,
         servers.s3_server(folders["s3"]) as s3_env,
     ):
-        server = TeamMlflowServer(
-            folders["server"], servers.free_port(), backend_store_uri=database.uri(database="mlflow"), s3_env=s3_env
+        # The bucket's endpoint and credentials are in the server's environment only.
+        server = servers.MlflowServer(
+            folders["server"],
+            servers.free_port(),
+            env=s3_env,
+            backend_store_uri=database.uri(database="mlflow"),
+            artifacts_destination=ARTIFACTS,
+            start_timeout_s=180,  # its first start makes MLflow's tables in PostgreSQL (about 10 s here)
         )
         try:
             server.start()
