@@ -202,6 +202,25 @@ def train(config):
 """
 
 
+# A job of STEADY_TRAINABLE (`steady.py` beside the spec): 6 trials of 12 half-second epochs, the
+# experiment named by `.replace("NAME", ...)`.
+STEADY_SPEC = """
+name: NAME
+trainable: steady:train
+metric: score
+mode: max
+search:
+  algorithm: random
+  num_samples: 6
+  seed: 0
+  space:
+    x: {type: uniform, low: 0.0, high: 1.0}
+  fixed: {epochs: 12}
+scheduler: {type: fifo}
+tracking: {register_model: false}
+"""
+
+
 def packing_trainable(together: int) -> str:
     """A trainable module (`train`) whose trials report where they ran and what Ray gave them.
 

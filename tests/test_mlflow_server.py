@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests import servers
-from tests.helpers import SPECS, STEADY_TRAINABLE, assert_ok, cli_env, job_runs, run_cli, write_spec
+from tests.helpers import SPECS, STEADY_SPEC, STEADY_TRAINABLE, assert_ok, cli_env, job_runs, run_cli, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -96,26 +96,9 @@ def check_server_histories(client, experiment_id, trial_runs):
             assert values(queries.metric_histories(client, run_ids, "val_roc_auc")) == expected, setting
 
 
-STEADY_SPEC = """
-name: outage
-trainable: steady:train
-metric: score
-mode: max
-search:
-  algorithm: random
-  num_samples: 6
-  seed: 0
-  space:
-    x: {type: uniform, low: 0.0, high: 1.0}
-  fixed: {epochs: 12}
-scheduler: {type: fifo}
-tracking: {register_model: false}
-"""
-
-
 def test_a_tracking_server_down_for_20_seconds_mid_job_loses_nothing(tmp_path):
     (tmp_path / "steady.py").write_text(STEADY_TRAINABLE)
-    write_spec(tmp_path, STEADY_SPEC)
+    write_spec(tmp_path, STEADY_SPEC.replace("NAME", "outage"))
     with servers.mlflow_server(tmp_path) as server:
         job = subprocess.Popen(
             [sys.executable, "-m", "platform.tune", "spec.yaml", "--tracking-uri", server.uri],

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests import servers
-from tests.helpers import STEADY_TRAINABLE, assert_exit, assert_ok, cli_env, job_runs, run_cli, write_spec
+from tests.helpers import STEADY_SPEC, STEADY_TRAINABLE, assert_exit, assert_ok, cli_env, job_runs, run_cli, write_spec
 from tuning_platform.errors import SpecError
 from tuning_platform.request import check_tracking_uri
 from tuning_platform.tracking import database
@@ -78,25 +78,6 @@ def test_postgresql_uri_takes_whichever_driver_is_installed(postgres, no_driver,
     )
 
 
-STEADY_SPEC = """
-name: NAME
-trainable: steady:train
-metric: score
-mode: max
-search:
-  algorithm: random
-  num_samples: 6
-  max_concurrent: 1
-  seed: 0
-  space:
-    x: {type: uniform, low: 0.0, high: 1.0}
-  fixed: {epochs: 12}
-scheduler: {type: fifo}
-resources: {cpu: 1}
-tracking: {register_model: false}
-"""
-
-
 @pytest.mark.slow
 def test_two_jobs_on_one_database_through_a_restart_lose_nothing(postgres, tmp_path):
     """Two jobs at once on one new database, one with psycopg 3 and one with only psycopg2
@@ -113,7 +94,19 @@ def test_two_jobs_on_one_database_through_a_restart_lose_nothing(postgres, tmp_p
         env = cli_env()
         env["PYTHONPATH"] = extra_path + env["PYTHONPATH"]
         jobs[name] = subprocess.Popen(
-            [sys.executable, "-m", "platform.tune", f"{name}.yaml", "--tracking-uri", database_uri],
+            [
+                sys.executable,
+                "-m",
+                "platform.tune",
+                f"{name}.yaml",
+                "--tracking-uri",
+                database_uri,
+                # One trial at a time on one CPU each: the two jobs share this machine's two.
+                "--set",
+                "search.max_concurrent=1",
+                "--set",
+                "resources.cpu=1",
+            ],  # fmt: skip
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
