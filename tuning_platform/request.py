@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuning_platform.registry.champion import registered_name
 from tuning_platform.spec import (
     MAPPING_SPEC_NAME,
     Spec,
@@ -91,11 +92,7 @@ def build_request(
     trainable = resolve_trainable(loaded, file)
     data = check_against_trainable(loaded, trainable, file)
     uri, source = resolve_tracking_uri(tracking_uri, loaded.tracking.uri)
-    model = loaded.registered_model_name
-    if model is not None and smoke_test:
-        from tuning_platform.registry.champion import SMOKE_SUFFIX
-
-        model += SMOKE_SUFFIX
+    model = registered_name(loaded.registered_model_name, smoke_test)
     access = check_tracking_uri(uri, source, file, experiment=loaded.name, model=model)
     if access is not None and access.model_permission_missing:
         logger.warning(
@@ -170,13 +167,13 @@ def check_tracking_uri(
             pass  # it answered: a proxy in front that wants credentials; `check_server_access` judges them
         except (urllib.error.URLError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
-            raise SpecError(file, source, f"MLflow tracking server not reachable: {reason}", uri) from None
+            raise SpecError(file, source, f"MLflow tracking server not reachable: {reason}", printable(uri)) from None
         from tuning_platform.tracking.server_access import AccessError, check_server_access  # imports MLflow
 
         try:
             return check_server_access(uri, experiment, model)
         except AccessError as err:
-            raise SpecError(file, source, str(err), uri) from None
+            raise SpecError(file, source, str(err), printable(uri)) from None
     elif (store := sqlite_file(uri)) is not None:
         folder = store.resolve().parent  # no `~` expansion: SQLAlchemy opens the path as written
         if not folder.is_dir() or not os.access(folder, os.W_OK):

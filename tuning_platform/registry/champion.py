@@ -35,6 +35,12 @@ METRIC_TAG, VALUE_TAG, MODE_TAG, DATA_TAG = "metric", "metric_value", "mode", "d
 SETTLE_ROUNDS = 20
 
 
+def registered_name(name: str | None, smoke_test: bool) -> str | None:
+    """The registered model a job's versions go to: the spec's, or with `--smoke-test` its
+    `NAME-smoke`, never beside the real versions."""
+    return name + SMOKE_SUFFIX if name is not None and smoke_test else name
+
+
 def data_fingerprint(data: dict[str, Any]) -> str:
     """The resolved data block, and the content of every file it names (a folder: its files'
     names and sizes), so that versions trained on other data are never compared."""

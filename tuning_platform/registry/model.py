@@ -22,10 +22,10 @@ from tuning_platform.registry.champion import (
     DATA_TAG,
     METRIC_TAG,
     MODE_TAG,
-    SMOKE_SUFFIX,
     VALUE_TAG,
     comparable_key,
     data_fingerprint,
+    registered_name,
     settle_champion,
 )
 from tuning_platform.registry.packaging import code_paths, code_requirements
@@ -53,7 +53,7 @@ def register_best(
     None (with a logged note) when there is nothing to register. `best.value` is the figure
     the champion rule compares (with `selection`: the configuration's mean over seeds)."""
     spec = request.spec
-    name = spec.registered_model_name
+    name = registered_name(spec.registered_model_name, request.smoke_test)
     task = request.trainable.task
     if name is None:
         return None
@@ -68,8 +68,6 @@ def register_best(
     if checkpoint is None:
         logger.warning("warning: the best trial left no checkpoint, so no model was registered")
         return None
-    if request.smoke_test:
-        name += SMOKE_SUFFIX
     with checkpoint.as_directory() as directory:
         # The checkpoint was written by the trainables' own loop, so its task is a whole one.
         model, state = rebuild_model(cast(LoopTask, task), directory)
