@@ -18,6 +18,11 @@ from tuning_platform.cli import main
 GOOD = (SPECS / "mlp.yaml").read_text()
 RECOMMENDER = (SPECS / "recommender.yaml").read_text()
 FRAUD = (SPECS / "fraud.yaml").read_text()
+# The shipped mlp spec with two objectives: its metric, and the parameters its model has.
+TWO = GOOD.replace(
+    "metric: val_roc_auc\nmode: max\n",
+    "objectives:\n  - {metric: val_roc_auc, mode: max}\n  - {metric: params, mode: min}\n",
+)
 
 
 def test_help_lists_the_options(capsys):
@@ -101,6 +106,26 @@ BAD_INPUTS = [
         ["--set", "search.warm_start.experiment=earlier"],
         "search.warm_start: no MLflow store at sqlite:///mlflow.db to start from",
     ),
+    # Several objectives, constraints and the selection rule (issue 30).
+    (GOOD, ["--set", "objectives=[{{metric: params, mode: min}}]"], "metric: give either metric:/mode:"),
+    (TWO.replace("metric: params", "metric: val_roc_auc"), [], "objectives: 'val_roc_auc' is listed twice"),
+    (TWO, ["--set", "constraints=[latency_ms < five]"], "constraints: a constraint is 'METRIC OP NUMBER'"),
+    (TWO, ["--set", "constraints=[latency_msec <= 5]"], "constraints.0: mlp does not report this metric"),
+    (GOOD, ["--set", "constraints=[size <= 5]"], "constraints.0: mlp does not report this metric"),
+    (TWO, ["--set", "selection.rule.prefer=val_loss"], "selection.rule.prefer: must name one of the objectives"),
+    (GOOD, ["--set", "selection.rule.prefer=params"], "selection.rule.prefer: must name one of the objectives"),
+    (
+        TWO.replace(
+            "  - {metric: params",
+            "  - {metric: val_loss, mode: min}\n  - {metric: size_mb, mode: min}\n"
+            "  - {metric: latency_ms, mode: min}\n  - {metric: params",
+        ),
+        ["--set", "selection.rule=knee"],
+        "objectives: list should have at most 3 items",
+    ),
+    (TWO, ["--set", "search.sampler.type=nsga2", "--set", "search.algorithm=random"], "nsga2 needs search.algorithm"),
+    (TWO, ["--set", "selection.top_k=2"], "selection.top_k: reseeding (top_k/seeds) is for one objective"),
+    (TWO.replace("mode: min}", "mode: smallest}"), [], "objectives.1.mode: input should be 'max' or 'min'"),
     # SQLAlchemy opens `~/mlflow.db` under a folder named `~`, not the home folder.
     (GOOD, ["--tracking-uri", "sqlite:///~/mlflow.db"], "folder of the SQLite file does not exist"),
 ]

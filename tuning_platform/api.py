@@ -80,7 +80,7 @@ def run_request(request: JobRequest) -> TuneResult:
             raise TuneInterrupted(_stop_word(terminated()), None, terminated()) from None
     if result.interrupted:
         raise TuneInterrupted(_stop_word(terminated()), result, terminated())
-    if result.best is None:
+    if result.best is None and not result.infeasible:
         failed = [row for row in result.rows if row.status == TrialStatus.FAILED]
         reason = f": {failed[0].error}" if failed and failed[0].error else "; see the trial errors above"
         raise TrialsFailedError(f"no trial produced the metric {request.spec.metric!r}{reason}", result)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from tuning_platform.insight import Insight
+    from tuning_platform.search.front import Front
     from tuning_platform.search.selection import Selection
 
 
@@ -87,6 +88,10 @@ class TuneResult:
     insight: Insight | None = None
     # The reseeded top configurations, with `selection` in the spec.
     selection: Selection | None = None
+    # The Pareto front, for a job of several objectives or with constraints.
+    front: Front | None = None
+    # Trials ended well but none met the constraints: nothing registered, and not a failure.
+    infeasible: bool = False
 
     @property
     def best_config(self) -> dict[str, Any] | None:

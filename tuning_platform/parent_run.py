@@ -31,7 +31,7 @@ from tuning_platform.records import (
 )
 from tuning_platform.request import JobRequest
 from tuning_platform.search.selection import Selection
-from tuning_platform.spec import Spec
+from tuning_platform.spec import Spec, spec_settings
 from tuning_platform.tracking.database import printable
 from tuning_platform.tracking.jobs import (
     CHAMPION_AT_END_TAG,
@@ -214,4 +214,4 @@ def _warm_start_tags(request: JobRequest) -> dict[str, str]:
 
 
 def _resolved_yaml(spec: Spec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(spec_settings(spec), sort_keys=False)

@@ -9,6 +9,7 @@ heavy: the CLI's checks, the summary and the tests use it without loading MLflow
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
@@ -107,16 +108,23 @@ def result_step(result: dict[str, Any]) -> int:
     return int(result.get("epoch", result.get("training_iteration", 0)) or 0)
 
 
-def finished_status(last_result: dict[str, Any], metric: str, max_t: int | None) -> TrialStatus:
+def finished_status(last_result: dict[str, Any], metric: str | Sequence[str], max_t: int | None) -> TrialStatus:
     """How a trial that ended without an exception ended: `diverged`, `failed` (it never
-    reported the metric), `early_stopped` (ASHA cut it before max_t) or `completed`."""
+    reported the metric, or one of `metric` when several are given: every objective and
+    constraint's), `early_stopped` (the scheduler cut it before max_t) or `completed`."""
     if last_result.get(DIVERGED_KEY):
         return TrialStatus.DIVERGED
-    if metric not in last_result:
+    if missing_metric(last_result, metric) is not None:
         return TrialStatus.FAILED
     if max_t is None or result_step(last_result) >= max_t:
         return TrialStatus.COMPLETED
     return TrialStatus.EARLY_STOPPED
+
+
+def missing_metric(result: dict[str, Any], metric: str | Sequence[str]) -> str | None:
+    """The first of the metrics the result lacks, or None."""
+    names = [metric] if isinstance(metric, str) else list(metric)
+    return next((name for name in names if name not in result), None)
 
 
 def is_search_trial(tags: dict[str, str]) -> bool:

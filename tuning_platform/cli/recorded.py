@@ -58,7 +58,7 @@ def recorded_outcome(client: MlflowClient, run: Any, tracking_uri: str) -> tuple
     spec = recorded_spec(client, run.info.run_id)
     info, tags, metrics = run.info, run.data.tags, run.data.metrics
     last_run = tags.get(RUN_NAME_TAG, "")
-    trials = recorded_trials(client, info.experiment_id, info.run_id, spec.metric)
+    trials = recorded_trials(client, info.experiment_id, info.run_id, spec.metric, spec.required_metrics)
     rows = [_row(trial, spec, trial.ray_run in ("", last_run)) for trial in trials]
     ended = info.end_time if info.end_time and info.status != "RUNNING" else int(time.time() * 1000)
     result = TuneResult(
@@ -78,7 +78,7 @@ def recorded_outcome(client: MlflowClient, run: Any, tracking_uri: str) -> tuple
         baseline = {k.removeprefix(BASELINE_PREFIX): v for k, v in metrics.items() if k.startswith(BASELINE_PREFIX)}
         result.baseline = (tags[BASELINE_TAG], baseline)
     result.insight = _insight(client, run, spec, trials)
-    if spec.selection is not None and result.best is not None:
+    if spec.selection is not None and spec.selection.reseeds and result.best is not None:
         result.selection = _selection(client, run, spec, rows)
     if info.status == "FINISHED":  # a job registers only at its end
         _registration(client, run, spec, trials, result)
@@ -167,7 +167,7 @@ def _selection(client: MlflowClient, run: Any, spec: Spec, rows: list[TrialRow])
             {},
         )
         runs.setdefault(tags.get(RESEED_OF_TAG, ""), []).append(row)
-    assert spec.selection is not None
+    assert spec.selection is not None and spec.selection.top_k is not None
     candidates = [
         Candidate(source, ranked(runs.get(source.trial_id, []), spec.mode))
         for source in top_configurations(spec, rows, spec.selection.top_k)

@@ -10,13 +10,15 @@ worst possible value for the search, and it ends as a normal (not crashed) trial
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS
 from ray.tune.stopper import Stopper
 
+from tuning_platform.objectives import Objective
 from tuning_platform.ranking import worst_value
-from tuning_platform.records import DIVERGED_KEY
+from tuning_platform.records import DIVERGED_KEY, missing_metric
 
 # Tune fills these in itself; a result with nothing else is a trial that returned, not a report.
 TUNE_RESULT_KEYS = set(AUTO_RESULT_KEYS) | set(DEBUG_METRICS) | {"done", "experiment_tag", "should_checkpoint"}
@@ -52,21 +54,34 @@ class TrialGuard(Stopper):
     `--resume`.
     """
 
-    def __init__(self, metric: str, mode: str, max_t: int | None = None):
+    def __init__(
+        self,
+        metric: str,
+        mode: str,
+        max_t: int | None = None,
+        objectives: Sequence[Objective] = (),
+        required: Sequence[str] = (),
+    ):
         self.metric = metric
         self.mode = mode
         self.max_t = max_t
+        # Every objective (a diverged trial gets the worst of each) and every metric a trial
+        # must report (objectives and constraints); saved before they existed: the metric alone.
+        self.objectives = list(objectives) or [Objective(metric, mode)]
+        self.required = list(required) or [metric]
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         if not reported_names(result):
             return False
-        if self.metric not in result:
+        objectives = getattr(self, "objectives", None) or [Objective(self.metric, self.mode)]
+        if missing_metric(result, getattr(self, "required", None) or self.metric) is not None:
             # Searchers and ASHA skip a result without the metric; the MLflow callback and the
             # summary call the trial failed and name what it did report.
             return True
         if is_diverged(result, self.metric):
             result[DIVERGED_KEY] = True
-            result[self.metric] = worst_value(self.mode)
+            for objective in objectives:
+                result[objective.metric] = worst_value(objective.mode)
             return True
         return self.max_t is not None and int(result.get("epoch", 0) or 0) >= self.max_t
 

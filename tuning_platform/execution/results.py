@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from tuning_platform.execution.guard import missing_metric_error
 from tuning_platform.outcome import TrialRow
 from tuning_platform.ranking import best, score
-from tuning_platform.records import TrialStatus, finished_status, last_error_text
+from tuning_platform.records import TrialStatus, finished_status, last_error_text, missing_metric
 from tuning_platform.spec import Spec
 
 if TYPE_CHECKING:
@@ -31,9 +31,9 @@ def read_trials(spec: Spec, results: ResultGrid) -> list[TrialRow]:
         if result.error is not None:
             status, error = TrialStatus.FAILED, last_error_text(str(result.error))
         else:
-            status = finished_status(last, spec.metric, spec.max_t)
+            status = finished_status(last, spec.required_metrics, spec.max_t)
             if status == TrialStatus.FAILED:
-                error = missing_metric_error(spec.metric, last)
+                error = missing_metric_error(missing_metric(last, spec.required_metrics) or spec.metric, last)
         params = {k: v for k, v in (result.config or {}).items() if k in spec.search.space}
         rows.append(TrialRow(trial_id, status, epochs, value, params, error))
     return rows
@@ -57,8 +57,11 @@ def best_of(column: pd.Series, mode: str) -> float | None:
 
 
 def best_checkpoint(spec: Spec, results: ResultGrid, trial_id: str) -> Checkpoint | None:
-    """The best checkpoint the trial still keeps, by the spec's metric."""
+    """The best checkpoint the trial still keeps, by the spec's metric; with several objectives
+    its latest, which holds the trial's point on the front (its last result)."""
     result = next(r for r in each_result(results) if str((r.metrics or {}).get("trial_id")) == trial_id)
+    if spec.multi_objective and result.checkpoint is not None:
+        return result.checkpoint
     if result.best_checkpoints:
         return result.get_best_checkpoint(spec.metric, spec.mode) or result.checkpoint
     return _train_checkpoint(result, spec.metric, spec.mode)  # a data-parallel trial

@@ -38,7 +38,7 @@ from tuning_platform.records import (
     STORAGE_TAG,
     TIME_TAG,
 )
-from tuning_platform.spec import Spec
+from tuning_platform.spec import Spec, spec_settings
 from tuning_platform.tracking.client import open_client
 from tuning_platform.tracking.database import printable
 from tuning_platform.tracking.queries import search_trial_runs
@@ -74,7 +74,7 @@ def experiment_uri(storage_path: str, run_name: str) -> str:
 
 
 def spec_fingerprint(spec: Spec) -> str:
-    text = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    text = json.dumps(spec_settings(spec), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -85,7 +85,7 @@ def job_of(run_name: str) -> str:
 
 def settings_fingerprint(spec: Spec) -> str:
     """The fingerprint of everything but the budget: what must not change to extend a job."""
-    settings = spec.model_dump(mode="json")
+    settings = spec_settings(spec)
     settings["search"].pop("num_samples")
     settings.pop("budget")
     text = json.dumps(settings, sort_keys=True)

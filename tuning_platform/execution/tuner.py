@@ -104,7 +104,9 @@ def fit(
     callbacks = [
         SurvivingCheckpoints(),
         TrialOutcomes(run_name),
-        setup.tracker.trial_callback(spec.metric, spec.max_t, run_name, shown, sources),
+        setup.tracker.trial_callback(
+            spec.metric, spec.max_t, run_name, shown, sources, tuple(spec.required_metrics[1:])
+        ),
         # Tune's own records of each trial, as it writes them by default: its result grid and
         # `--resume` read them. Its third default, TensorBoard files, is left out (below).
         CSVLoggerCallback(),
@@ -124,7 +126,7 @@ def fit(
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=setup.storage_path,
-            stop=TrialGuard(spec.metric, spec.mode, cut_at),
+            stop=TrialGuard(spec.metric, spec.mode, cut_at, spec.objective_list, spec.required_metrics),
             callbacks=callbacks,
             checkpoint_config=checkpoint_config(spec),
             # The trial's own errors: a trial whose node was lost goes on without spending one

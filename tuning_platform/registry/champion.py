@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuning_platform.errors import JobError
+from tuning_platform.objectives import Objective
 from tuning_platform.ranking import score
 
 if TYPE_CHECKING:
@@ -30,6 +31,12 @@ CHAMPION_ALIAS = "champion"
 SMOKE_SUFFIX = "-smoke"
 # Version tags the champion rule reads.
 METRIC_TAG, VALUE_TAG, MODE_TAG, DATA_TAG = "metric", "metric_value", "mode", "data_fingerprint"
+# A version of a job of several objectives or with constraints: the objectives
+# (`val_accuracy:max,latency_ms:min`), the constraints (`params <= 200000; ...`), the selection
+# rule (`knee`, `prefer:METRIC`), each objective's value (`objective.METRIC`) and its Pareto rank.
+# Absent on a one-objective version without constraints, which compares as before.
+OBJECTIVES_TAG, CONSTRAINTS_TAG, RULE_TAG = "objectives", "constraints", "selection_rule"
+OBJECTIVE_PREFIX, PARETO_RANK_TAG = "objective.", "pareto_rank"
 # Rounds of "set the alias, read again" a job makes before it gives up: each round that does not
 # settle saw another job register or set the alias meanwhile.
 SETTLE_ROUNDS = 20
@@ -115,20 +122,56 @@ def best_comparable(versions: list[ModelVersion], champion: ModelVersion | None)
     if anchor is None:  # cannot be: `keyed` holds only versions with a key
         return None
     group = [v for v in keyed if comparable_key(v) == anchor]
+    if anchor[5] == "knee":
+        return _knee_version(group, anchor[3])
     mode = anchor[1]
     best = max(group, key=lambda v: (score(float(v.tags[VALUE_TAG]), mode), -int(v.version)))
     return str(best.version)
 
 
-def comparable_key(version: ModelVersion | None) -> tuple[str, str, str] | None:
-    tags = version.tags if version is not None else {}
+def _knee_version(group: list[ModelVersion], objectives_text: str) -> str:
+    """Of versions chosen by `knee`, the knee of their non-dominated points (as the rule picks
+    a trial from a job's front; the newest first on a tie)."""
+    from tuning_platform import pareto
+    from tuning_platform.objectives import signed_point
+
+    objectives = objectives_of(objectives_text)
+    group = sorted(group, key=lambda v: -int(v.version))
+    points = [signed_point([float(v.tags[OBJECTIVE_PREFIX + o.metric]) for o in objectives], objectives) for v in group]
+    front = [i for i, rank in enumerate(pareto.nondominated_ranks(points)) if rank == 1]
+    return str(group[front[pareto.knee([points[i] for i in front])]].version)
+
+
+def objectives_of(text: str) -> list[Objective]:
+    """`val_accuracy:max,latency_ms:min` (the objectives tag) as objectives."""
+    return [Objective(*item.rsplit(":", 1)) for item in text.split(",") if item]
+
+
+def objectives_text(objectives: list[Objective]) -> str:
+    return ",".join(f"{o.metric}:{o.mode}" for o in objectives)
+
+
+def comparable_key(version: ModelVersion | None) -> tuple[str, str, str, str, str, str] | None:
+    return comparable_key_of(version.tags if version is not None else {})
+
+
+def comparable_key_of(tags: dict[str, str]) -> tuple[str, str, str, str, str, str] | None:
+    """What must agree for two versions to be compared: metric, mode, data fingerprint, and for
+    a job of several objectives or with constraints its objectives, constraints and rule."""
     try:
         value = float(tags.get(VALUE_TAG, "nan"))
     except ValueError:
         return None
     if not all(tags.get(tag) for tag in (METRIC_TAG, MODE_TAG, DATA_TAG)) or not math.isfinite(value):
         return None
-    return tags[METRIC_TAG], tags[MODE_TAG], tags[DATA_TAG]
+    objectives, rule = tags.get(OBJECTIVES_TAG, ""), tags.get(RULE_TAG, "")
+    if rule == "knee":
+        try:
+            if not all(math.isfinite(float(tags[OBJECTIVE_PREFIX + o.metric])) for o in objectives_of(objectives)):
+                return None
+        except (KeyError, ValueError, TypeError):
+            return None
+    return tags[METRIC_TAG], tags[MODE_TAG], tags[DATA_TAG], objectives, tags.get(CONSTRAINTS_TAG, ""), rule
 
 
 def _versions(client: MlflowClient, name: str) -> list[ModelVersion]:

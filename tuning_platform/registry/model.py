@@ -19,12 +19,19 @@ from tuning_platform.execution.results import best_checkpoint
 from tuning_platform.outcome import Registration, TrialRow
 from tuning_platform.records import TRIAL_ID_TAG, test_metric_name
 from tuning_platform.registry.champion import (
+    CONSTRAINTS_TAG,
     DATA_TAG,
     METRIC_TAG,
     MODE_TAG,
+    OBJECTIVE_PREFIX,
+    OBJECTIVES_TAG,
+    PARETO_RANK_TAG,
+    RULE_TAG,
     VALUE_TAG,
     comparable_key,
+    comparable_key_of,
     data_fingerprint,
+    objectives_text,
     registered_name,
     settle_champion,
 )
@@ -36,6 +43,8 @@ if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
     from tuning_platform.request import JobRequest
+    from tuning_platform.search.front import Front
+    from tuning_platform.spec import Spec
     from tuning_platform.tracking.parent import JobTracker
 
 logger = logging.getLogger(__name__)
@@ -48,6 +57,7 @@ def register_best(
     tracker: JobTracker,
     best: TrialRow,
     extra_tags: dict[str, str] | None = None,
+    front: Front | None = None,
 ) -> Registration | None:
     """Rebuild the best trial's best checkpoint into a model, register it and settle the alias.
     None (with a logged note) when there is nothing to register. `best.value` is the figure
@@ -99,6 +109,7 @@ def register_best(
         "epoch": str(state["epoch"]),
         "parent_run_id": tracker.parent_run_id,
         **{key: repr(value) for key, value in test_metrics.items()},
+        **front_tags(spec, best.trial_id, front),
         **(extra_tags or {}),
     }
     tracker.log_to_parent(metrics=test_metrics)
@@ -112,13 +123,37 @@ def register_best(
     champion = registration.champion_version
     if champion and not registration.took_champion:
         held = tracker.client.get_model_version(name, champion)
-        if comparable_key(held) != (spec.metric, spec.mode, tags[DATA_TAG]):
+        if comparable_key(held) != comparable_key_of(tags):
             registration.notes.append(
                 f"note: version {version} was trained on other data (or another metric) than champion "
                 f"version {champion}, so they were not compared and the champion stays; register other data "
                 "under its own name (tracking.register_model)"
             )
     return registration
+
+
+def front_tags(spec: Spec, trial_id: str, front: Front | None) -> dict[str, str]:
+    """A version of a job of several objectives or with constraints: what it was chosen among
+    and by (the champion compares only versions where these agree), and its point."""
+    if front is None:
+        return {}
+    rule = spec.selection_rule
+    tags = {
+        OBJECTIVES_TAG: objectives_text(front.objectives) if spec.multi_objective else "",
+        CONSTRAINTS_TAG: "; ".join(c.text for c in front.constraints),
+        RULE_TAG: _rule_text(rule, spec.metric) if spec.multi_objective else "",
+    }
+    point = next((p for p in front.points if p.trial_id == trial_id), None)
+    if point is not None:
+        tags[PARETO_RANK_TAG] = str(point.rank)
+        tags.update({OBJECTIVE_PREFIX + o.metric: repr(v) for o, v in zip(front.objectives, point.values, strict=True)})
+    return {key: value for key, value in tags.items() if value}
+
+
+def _rule_text(rule: Any, primary: str) -> str:
+    """The rule as its version tag: `knee`, or `prefer:METRIC` (also the default rule's, the
+    primary objective's, so that a job naming it and one leaving it out compare)."""
+    return "knee" if rule == "knee" else f"prefer:{primary}"
 
 
 def score_on_test(task: Task, model: Any, state: dict[str, Any], dataset: Any) -> dict[str, float]:

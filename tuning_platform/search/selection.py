@@ -105,7 +105,7 @@ def reseed_spec(spec: Spec, runs: int) -> Spec:
 def reseed_top(request: JobRequest, rows: list[TrialRow], setup: RunSetup, run_name: str) -> Selection:
     """Train the top configurations of `rows` again with new seeds, as a further Ray run."""
     spec = request.spec
-    assert spec.selection is not None
+    assert spec.selection is not None and spec.selection.top_k is not None and spec.selection.seeds is not None
     top = top_configurations(spec, rows, spec.selection.top_k)
     seeds = [spec.search.seed + 1 + j for j in range(spec.selection.seeds)]
     points = [({**row.params, "seed": seed}, row.trial_id) for row in top for seed in seeds]

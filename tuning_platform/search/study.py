@@ -15,6 +15,7 @@ pruned trials), never as a finished result.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,22 +51,33 @@ class RecordedTrial:
     start_ms: int = 0
     end_ms: int | None = None
     ray_run: str = ""  # the Ray run it belongs to; empty on runs recorded before that was kept
+    # The last value of each metric the job judges a trial by (the metric, every objective, the
+    # constraints' metrics): its point on the front and whether it is feasible.
+    finals: dict[str, float] = field(default_factory=dict)
 
     @property
     def last_value(self) -> float | None:
         return self.history[-1][1] if self.history else None
 
 
-def recorded_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str) -> list[RecordedTrial]:
-    """The trial runs of one job, oldest first, with the metric's history of each."""
+def recorded_trials(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str, also: Sequence[str] = ()
+) -> list[RecordedTrial]:
+    """The trial runs of one job, oldest first, with the metric's history of each and the last
+    value of the metrics `also` names (a job of several objectives or with constraints)."""
     runs = trial_run_records(client, experiment_id, parent_run_id)
-    histories = metric_histories(client, [run.run_id for run in runs], metric)
+    run_ids = [run.run_id for run in runs]
+    histories = metric_histories(client, run_ids, metric)
+    others = {name: metric_histories(client, run_ids, name) for name in dict.fromkeys(also) if name != metric}
     trials = []
     for run in runs:
         tags = run.tags
-        # A trial resumed from an older checkpoint may have logged an epoch twice: the last counts.
-        logged = sorted(histories[run.run_id], key=lambda m: (m.step, m.timestamp))
-        per_epoch = {m.step: m.value for m in logged if math.isfinite(m.value)}
+        per_epoch = _per_epoch(histories[run.run_id])
+        finals = {metric: per_epoch[max(per_epoch)]} if per_epoch else {}
+        for name, other in others.items():
+            values = _per_epoch(other[run.run_id])
+            if values:
+                finals[name] = values[max(values)]
         trials.append(
             RecordedTrial(
                 trial_id=tags[TRIAL_ID_TAG],
@@ -77,10 +89,18 @@ def recorded_trials(client: MlflowClient, experiment_id: str, parent_run_id: str
                 start_ms=run.start_ms,
                 end_ms=run.end_ms,
                 ray_run=tags.get(RAY_RUN_TAG, ""),
+                finals=finals,
             )
         )
     trials.sort(key=lambda t: (t.start_ms, t.trial_id))
     return trials
+
+
+def _per_epoch(logged: list[Any]) -> dict[int, float]:
+    """Finite values by epoch. A trial resumed from an older checkpoint may have logged an
+    epoch twice: the last counts."""
+    ordered = sorted(logged, key=lambda m: (m.step, m.timestamp))
+    return {m.step: m.value for m in ordered if math.isfinite(m.value)}
 
 
 def best_value(trial: RecordedTrial, mode: str) -> float | None:
@@ -143,21 +163,35 @@ def _parse(text: str | None, domain: Any) -> Any:
     return value if domain.low <= value <= domain.high else None
 
 
-def frozen_trial(trial: RecordedTrial, params: dict[str, Any], dists: dict[str, Any]) -> optuna.trial.FrozenTrial:
-    """The trial as Optuna keeps it: COMPLETE with its last value, or PRUNED (stopped early)."""
+def frozen_trial(
+    trial: RecordedTrial, params: dict[str, Any], dists: dict[str, Any], spec: Spec
+) -> optuna.trial.FrozenTrial | None:
+    """The trial as Optuna keeps it: COMPLETE with the last value of each objective, or PRUNED
+    (stopped early: with one objective with its per-epoch values, with several without, as
+    `optuna_search.TrialSearch` tells a live one), with its constraints; None when a complete
+    trial lacks an objective's value."""
     import optuna
 
-    state = optuna.trial.TrialState.COMPLETE
-    if trial.status == TrialStatus.EARLY_STOPPED:
-        state = optuna.trial.TrialState.PRUNED
+    pruned = trial.status == TrialStatus.EARLY_STOPPED
+    several = spec.multi_objective
+    values = [final_value(trial, o.metric, spec) for o in spec.objective_list]
+    if not pruned and any(value is None for value in values):
+        return None
     return optuna.trial.create_trial(
-        state=state,
-        value=trial.last_value,
+        state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
+        value=trial.last_value if pruned and not several else None,
+        values=None if pruned else values,  # type: ignore[arg-type]  # none is None (checked above)
         params=params,
         distributions={name: dists[name] for name in params},
-        intermediate_values=dict(trial.history),
+        intermediate_values=None if several else dict(trial.history),
         user_attrs={TRIAL_ID_TAG: trial.trial_id, "parent_run_id": trial.parent_run_id},
+        constraints={c.text: c.violation(final_value(trial, c.metric, spec)) for c in spec.constraint_list} or None,
     )
+
+
+def final_value(trial: RecordedTrial, metric: str, spec: Spec) -> float | None:
+    """The trial's last value of a metric (the spec's metric: the last of its history)."""
+    return trial.last_value if metric == spec.metric else trial.finals.get(metric)
 
 
 def study_of(
@@ -173,7 +207,7 @@ def study_of(
     study = optuna.create_study(
         storage=storage or optuna.storages.InMemoryStorage(),
         study_name=spec.name,
-        direction=direction(spec.mode),
+        directions=[direction(o.mode) for o in spec.objective_list],
     )
     skipped = 0
     for trial in trials:
@@ -183,7 +217,9 @@ def study_of(
         if params is None:
             skipped += 1
             continue
-        study.add_trial(frozen_trial(trial, params, dists))
+        frozen = frozen_trial(trial, params, dists, spec)
+        if frozen is not None:
+            study.add_trial(frozen)
     return study, skipped
 
 
@@ -194,14 +230,20 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def build_sampler(spec: Spec, history_size: int = 0) -> optuna.samplers.TPESampler:
+def build_sampler(spec: Spec, history_size: int = 0) -> optuna.samplers.BaseSampler:
     """TPE with the spec's stated settings (`search.sampler`), seeded by `search.seed`, over a
-    bounded window of a long study (`sampler.py`).
+    bounded window of a long study (`sampler.py`); or NSGA-II with its population size.
 
     A searcher that starts from earlier trials has its seed moved on by their count: with the
     job's own seed an extension would first propose again what the job began with.
     """
     settings = spec.search.sampler
+    if settings.type == "nsga2":
+        import optuna
+
+        return optuna.samplers.NSGAIISampler(
+            population_size=settings.population_size, seed=spec.search.seed + history_size
+        )
     return WindowedTPESampler(
         window=settings.window,
         seed=spec.search.seed + history_size,

@@ -49,5 +49,9 @@ def warm_start_trials(client: MlflowClient, spec: Spec, spec_file: str) -> WarmS
                 spec_file, "search.warm_start.parent_runs", "is a trial run; give its job's parent run", run_id
             )
         parents.append((run.info.experiment_id, run_id))
-    trials = [t for experiment, run_id in parents for t in recorded_trials(client, experiment, run_id, spec.metric)]
+    trials = [
+        trial
+        for experiment, run_id in parents
+        for trial in recorded_trials(client, experiment, run_id, spec.metric, spec.required_metrics)
+    ]
     return WarmStart(trials=trials, parent_run_ids=[run_id for _, run_id in parents])

@@ -25,6 +25,7 @@ from tuning_platform.spec.schema import (
     SamplerSpec,
     Spec,
     UniformDomain,
+    spec_settings,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "Spec",
     "SpecError",
     "UniformDomain",
+    "spec_settings",
     "apply_override",
     "load_spec",
     "param_space",

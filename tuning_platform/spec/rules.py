@@ -6,7 +6,7 @@ import math
 import re
 
 from tuning_platform.errors import SpecError
-from tuning_platform.spec.schema import PARAM_PATTERN, ChoiceDomain, Spec
+from tuning_platform.spec.schema import PARAM_PATTERN, ChoiceDomain, PreferRule, Spec
 
 
 def check_relations(spec: Spec, file: str) -> None:
@@ -40,6 +40,22 @@ def check_relations(spec: Spec, file: str) -> None:
     if spec.search.warm_start is not None and spec.search.algorithm != "optuna":
         raise SpecError(
             file, "search.warm_start", "needs algorithm: optuna (random search learns nothing)", spec.search.algorithm
+        )
+    if spec.search.sampler.type == "nsga2" and spec.search.algorithm != "optuna":
+        raise SpecError(file, "search.sampler.type", "nsga2 needs search.algorithm: optuna", "nsga2")
+    rule = spec.selection_rule
+    names = [objective.metric for objective in spec.objective_list]
+    if isinstance(rule, PreferRule) and rule.prefer not in names:
+        rule_text = f"must name one of the objectives ({', '.join(names)})"
+        raise SpecError(file, "selection.rule.prefer", rule_text, rule.prefer)
+    if spec.selection is not None and spec.selection.reseeds and (spec.multi_objective or spec.constraints):
+        # Reseeding picks by one mean; for a front it would need the rule over each objective's mean.
+        raise SpecError(
+            file,
+            "selection.top_k",
+            "reseeding (top_k/seeds) is for one objective without constraints; with objectives or constraints "
+            "give selection: {rule: ...} alone",
+            spec.selection.top_k,
         )
     if spec.search.algorithm == "optuna":
         for param, domain in spec.search.space.items():

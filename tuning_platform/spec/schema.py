@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from tuning_platform.objectives import Constraint, Objective, parse_constraint
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 PARAM_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -72,9 +74,14 @@ DOMAIN_TYPES = ("uniform", "loguniform", "int", "choice")
 
 
 class SamplerSpec(StrictModel):
-    """Optuna TPE's settings, stated rather than left to Optuna's defaults (Optuna 5 changed
-    several), so a job proposes the same way on another Optuna version. Logged on the parent run."""
+    """Optuna's sampler and its settings, stated rather than left to Optuna's defaults (Optuna 5
+    changed several), so a job proposes the same way on another Optuna version. Logged on the
+    parent run. `tpe` (the default, for one objective or several) or `nsga2` (Optuna's NSGA-II,
+    a genetic search over several objectives); the TPE settings below are TPE's only."""
 
+    type: Literal["tpe", "nsga2"] = "tpe"
+    # NSGA-II's generation: its first `population_size` trials are random.
+    population_size: int = Field(default=50, ge=2)
     n_startup_trials: int = Field(default=10, ge=0)
     n_ei_candidates: int = Field(default=24, ge=1)
     # One joint density over all parameters instead of one per parameter.
@@ -145,20 +152,57 @@ class BudgetSpec(StrictModel):
     time_s: float | None = Field(default=None, gt=0)
 
 
-class SelectionSpec(StrictModel):
-    """A robust champion: the `top_k` configurations of the search trained again with `seeds`
-    new seeds each, to the full epoch budget; the best mean wins."""
+class PreferRule(StrictModel):
+    """The best feasible trial on one objective."""
 
-    top_k: int = Field(default=3, ge=1)
-    seeds: int = Field(default=3, ge=2)
+    prefer: str = Field(min_length=1)
+
+
+# `knee`: the front's point nearest the ideal point, each objective scaled to [0, 1].
+SelectionRule = Literal["knee"] | PreferRule
+
+
+class SelectionSpec(StrictModel):
+    """Which model is registered. `rule` picks one trial from the feasible Pareto front of a
+    several-objective job (default: the best on the first objective). `top_k`/`seeds`: a robust
+    champion, the `top_k` configurations of the search trained again with `seeds` new seeds each,
+    to the full epoch budget; the best mean (by the rule) wins. Given alone, `rule` reseeds
+    nothing; `top_k` and `seeds` default to 3 each when either is given, or when `rule` is not."""
+
+    top_k: int | None = Field(default=None, ge=1)
+    seeds: int | None = Field(default=None, ge=2)
+    rule: SelectionRule | None = None
+
+    @model_validator(mode="after")
+    def _reseed_defaults(self) -> SelectionSpec:
+        if self.rule is None or self.top_k is not None or self.seeds is not None:
+            self.top_k = 3 if self.top_k is None else self.top_k
+            self.seeds = 3 if self.seeds is None else self.seeds
+        return self
+
+    @property
+    def reseeds(self) -> bool:
+        """Whether the top configurations are trained again with new seeds."""
+        return self.top_k is not None
+
+
+class ObjectiveSpec(StrictModel):
+    metric: str = Field(min_length=1)
+    mode: Literal["max", "min"]
 
 
 class Spec(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
     description: str | None = None
     trainable: str = Field(min_length=1)
+    # One objective (`metric` and `mode`), or several (`objectives`): exactly one of the two forms
+    # (`load.validate_spec` says so). With `objectives`, `metric`/`mode` are the primary objective
+    # (`_primary_objective`): what Tune, checkpoint retention and a one-number summary read.
     metric: str = Field(min_length=1)
     mode: Literal["max", "min"]
+    objectives: list[ObjectiveSpec] | None = Field(default=None, min_length=1, max_length=3)
+    # `"latency_ms <= 5"`: a reported metric, an operator, a number. Judged on a trial's last result.
+    constraints: list[str] = Field(default_factory=list)
     data: dict[str, Any] = Field(default_factory=dict)
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -168,6 +212,60 @@ class Spec(StrictModel):
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     selection: SelectionSpec | None = None
     storage_path: str | None = None
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints_parse(cls, constraints: list[str]) -> list[str]:
+        for text in constraints:
+            parse_constraint(text)
+        return constraints
+
+    @model_validator(mode="before")
+    @classmethod
+    def _primary_objective(cls, raw: Any) -> Any:
+        """With `objectives`, metric and mode are its primary objective: the one
+        `selection.rule.prefer` names, else the first."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("objectives"), list):
+            return raw
+        listed = [o for o in raw["objectives"] if isinstance(o, dict) and isinstance(o.get("metric"), str)]
+        if not listed:
+            return raw
+        selection = raw.get("selection")
+        rule = selection.get("rule") if isinstance(selection, dict) else None
+        prefer = rule.get("prefer") if isinstance(rule, dict) else None
+        primary = next((o for o in listed if o["metric"] == prefer), listed[0])
+        return {**raw, "metric": primary["metric"], "mode": primary.get("mode")}
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives_named_once(cls, objectives: list[ObjectiveSpec] | None) -> list[ObjectiveSpec] | None:
+        names = [objective.metric for objective in objectives or []]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"{twice[0]!r} is listed twice")
+        return objectives
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        """The objectives in the spec's order (one: the metric and its mode)."""
+        if self.objectives is None:
+            return [Objective(self.metric, self.mode)]
+        return [Objective(objective.metric, objective.mode) for objective in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objectives is not None and len(self.objectives) > 1
+
+    @property
+    def constraint_list(self) -> list[Constraint]:
+        return [parse_constraint(text) for text in self.constraints]
+
+    @property
+    def required_metrics(self) -> list[str]:
+        """What every trial must report: the primary objective first, the other objectives,
+        the constraints' metrics."""
+        names = [self.metric, *(o.metric for o in self.objective_list), *(c.metric for c in self.constraint_list)]
+        return list(dict.fromkeys(names))
 
     @property
     def epochs(self) -> int | None:
@@ -182,7 +280,38 @@ class Spec(StrictModel):
         return self.scheduler.max_t or self.epochs
 
     @property
+    def selection_rule(self) -> Literal["knee"] | PreferRule | None:
+        return self.selection.rule if self.selection is not None else None
+
+    @property
     def registered_model_name(self) -> str | None:
         if self.tracking.register_model is False:
             return None
         return self.tracking.register_model or self.name
+
+
+# Keys added after jobs were recorded, left out of a spec's settings while at their defaults so
+# that the fingerprints `--resume` compares stay those of the jobs that exist.
+_LATER_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("objectives",): None,
+    ("constraints",): [],
+    ("search", "sampler", "type"): "tpe",
+    ("search", "sampler", "population_size"): 50,
+    ("selection", "rule"): None,
+}
+
+
+def spec_settings(spec: Spec) -> dict[str, Any]:
+    """The spec as plain data, in the form its user wrote: with `objectives`, no metric/mode
+    (they are derived); keys added later left out while at their defaults."""
+    settings = spec.model_dump(mode="json")
+    if spec.objectives is not None:
+        settings.pop("metric")
+        settings.pop("mode")
+    for path, default in _LATER_DEFAULTS.items():
+        node: Any = settings
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(path[-1], default) == default:
+            node.pop(path[-1], None)
+    return settings

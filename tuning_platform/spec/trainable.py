@@ -91,9 +91,23 @@ def check_against_trainable(spec: Spec, trainable: ResolvedTrainable, file: str)
                 got = spec.data.get(loc[0]) if loc else None
             path = ".".join(["data", *loc])
             raise SpecError(file, path, message[:1].lower() + message[1:], got) from None
-    if trainable.metrics is not None and spec.metric not in trainable.metrics:
-        hint = difflib.get_close_matches(spec.metric, trainable.metrics, n=1)
-        rule = f"{spec.trainable} does not report this metric"
-        rule += f", did you mean '{hint[0]}'?" if hint else f"; it reports {', '.join(trainable.metrics)}"
-        raise SpecError(file, "metric", rule, spec.metric)
+    if trainable.metrics is None:  # a user's trainable: a metric it never reports fails its first result
+        return data
+    for path, metric in _named_metrics(spec):
+        if metric not in trainable.metrics:
+            hint = difflib.get_close_matches(metric, trainable.metrics, n=1)
+            rule = f"{spec.trainable} does not report this metric"
+            rule += f", did you mean '{hint[0]}'?" if hint else f"; it reports {', '.join(trainable.metrics)}"
+            raise SpecError(file, path, rule, metric)
     return data
+
+
+def _named_metrics(spec: Spec) -> list[tuple[str, str]]:
+    """Each metric the spec names, with its key path: the metric, or each objective, and each
+    constraint's."""
+    if spec.objectives is None:
+        named = [("metric", spec.metric)]
+    else:
+        named = [(f"objectives.{i}.metric", o.metric) for i, o in enumerate(spec.objectives)]
+    named += [(f"constraints.{i}", c.metric) for i, c in enumerate(spec.constraint_list)]
+    return named

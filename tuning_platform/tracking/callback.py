@@ -36,6 +36,7 @@ from tuning_platform.records import (
     config_key,
     finished_status,
     last_error_text,
+    missing_metric,
     result_step,
     trial_params,
     trial_run_name,
@@ -73,6 +74,7 @@ class TrialRunsCallback(Callback):
         ray_run: str = "",
         shown_params: tuple[str, ...] = (),
         reseed: dict[str, str] | None = None,
+        required: tuple[str, ...] = (),
     ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -85,6 +87,8 @@ class TrialRunsCallback(Callback):
         self.shown_params = tuple(shown_params)
         # Reseeded runs of `selection` (trial_status=reseed): their config key -> source trial.
         self.reseed = dict(reseed or {})
+        # The other metrics a trial must report: further objectives and the constraints' metrics.
+        self.required = tuple(required)
         self._writer: RunWriter | None = None
         # Trial runs of this parent so far: the next one is numbered after them.
         self._numbered = 0
@@ -288,14 +292,16 @@ class TrialRunsCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
         epochs = result_step(last)
-        status = finished_status(last, self.metric, self.max_t)
+        # Saved by a version without `required`, a resumed callback has none.
+        required = [self.metric, *getattr(self, "required", ())]
+        status = finished_status(last, required, self.max_t)
         # A reseeded run stays `reseed`, so it never counts as a trial of the search.
         ended_as = TrialStatus.RESEED if self.reseed else status
         tags = [RunTag(TRIAL_STATUS_TAG, ended_as.value), RunTag(EPOCHS_RUN_TAG, str(epochs))]
         if self.reseed:
             tags.append(RunTag(OUTCOME_TAG, status.value))
         if status == TrialStatus.FAILED:
-            tags.append(RunTag(ERROR_TAG, missing_metric_error(self.metric, last)))
+            tags.append(RunTag(ERROR_TAG, missing_metric_error(missing_metric(last, required) or self.metric, last)))
         self._end(trial.trial_id, tags, RUN_STATUS[status])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -101,13 +101,22 @@ class JobTracker:
         ray_run: str = "",
         shown_params: tuple[str, ...] = (),
         reseed: dict[str, str] | None = None,
+        required: tuple[str, ...] = (),
     ) -> TrialRunsCallback:
         # Imported here: it imports Ray Tune (seconds), which a process that only opens, reads
         # or closes runs (the checks of `--resume`, a second job's store) never needs.
         from tuning_platform.tracking.callback import TrialRunsCallback
 
         return TrialRunsCallback(
-            self.tracking_uri, self.experiment_id, self.parent_run_id, metric, max_t, ray_run, shown_params, reseed
+            self.tracking_uri,
+            self.experiment_id,
+            self.parent_run_id,
+            metric,
+            max_t,
+            ray_run,
+            shown_params,
+            reseed,
+            required,
         )
 
     def close_trial_runs(self, statuses: dict[str, TrialStatus], errors: dict[str, str] | None = None) -> None:
