@@ -1,5 +1,7 @@
-"""How Tune searches a job's space: Optuna TPE (or random search), ASHA (or FIFO), and the
-`TuneConfig` that holds them with the samples, concurrency and actor reuse."""
+"""How Tune searches a job's space: Optuna TPE or NSGA-II (or random search) over the job's
+objectives and constraints, ASHA (several objectives or constraints: the multi-objective ASHA of
+`mo_asha.py`) or FIFO, and the `TuneConfig` that holds them with the samples, concurrency and
+actor reuse."""
 
 from __future__ import annotations
 
@@ -18,18 +20,26 @@ if TYPE_CHECKING:
 def build_search(
     spec: Spec, history: list[RecordedTrial] | None = None, points: list[dict[str, Any]] | None = None
 ) -> Any:
-    """Optuna TPE with the spec's sampler settings (or random search). `history`: earlier
+    """Optuna with the spec's sampler and settings (or random search). `history`: earlier
     trials the searcher starts from (an extended or warm-started job); those that fit the
-    space are added to its study as finished trials, so TPE weighs them as its own.
+    space are added to its study as finished trials, so the sampler weighs them as its own.
     `points`: configurations random search runs first (the reseeded ones of `selection`)."""
     if spec.search.algorithm == "optuna":
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
+
+        from tuning_platform.search.optuna_search import TrialSearch  # imports Ray Tune
 
         # OptunaSearch opens the study of that name in the storage it is given (load_if_exists).
         storage = optuna.storages.InMemoryStorage()
         study_of(spec, history or [], storage)
-        return OptunaSearch(sampler=build_sampler(spec, len(history or [])), storage=storage, study_name=spec.name)
+        return TrialSearch(
+            objectives=spec.objective_list,
+            constraints=spec.constraint_list,
+            horizon=spec.max_t if spec.scheduler.type == "asha" else None,
+            sampler=build_sampler(spec, len(history or [])),
+            storage=storage,
+            study_name=spec.name,
+        )
     from ray.tune.search import BasicVariantGenerator
 
     return BasicVariantGenerator(points_to_evaluate=points, random_state=spec.search.seed)
@@ -38,6 +48,18 @@ def build_search(
 def build_scheduler(spec: Spec) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    if spec.scheduler.type == "asha" and (spec.multi_objective or spec.constraints):
+        from tuning_platform.execution.mo_asha import MultiObjectiveASHA  # imports Ray Tune
+
+        assert spec.max_t is not None  # the spec's rules require a horizon for ASHA
+        return MultiObjectiveASHA(
+            time_attr="epoch",
+            objectives=spec.objective_list,
+            constraints=spec.constraint_list,
+            max_t=spec.max_t,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
     if spec.scheduler.type == "asha":
         assert spec.max_t is not None  # the spec's rules require a horizon for ASHA
         return ASHAScheduler(

@@ -37,6 +37,10 @@ class TrialSearch(OptunaSearch):
     """OptunaSearch over the spec's objectives and constraints; `horizon`: the epochs a trial
     may train (None: no scheduler stops trials early, every trial that ends is complete)."""
 
+    # False: a stopped trial is told as Ray tells it (COMPLETE with its last value). Only
+    # `benchmarks/search.py` sets it, to measure the two side by side.
+    PRUNE_STOPPED = True
+
     def __init__(
         self,
         *,
@@ -66,7 +70,8 @@ class TrialSearch(OptunaSearch):
             # Optuna refuses NaN, takes infinity: a metric the trial never reported is infeasible.
             ot_trial.set_constraint(constraint.text, amount)
         metrics = [o.metric for o in self.objectives] + [c.metric for c in self.constraints]
-        if finished_status(result, metrics, self.horizon) != TrialStatus.EARLY_STOPPED:
+        stopped = finished_status(result, metrics, self.horizon) == TrialStatus.EARLY_STOPPED
+        if not (stopped and self.PRUNE_STOPPED):
             super().on_trial_complete(trial_id, result, error)
             return
         assert self._ot_study is not None  # set up before the first trial was suggested
