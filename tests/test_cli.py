@@ -124,7 +124,6 @@ BAD_INPUTS = [
         "objectives: list should have at most 3 items",
     ),
     (TWO, ["--set", "search.sampler.type=nsga2", "--set", "search.algorithm=random"], "nsga2 needs search.algorithm"),
-    (TWO, ["--set", "selection.top_k=2"], "selection.top_k: reseeding (top_k/seeds) is for one objective"),
     (TWO.replace("mode: min}", "mode: smallest}"), [], "objectives.1.mode: input should be 'max' or 'min'"),
     # SQLAlchemy opens `~/mlflow.db` under a folder named `~`, not the home folder.
     (GOOD, ["--tracking-uri", "sqlite:///~/mlflow.db"], "folder of the SQLite file does not exist"),

@@ -12,7 +12,6 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tuning_platform.cluster.capacity import Capacity, TrialResources, fit_resources
@@ -27,9 +26,9 @@ from tuning_platform.insight import write_insight
 from tuning_platform.outcome import TrialRow, TuneResult, best_trial
 from tuning_platform.parent_run import log_outcome, log_selection, open_parent_run
 from tuning_platform.records import TrialStatus
-from tuning_platform.registry.model import register_best
+from tuning_platform.registry.model import front_tags, register_best
 from tuning_platform.request import JobRequest
-from tuning_platform.search.front import Front, job_front, judged
+from tuning_platform.search.front import deployable, job_front, judged
 from tuning_platform.search.selection import reseed_top
 from tuning_platform.search.study import RecordedTrial, as_row, recorded_trials
 from tuning_platform.spec import Spec
@@ -84,12 +83,12 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
             _add_earlier_trials(spec, recorded, run_name, result)
             if judged(spec):  # several objectives or constraints: the front decides what is deployable
                 result.front = job_front(spec, recorded)
-                _choose_from_front(spec, result.front, result)
+                result.best, result.infeasible = deployable(spec, result.front, result.rows)
             _write_insight(spec, recorded, tracker, result)
             registered = result.best
             reseeds = spec.selection is not None and spec.selection.reseeds
             if reseeds and result.best is not None and not result.interrupted:
-                selection = reseed_top(request, result.rows, setup, run_name)
+                selection = reseed_top(request, result.rows, setup, run_name, result.front)
                 result.selection, result.interrupted = selection, selection.interrupted
                 results, registered = selection.results, selection.registered_row
                 ran_here |= {run.trial_id for c in selection.candidates for run in c.runs}
@@ -99,34 +98,6 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
                 _register_and_finish(request, results, dataset, tracker, result, ran_here, registered)
         result.wall_s = time.time() - started
         return result
-
-
-def _choose_from_front(spec: Spec, front: Front, result: TuneResult) -> None:
-    """The trial to register: with several objectives the one the selection rule picks from the
-    feasible front (its row's value: its last value of the primary objective, the point on the
-    front); with constraints alone the best feasible trial. None feasible: nothing is registered,
-    the job still ends well, and a warning names the trial that came closest."""
-    rows = {row.trial_id: row for row in result.rows}
-    if spec.multi_objective:
-        chosen = front.chosen(spec.selection_rule)
-        row = rows.get(chosen.trial_id) if chosen is not None else None
-        primary = [o.metric for o in front.objectives].index(spec.metric)
-        result.best = None if row is None or chosen is None else replace(row, value=chosen.values[primary])
-    else:
-        feasible = {point.trial_id for point in front.feasible}
-        result.best = best_trial([row for row in result.rows if row.trial_id in feasible], spec.mode)
-    closest = front.closest_infeasible()
-    if result.best is None and not front.feasible and closest is not None:
-        result.infeasible = True
-        missed = ", ".join(
-            f"{c.text} (got {closest.trial.finals.get(c.metric, float('nan')):.4g})" for c in closest.violated
-        )
-        logger.warning(
-            "warning: no trial meets the constraints, so nothing was registered; the closest is trial %s, "
-            "which misses %s",
-            closest.trial_id,
-            missed,
-        )
 
 
 def _run_spec(spec: Spec, resume: ResumeTarget | None) -> Spec:
@@ -267,7 +238,9 @@ def _register_and_finish(
             "run left it."
         )
     elif registered is not None:
-        result.registration = register_best(request, results, dataset, tracker, registered, extra, result.front)
+        source = result.selection.chosen.source.trial_id if result.selection and result.selection.chosen else None
+        extra |= front_tags(spec, result.front, registered, source or registered.trial_id)
+        result.registration = register_best(request, results, dataset, tracker, registered, extra)
         if result.registration is not None:
             result.notes.extend(result.registration.notes)
     log_outcome(tracker, spec, result)

@@ -25,6 +25,8 @@ class TrialRow:
     value: float | None  # best finite value of the spec's metric over the trial's epochs
     params: dict[str, Any]
     error: str | None = None  # a failed trial's last error line
+    # The last value of each metric the job judges a trial by (its objectives and constraints).
+    finals: dict[str, float] = field(default_factory=dict)
 
 
 def stable(rows: list[TrialRow]) -> list[TrialRow]:

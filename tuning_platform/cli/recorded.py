@@ -39,6 +39,7 @@ from tuning_platform.records import (
     TrialStatus,
 )
 from tuning_platform.registry.champion import DATA_TAG, comparable_key
+from tuning_platform.search.front import deployable, job_front, judged
 from tuning_platform.search.study import RecordedTrial, as_row, best_value, fitting_params, recorded_trials
 from tuning_platform.spec import Spec, SpecError, validate_spec
 from tuning_platform.tracking.jobs import registered_by
@@ -77,6 +78,9 @@ def recorded_outcome(client: MlflowClient, run: Any, tracking_uri: str) -> tuple
     if tags.get(BASELINE_TAG):
         baseline = {k.removeprefix(BASELINE_PREFIX): v for k, v in metrics.items() if k.startswith(BASELINE_PREFIX)}
         result.baseline = (tags[BASELINE_TAG], baseline)
+    if judged(spec):  # as the job chose: from the front
+        result.front = job_front(spec, trials)
+        result.best, result.infeasible = deployable(spec, result.front, rows)
     result.insight = _insight(client, run, spec, trials)
     if spec.selection is not None and spec.selection.reseeds and result.best is not None:
         result.selection = _selection(client, run, spec, rows)

@@ -35,8 +35,13 @@ def read_trials(spec: Spec, results: ResultGrid) -> list[TrialRow]:
             if status == TrialStatus.FAILED:
                 error = missing_metric_error(missing_metric(last, spec.required_metrics) or spec.metric, last)
         params = {k: v for k, v in (result.config or {}).items() if k in spec.search.space}
-        rows.append(TrialRow(trial_id, status, epochs, value, params, error))
+        finals = {m: float(last[m]) for m in spec.required_metrics if _number(last.get(m))}
+        rows.append(TrialRow(trial_id, status, epochs, value, params, error, finals))
     return rows
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def each_result(results: ResultGrid) -> Iterator[Result]:

@@ -57,7 +57,6 @@ def register_best(
     tracker: JobTracker,
     best: TrialRow,
     extra_tags: dict[str, str] | None = None,
-    front: Front | None = None,
 ) -> Registration | None:
     """Rebuild the best trial's best checkpoint into a model, register it and settle the alias.
     None (with a logged note) when there is nothing to register. `best.value` is the figure
@@ -109,7 +108,6 @@ def register_best(
         "epoch": str(state["epoch"]),
         "parent_run_id": tracker.parent_run_id,
         **{key: repr(value) for key, value in test_metrics.items()},
-        **front_tags(spec, best.trial_id, front),
         **(extra_tags or {}),
     }
     tracker.log_to_parent(metrics=test_metrics)
@@ -132,21 +130,26 @@ def register_best(
     return registration
 
 
-def front_tags(spec: Spec, trial_id: str, front: Front | None) -> dict[str, str]:
+def front_tags(spec: Spec, front: Front | None, registered: TrialRow, source_trial: str) -> dict[str, str]:
     """A version of a job of several objectives or with constraints: what it was chosen among
-    and by (the champion compares only versions where these agree), and its point."""
+    and by (the champion compares only versions where these agree), its value of each objective
+    (its last ones; with `selection`, the means over seeds) and the Pareto rank of the trial it
+    comes from (`source_trial`: itself, or the search trial a reseeded run trained again)."""
     if front is None:
         return {}
-    rule = spec.selection_rule
     tags = {
         OBJECTIVES_TAG: objectives_text(front.objectives) if spec.multi_objective else "",
         CONSTRAINTS_TAG: "; ".join(c.text for c in front.constraints),
-        RULE_TAG: _rule_text(rule, spec.metric) if spec.multi_objective else "",
+        RULE_TAG: _rule_text(spec.selection_rule, spec.metric) if spec.multi_objective else "",
+        **{
+            OBJECTIVE_PREFIX + o.metric: repr(registered.finals[o.metric])
+            for o in front.objectives
+            if o.metric in registered.finals
+        },
     }
-    point = next((p for p in front.points if p.trial_id == trial_id), None)
+    point = next((p for p in front.points if p.trial_id == source_trial), None)
     if point is not None:
         tags[PARETO_RANK_TAG] = str(point.rank)
-        tags.update({OBJECTIVE_PREFIX + o.metric: repr(v) for o, v in zip(front.objectives, point.values, strict=True)})
     return {key: value for key, value in tags.items() if value}
 
 

@@ -14,14 +14,19 @@ minus 10% of its range), stated beside it wherever it is written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import math
+from dataclasses import dataclass, field, replace
 
 from tuning_platform import pareto
 from tuning_platform.objectives import Constraint, Objective, signed_point
+from tuning_platform.outcome import TrialRow, best_trial
 from tuning_platform.records import LEARNED_FROM
 from tuning_platform.search.study import RecordedTrial, final_value
 from tuning_platform.spec import Spec
 from tuning_platform.spec.schema import PreferRule, SelectionRule
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,3 +142,33 @@ def job_front(spec: Spec, trials: list[RecordedTrial]) -> Front:
             feasible_so_far.append(signed[i])
         growth.append((count, pareto.hypervolume(feasible_so_far, reference_signed) if feasible_so_far else 0.0))
     return Front(objectives, constraints, points, reference, growth[-1][1], growth)
+
+
+def deployable(spec: Spec, front: Front, rows: list[TrialRow]) -> tuple[TrialRow | None, bool]:
+    """The trial to register, and whether none was because no trial meets the constraints.
+
+    With several objectives: the one the selection rule picks from the feasible front, its row
+    valued at its point (its last value of the primary objective). With constraints alone: the
+    best feasible trial. When trials ended well but none is feasible, nothing is registered,
+    the job still ends well, and a warning names the trial that came closest."""
+    by_id = {row.trial_id: row for row in rows}
+    best: TrialRow | None = None
+    if spec.multi_objective:
+        chosen = front.chosen(spec.selection_rule)
+        row = by_id.get(chosen.trial_id) if chosen is not None else None
+        if row is not None and chosen is not None:
+            primary = [o.metric for o in front.objectives].index(spec.metric)
+            best = replace(row, value=chosen.values[primary])
+    else:
+        feasible = {point.trial_id for point in front.feasible}
+        best = best_trial([row for row in rows if row.trial_id in feasible], spec.mode)
+    closest = front.closest_infeasible()
+    if best is not None or front.feasible or closest is None:
+        return best, False
+    missed = ", ".join(f"{c.text} (got {closest.trial.finals.get(c.metric, math.nan):.4g})" for c in closest.violated)
+    logger.warning(
+        "warning: no trial meets the constraints, so nothing was registered; the closest is trial %s, which misses %s",
+        closest.trial_id,
+        missed,
+    )
+    return None, True

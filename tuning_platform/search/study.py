@@ -117,7 +117,7 @@ def as_row(trial: RecordedTrial, spec: Spec) -> TrialRow:
     status = TrialStatus.INTERRUPTED if trial.status == TrialStatus.RUNNING else trial.status
     epochs = trial.history[-1][0] if trial.history else 0
     params = fitting_params(trial, spec) or {}
-    return TrialRow(trial.trial_id, status, epochs, best_value(trial, spec.mode), params)
+    return TrialRow(trial.trial_id, status, epochs, best_value(trial, spec.mode), params, finals=dict(trial.finals))
 
 
 def distributions(spec: Spec) -> dict[str, Any]:

@@ -127,8 +127,9 @@ def set_value(raw: dict[str, Any], key: str, value: Any, file: str, item: str) -
 
 
 def validate_spec(raw: dict[str, Any], file: str) -> Spec:
-    if raw.get("objectives") is not None and ("metric" in raw or "mode" in raw):
-        key = "metric" if "metric" in raw else "mode"
+    # `--set metric=` (null) clears a file's metric, so a one-metric spec takes objectives.
+    if raw.get("objectives") is not None and (raw.get("metric") is not None or raw.get("mode") is not None):
+        key = "metric" if raw.get("metric") is not None else "mode"
         raise SpecError(file, key, "give either metric:/mode: (one objective) or objectives:, not both", raw[key])
     try:
         spec = Spec.model_validate(raw)

@@ -48,15 +48,6 @@ def check_relations(spec: Spec, file: str) -> None:
     if isinstance(rule, PreferRule) and rule.prefer not in names:
         rule_text = f"must name one of the objectives ({', '.join(names)})"
         raise SpecError(file, "selection.rule.prefer", rule_text, rule.prefer)
-    if spec.selection is not None and spec.selection.reseeds and (spec.multi_objective or spec.constraints):
-        # Reseeding picks by one mean; for a front it would need the rule over each objective's mean.
-        raise SpecError(
-            file,
-            "selection.top_k",
-            "reseeding (top_k/seeds) is for one objective without constraints; with objectives or constraints "
-            "give selection: {rule: ...} alone",
-            spec.selection.top_k,
-        )
     if spec.search.algorithm == "optuna":
         for param, domain in spec.search.space.items():
             if isinstance(domain, ChoiceDomain):
