@@ -208,3 +208,30 @@ def test_the_champion_compares_versions_of_the_same_objectives_constraints_rule_
     # A version chosen by another rule, or on other data, is never compared with the champion.
     assert best_comparable([*knee, *preferring], knee[0]) == "2"
     assert best_comparable([*knee, _version(6, 0.999, 0.1, "knee", data="other")], knee[1]) == "2"
+
+
+# --- Reseeding a front: the rule applied to the means --------------------------------------
+
+
+def test_reseeded_front_candidates_are_chosen_by_the_rule_on_their_means_and_must_meet_the_constraints():
+    from tuning_platform.outcome import TrialRow
+    from tuning_platform.search.selection import Candidate, _chosen
+
+    def candidate(name, *runs):
+        rows = [
+            TrialRow(
+                f"{name}{i}", "completed", 4, acc, {}, finals={"val_accuracy": acc, "latency_ms": lat, "params": p}
+            )
+            for i, (acc, lat, p) in enumerate(runs)
+        ]
+        return Candidate(TrialRow(name, "completed", 4, runs[0][0], {}), rows, by_last="val_accuracy")
+
+    accurate = candidate("a", (0.99, 9.0, 500), (0.97, 9.0, 500))  # means 0.98, 9.0
+    balanced = candidate("b", (0.95, 1.0, 500), (0.93, 1.2, 500))  # means 0.94, 1.1
+    small = candidate("c", (0.60, 0.4, 500), (0.40, 0.6, 500))  # means 0.50, 0.5
+    too_big = candidate("d", (0.999, 0.1, 5000), (0.999, 0.1, 5000))  # dominates all, misses params <= 1000
+    everyone = [accurate, balanced, small, too_big]
+    assert _chosen(_spec(selection={"rule": "knee"}), everyone) is balanced
+    assert _chosen(_spec(), everyone) is accurate, "the default rule: the best mean of the first objective"
+    assert _chosen(_spec(selection={"rule": {"prefer": "latency_ms"}}), everyone) is small
+    assert _chosen(_spec(), [too_big]) is None, "a configuration whose means miss a constraint is never chosen"
