@@ -136,7 +136,7 @@ def _write_insight(spec: Spec, recorded: list[RecordedTrial], tracker: JobTracke
     """Importances and pictures on the parent run; a problem there never fails the job."""
     try:
         started_ms = tracker.client.get_run(tracker.parent_run_id).info.start_time
-        result.insight = write_insight(spec, recorded, tracker, started_ms)
+        result.insight = write_insight(spec, recorded, tracker, started_ms, front=result.front)
     except Exception as err:  # noqa: BLE001 - the trials and the model matter more than the pictures
         logger.warning("warning: search insight not written: %s: %s", type(err).__name__, err)
 

@@ -33,6 +33,11 @@ NODE_ID_TAG, NODE_IP_TAG = "node_id", "node_ip"
 # is not the trial's failure: `failure.max_failures` counts the trial's own errors only.
 MOVED_FROM_NODE_TAG, MOVED_FROM_NODE_IP_TAG = "moved_from_node", "moved_from_node_ip"
 NODE_LOSSES_TAG = "node_losses"
+# A trial of a job of several objectives or with constraints (`insight/front.py`): its rank (1: on
+# the feasible Pareto front; infeasible trials rank after every feasible one), whether its last
+# result meets the constraints ("true"/"false"), and an infeasible one's broken constraints
+# ("latency_ms <= 5; params <= 200000").
+PARETO_RANK_TAG, FEASIBLE_TAG, VIOLATED_TAG = "pareto_rank", "feasible", "violated"
 
 # --- Tags of the parent run that `--resume` reads back -----------------------------------------
 SPEC_HASH_TAG = "spec_hash"
@@ -47,6 +52,10 @@ SETTINGS_HASH_TAG = "settings_hash"
 SAMPLES_TAG = "budget_num_samples"
 TIME_TAG = "budget_time_s"
 EXTENDED_TAG = "extended"
+
+# The front's hypervolume on the parent run (step: how many counted trials had ended), and the
+# reference point it is measured from ("val_accuracy=0.81, latency_ms=3.2").
+HYPERVOLUME_METRIC, HYPERVOLUME_REFERENCE_TAG = "hypervolume", "hypervolume_reference"
 
 # --- The experiment ---------------------------------------------------------------------------
 # MLflow 3's UI opens an experiment of this kind on its runs table, not on GenAI traces.

@@ -24,7 +24,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tuning_platform.insight import FOLDER, IMPORTANCE_PREFIX, Insight
+from tuning_platform.insight import FOLDER, FRONT_FOLDER, Insight, read_importances
 from tuning_platform.outcome import Registration, TrialRow, TuneResult, best_trial, ranked
 from tuning_platform.ranking import best
 from tuning_platform.records import (
@@ -38,7 +38,7 @@ from tuning_platform.records import (
     TRIAL_STATUS_TAG,
     TrialStatus,
 )
-from tuning_platform.registry.champion import DATA_TAG, comparable_key
+from tuning_platform.registry.champion import comparable_key
 from tuning_platform.search.front import deployable, job_front, judged
 from tuning_platform.search.study import RecordedTrial, as_row, best_value, fitting_params, recorded_trials
 from tuning_platform.spec import Spec, SpecError, validate_spec
@@ -82,6 +82,7 @@ def recorded_outcome(client: MlflowClient, run: Any, tracking_uri: str) -> tuple
         result.front = job_front(spec, trials)
         result.best, result.infeasible = deployable(spec, result.front, rows)
     result.insight = _insight(client, run, spec, trials)
+    result.insight.front = result.front
     if spec.selection is not None and spec.selection.reseeds and result.best is not None:
         result.selection = _selection(client, run, spec, rows)
     if info.status == "FINISHED":  # a job registers only at its end
@@ -136,14 +137,15 @@ def _row(trial: RecordedTrial, spec: Spec, last_run: bool) -> TrialRow:
 
 def _insight(client: MlflowClient, run: Any, spec: Spec, trials: list[RecordedTrial]) -> Insight:
     """The importances and pictures on the parent run, as `insight.write_insight` left them."""
-    found = {
-        k.removeprefix(IMPORTANCE_PREFIX): v for k, v in run.data.metrics.items() if k.startswith(IMPORTANCE_PREFIX)
-    }
-    insight = Insight(importances=dict(sorted(found.items(), key=lambda item: -item[1])))
+    importances, per_objective = read_importances(run.data.metrics, spec)
+    insight = Insight(importances=importances, per_objective=per_objective)
     scored = sum(best_value(trial, spec.mode) is not None for trial in trials)
     if not insight.importances and not (scored >= 2 and spec.search.space):
         insight.note = f"importances need 2 or more trials that reported {spec.metric}"
     insight.pictures = [item.path for item in client.list_artifacts(run.info.run_id, FOLDER) if not item.is_dir]
+    if judged(spec):
+        listed = client.list_artifacts(run.info.run_id, FRONT_FOLDER)
+        insight.front_files = [item.path for item in listed if not item.is_dir]
     return insight
 
 
@@ -211,7 +213,7 @@ def _registration(client: MlflowClient, run: Any, spec: Spec, trials: list[Recor
     if champion and not registration.took_champion:
         try:
             held, mine = client.get_model_version(name, champion), client.get_model_version(name, version)
-            other_data = comparable_key(held) != (spec.metric, spec.mode, mine.tags.get(DATA_TAG))
+            other_data = comparable_key(held) != comparable_key(mine)
         except MlflowException:  # a version deleted since: nothing left to compare
             other_data = False
         if other_data:

@@ -1,16 +1,22 @@
-"""The summary a job's command prints at its end: counts, the top trials, the best one, the
-model, the insight and the links to the MLflow UI. `tuning-platform show JOB` prints it again
-from the job's records (`cli/show.py`)."""
+"""The summary a job's command prints at its end: counts, the top trials, the Pareto front
+(several objectives, or constraints), the best one, the model, the insight and the links to the
+MLflow UI. `tuning-platform show JOB` prints it again from the job's records (`cli/show.py`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuning_platform.outcome import TrialRow, TuneResult, ranked
 from tuning_platform.records import ENDED, TrialStatus, test_metric_name
 from tuning_platform.request import JobRequest
 from tuning_platform.spec import Spec
 from tuning_platform.tracking.links import ui_links
+
+if TYPE_CHECKING:
+    from tuning_platform.search.front import Front
+
+# Members of a Pareto front printed at most; the rest are in the parent run's table.
+FRONT_ROWS = 10
 
 
 def format_summary(outcome: TuneResult, request: JobRequest, top: int = 5) -> str:
@@ -42,10 +48,11 @@ def summary_of(outcome: TuneResult, spec: Spec, tracking_uri: str, top: int = 5)
             ]
             for r in rows[:top]
         ]
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         lines.append(f"Top {min(top, len(rows))} trials by {spec.metric} ({spec.mode}):")
-        for row in table:
-            lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        lines.extend(_aligned(table))
+    front = outcome.front or (outcome.insight.front if outcome.insight is not None else None)
+    if front is not None:
+        lines.extend(_front_lines(front, outcome))
     if outcome.best is not None:
         best = outcome.best
         line = f"Best trial {best.trial_id}: {spec.metric}={best.value:.4f} (validation)"
@@ -74,12 +81,57 @@ def summary_of(outcome: TuneResult, spec: Spec, tracking_uri: str, top: int = 5)
         if outcome.insight.pictures:
             folder = outcome.insight.pictures[0].rsplit("/", 1)[0]
             lines.append(f"Pictures of the search: artifacts {folder}/ of the parent run")
+        if outcome.insight.front_files:
+            folder = outcome.insight.front_files[0].rsplit("/", 1)[0]
+            lines.append(f"The Pareto front's table and picture: artifacts {folder}/ of the parent run")
     lines.extend(outcome.notes)
     command, runs_table, parent_run = ui_links(tracking_uri, outcome.experiment_id, outcome.parent_run_id)
     lines.append(f"Browse: {command}, then open" if command else "Browse:")
     lines.append(f"  runs table: {runs_table}")
     lines.append(f"  this job:   {parent_run}")
     return "\n".join(lines)
+
+
+def _front_lines(front: Front, outcome: TuneResult) -> list[str]:
+    """The front's members (several objectives) with the hypervolume and its reference point,
+    and how many trials miss the constraints."""
+    lines = []
+    counted = len(front.points)
+    if len(front.objectives) > 1:
+        by = " and ".join(f"{o.metric} ({o.mode})" for o in front.objectives)
+        members = front.members
+        if members:
+            # Imported here: the insight imports MLflow (about a second), which the command's
+            # checks before a job never need; a job that has a front has loaded it already.
+            from tuning_platform.insight.front import FRONT_TABLE
+            from tuning_platform.insight.plots import reference_text
+
+            lines.append(f"Pareto front by {by}: {len(members)} of {counted} trials")
+            statuses = {row.trial_id: str(row.status) for row in outcome.rows}
+            header = ["trial", "status", *(o.metric for o in front.objectives)]
+            table = [header] + [
+                [p.trial_id, statuses.get(p.trial_id, str(p.trial.status)), *(f"{v:.6g}" for v in p.values)]
+                for p in members[:FRONT_ROWS]
+            ]
+            lines.extend(_aligned(table))
+            if len(members) > FRONT_ROWS:
+                lines.append(f"  ... and {len(members) - FRONT_ROWS} more ({FRONT_TABLE} on the parent run)")
+            lines.append(f"Hypervolume {front.hypervolume:.6g} against the reference point {reference_text(front)}")
+        elif front.points:
+            lines.append(f"Pareto front by {by}: empty, no trial meets the constraints")
+        else:
+            lines.append(f"Pareto front by {by}: empty, no trial completed or was stopped with a value of each")
+    if front.constraints:
+        missed = sum(not p.feasible for p in front.points)
+        rules = "; ".join(c.text for c in front.constraints)
+        lines.append(f"Constraints ({rules}): {missed} of {counted} trials miss them")
+    return lines
+
+
+def _aligned(table: list[list[str]]) -> list[str]:
+    """Rows of cells as indented lines, each column as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in table]
 
 
 def _baseline_line(baseline: tuple[str, dict[str, float]], best: TrialRow | None, metric: str, mode: str) -> str:

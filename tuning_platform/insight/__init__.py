@@ -12,16 +12,25 @@ Optuna's default (see below); a job of more than IMPORTANCE_TRIALS trials is est
 seeded sample of that many. A single searched parameter has importance 1, as the forest would
 find, without fitting one.
 
+A job of several objectives has importances per objective, `importance.OBJECTIVE.NAME`, each
+over the trials' last values of that objective (the point a trial has on the front; a
+parameter name has no dot, so the name reads back unambiguously); one picture groups them. Its
+other pictures follow the primary objective (the spec's `metric`). A job with a front (several
+objectives, or constraints) also gets it written: ranks and feasibility on the trial runs, the
+table, picture and hypervolume on the parent run (`insight/front.py`).
+
 The pictures are plain matplotlib (installed with MLflow), PNGs of a fixed size that the MLflow
 UI's artifact viewer shows. An interactive HTML version would need plotly; not added.
 """
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tuning_platform.insight.front import FRONT_FOLDER, write_front
 from tuning_platform.insight.importance import EVALUATOR, importances
 from tuning_platform.insight.plots import (
     DPI,
@@ -30,11 +39,15 @@ from tuning_platform.insight.plots import (
     asha_rungs,
     plot_best_so_far,
     plot_importances,
+    plot_importances_per_objective,
     plot_learning_curves,
     plot_parallel_coordinates,
+    reference_text,
     warm_up,
 )
-from tuning_platform.search.study import RecordedTrial, best_value
+from tuning_platform.records import UNSTABLE
+from tuning_platform.search.front import Front, job_front, judged
+from tuning_platform.search.study import RecordedTrial, best_value, final_value
 from tuning_platform.spec import Spec
 
 if TYPE_CHECKING:
@@ -44,13 +57,19 @@ __all__ = [
     "DPI",
     "FIGSIZE",
     "FOLDER",
+    "FRONT_FOLDER",
     "IMPORTANCE_PREFIX",
     "PICTURES",
     "Insight",
     "asha_rungs",
+    "importance_metrics",
+    "read_importances",
+    "reference_text",
     "warm_up",
     "write_insight",
 ]
+
+logger = logging.getLogger(__name__)
 
 FOLDER = "search"
 IMPORTANCE_PREFIX = "importance."
@@ -58,36 +77,92 @@ IMPORTANCE_PREFIX = "importance."
 
 @dataclass
 class Insight:
-    importances: dict[str, float] = field(default_factory=dict)  # most important first
+    importances: dict[str, float] = field(default_factory=dict)  # most important first (the primary objective's)
+    # Several objectives: each one's importances, in the spec's order of objectives.
+    per_objective: dict[str, dict[str, float]] = field(default_factory=dict)
     pictures: list[str] = field(default_factory=list)  # artifact paths on the parent run
     note: str = ""  # why something is missing
+    # The Pareto front (several objectives, or constraints) and its artifacts on the parent run.
+    front: Front | None = None
+    front_files: list[str] = field(default_factory=list)
 
     def summary(self, metric: str) -> str:
+        if len(self.per_objective) > 1 and any(self.per_objective.values()):
+            shown = "; ".join(
+                f"for {objective}: {_top(found)}" if found else f"for {objective}: none"
+                for objective, found in self.per_objective.items()
+            )
+            return f"Most important ({EVALUATOR}) {shown}"
         if not self.importances:
             return f"Search insight: {self.note}" if self.note else ""
-        top = list(self.importances.items())[:2]
-        shown = ", ".join(f"{name} {value:.2f}" for name, value in top)
-        return f"Most important for {metric} ({EVALUATOR}): {shown}"
+        return f"Most important for {metric} ({EVALUATOR}): {_top(self.importances)}"
 
 
-def write_insight(spec: Spec, trials: list[RecordedTrial], tracker: JobTracker, started_ms: int) -> Insight:
-    """Importances and pictures of the job's trials, logged on its parent run."""
+def _top(found: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.2f}" for name, value in list(found.items())[:2])
+
+
+def importance_metrics(insight: Insight) -> dict[str, float]:
+    """The importances as parent-run metrics: `importance.NAME` for one objective,
+    `importance.OBJECTIVE.NAME` for several."""
+    if insight.per_objective:
+        return {
+            f"{IMPORTANCE_PREFIX}{objective}.{name}": value
+            for objective, found in insight.per_objective.items()
+            for name, value in found.items()
+        }
+    return {IMPORTANCE_PREFIX + name: value for name, value in insight.importances.items()}
+
+
+def read_importances(metrics: dict[str, float], spec: Spec) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """`importance_metrics` read back from a parent run's metrics: the primary objective's
+    importances and, for several objectives, each one's; most important first."""
+
+    def ordered(found: dict[str, float]) -> dict[str, float]:
+        return dict(sorted(found.items(), key=lambda item: -item[1]))
+
+    found = {k.removeprefix(IMPORTANCE_PREFIX): v for k, v in metrics.items() if k.startswith(IMPORTANCE_PREFIX)}
+    if not spec.multi_objective:
+        return ordered(found), {}
+    per_objective: dict[str, dict[str, float]] = {o.metric: {} for o in spec.objective_list}
+    for key, value in found.items():
+        objective, _, name = key.rpartition(".")  # a parameter's name has no dot; a metric's may
+        if objective in per_objective:
+            per_objective[objective][name] = value
+    per_objective = {objective: ordered(values) for objective, values in per_objective.items()}
+    return per_objective.get(spec.metric, {}), per_objective
+
+
+def write_insight(
+    spec: Spec, trials: list[RecordedTrial], tracker: JobTracker, started_ms: int, front: Front | None = None
+) -> Insight:
+    """Importances and pictures of the job's trials, logged on its parent run; with a front to
+    judge (`search.front.judged`), the front too (`front`, when the caller has computed it
+    already, else computed here). A front that cannot be written is a warning, never the
+    loss of the rest."""
     scored = [(t, v) for t in trials if (v := best_value(t, spec.mode)) is not None]
     insight = Insight()
-    if len(scored) >= 2 and spec.search.space:
+    if judged(spec):
+        insight.front = front if front is not None else job_front(spec, trials)
+    if spec.multi_objective:
+        _importances_per_objective(spec, trials, insight)
+    elif len(scored) >= 2 and spec.search.space:
         insight.importances = importances(spec, scored)
     else:
         insight.note = f"importances need 2 or more trials that reported {spec.metric}"
     pictures = {
         "best_so_far.png": lambda: plot_best_so_far(spec, scored, started_ms),
         "parallel_coordinates.png": lambda: plot_parallel_coordinates(spec, scored),
-        "importances.png": lambda: plot_importances(spec, insight.importances),
+        "importances.png": lambda: (
+            plot_importances_per_objective(spec, insight.per_objective)
+            if spec.multi_objective
+            else plot_importances(spec, insight.importances)
+        ),
         "learning_curves.png": lambda: plot_learning_curves(spec, trials),
     }
     # Written while the pictures are drawn, each while the next is: over HTTP a write is mostly a wait.
     with ThreadPoolExecutor(1, thread_name_prefix="insight-upload") as uploads:
-        importances_metrics = {IMPORTANCE_PREFIX + k: v for k, v in insight.importances.items()}
-        sent = [uploads.submit(tracker.log_to_parent, metrics=importances_metrics)]
+        sent = [uploads.submit(tracker.log_to_parent, metrics=importance_metrics(insight))]
         for name, draw in pictures.items() if scored else ():
             png = draw()
             if png is not None:
@@ -96,4 +171,26 @@ def write_insight(spec: Spec, trials: list[RecordedTrial], tracker: JobTracker, 
                 insight.pictures.append(path)
         for upload in sent:
             upload.result()  # a write's error is the job's, as when it was done here
+    if insight.front is not None:
+        try:
+            insight.front_files = write_front(insight.front, spec, tracker)
+        except Exception as err:  # noqa: BLE001 - the front is still the job's (its result), only not on MLflow
+            logger.warning("warning: the Pareto front was not written to MLflow: %s: %s", type(err).__name__, err)
     return insight
+
+
+def _importances_per_objective(spec: Spec, trials: list[RecordedTrial], insight: Insight) -> None:
+    """fANOVA for each objective over the trials' last values of it (a failed or diverged
+    trial's none); the primary objective's are also `importances`."""
+    for objective in spec.objective_list:
+        scored = [
+            (t, v)
+            for t in trials
+            if t.status not in UNSTABLE and (v := final_value(t, objective.metric, spec)) is not None
+        ]
+        found = importances(spec, scored, objective) if len(scored) >= 2 and spec.search.space else {}
+        insight.per_objective[objective.metric] = found
+    insight.importances = insight.per_objective.get(spec.metric, {})
+    if not any(insight.per_objective.values()):
+        metrics = ", ".join(o.metric for o in spec.objective_list)
+        insight.note = f"importances need 2 or more trials that reported each of {metrics}"

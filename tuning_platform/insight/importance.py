@@ -6,6 +6,7 @@ import logging
 import math
 import random
 
+from tuning_platform.objectives import Objective
 from tuning_platform.ranking import direction
 from tuning_platform.search.study import RecordedTrial, distributions, fitting_params, quiet_optuna
 from tuning_platform.spec import Spec
@@ -27,9 +28,13 @@ IMPORTANCE_TRIALS = 500
 TREES = 32
 
 
-def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[str, float]:
-    """fANOVA importances of the searched parameters, summing to 1, most important first; from
-    a seeded sample of IMPORTANCE_TRIALS trials in a larger job."""
+def importances(
+    spec: Spec, scored: list[tuple[RecordedTrial, float]], objective: Objective | None = None
+) -> dict[str, float]:
+    """fANOVA importances of the searched parameters for the trials' values of one objective
+    (default: the spec's metric), summing to 1, most important first; from a seeded sample of
+    IMPORTANCE_TRIALS trials in a larger job."""
+    objective = objective or Objective(spec.metric, spec.mode)
     if len(spec.search.space) == 1:
         # Shares of the variance, summing to 1, of one parameter: 1, as fANOVA's forest would say
         # (tests/test_study.py compares), without importing scikit-learn and fitting it (2.4 s
@@ -37,7 +42,7 @@ def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[s
         # when fANOVA finds no variance to share.
         values = {value for trial, value in scored if fitting_params(trial, spec) is not None}
         if len(values) < 2:
-            logger.info("note: no parameter importances: every trial has the same %s", spec.metric)
+            logger.info("note: no parameter importances: every trial has the same %s", objective.metric)
             return {}
         return {next(iter(spec.search.space)): 1.0}
     import optuna
@@ -52,7 +57,7 @@ def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[s
         )
         scored = random.Random(0).sample(scored, IMPORTANCE_TRIALS)
     dists = distributions(spec)
-    study = optuna.create_study(direction=direction(spec.mode))
+    study = optuna.create_study(direction=direction(objective.mode))
     for trial, value in scored:
         params = fitting_params(trial, spec)
         if params is not None:
@@ -66,6 +71,6 @@ def importances(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> dict[s
     try:
         found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(n_trees=TREES, seed=0))
     except (RuntimeError, ValueError) as err:  # e.g. every trial has the same value
-        logger.info("note: no parameter importances: %s", err)
+        logger.info("note: no parameter importances for %s: %s", objective.metric, err)
         return {}
     return {name: float(value) for name, value in found.items() if math.isfinite(value)}

@@ -1,16 +1,22 @@
 """The pictures of a job's search, as PNGs of a fixed size: the best value so far, parallel
-coordinates, importances and learning curves. Plain matplotlib (installed with MLflow), drawn on
-bare Figures, never through pyplot's global state."""
+coordinates, importances, learning curves and, for a job of several objectives, its Pareto
+front. Plain matplotlib (installed with MLflow), drawn on bare Figures, never through pyplot's
+global state."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
+from tuning_platform import pareto
 from tuning_platform.insight.importance import EVALUATOR
+from tuning_platform.objectives import Objective
 from tuning_platform.ranking import best, score
 from tuning_platform.records import LEARNED_FROM, TrialStatus
+from tuning_platform.search.front import Front, FrontPoint
 from tuning_platform.search.study import RecordedTrial, fitting_params
 from tuning_platform.spec import ChoiceDomain, IntDomain, LogUniformDomain, Spec
 
@@ -163,6 +169,134 @@ def plot_importances(spec: Spec, found: dict[str, float]) -> bytes | None:
     axes.set_title(f"{spec.name}: parameter importances")
     for y, name in enumerate(names):
         axes.text(found[name] + 0.01, y, f"{found[name]:.2f}", va="center", fontsize=8)
+    return _png(figure)
+
+
+def plot_importances_per_objective(spec: Spec, found: dict[str, dict[str, float]]) -> bytes | None:
+    """The importances of several objectives side by side: one group of bars per parameter
+    (most important first, by the largest share it has of any objective), one colour per
+    objective."""
+    shown = {metric: values for metric, values in found.items() if values}
+    if not shown:
+        return None
+    import numpy as np
+
+    params = list(dict.fromkeys(name for values in shown.values() for name in values))
+    params.sort(key=lambda name: -max(values.get(name, 0.0) for values in shown.values()))
+    params = params[::-1]  # most important on top
+    figure, axes = _figure()
+    height = 0.8 / len(shown)
+    for k, (metric, values) in enumerate(shown.items()):
+        # The first objective's bar on top within each group.
+        ys = np.arange(len(params)) + (len(shown) - 1 - k - (len(shown) - 1) / 2) * height
+        shares = [values.get(name, 0.0) for name in params]
+        axes.barh(ys, shares, height=height, label=metric, color=f"C{k}")
+        for y, share in zip(ys, shares, strict=True):
+            axes.text(share + 0.01, y, f"{share:.2f}", va="center", fontsize=7)
+    axes.set_yticks(range(len(params)), params)
+    axes.set_xlabel(f"share of the variance of each objective's last value ({EVALUATOR})")
+    axes.set_xlim(0, 1)
+    axes.legend(loc="lower right", fontsize=8)
+    axes.set_title(f"{spec.name}: parameter importances per objective")
+    return _png(figure)
+
+
+ARROWS = {"max": "↑", "min": "↓"}  # which way is better on an axis
+
+
+def objective_label(objective: Objective) -> str:
+    """`val_accuracy ↑ (max)`: the metric and which way is better."""
+    return f"{objective.metric} {ARROWS[objective.mode]} ({objective.mode})"
+
+
+def reference_text(front: Front) -> str:
+    """The hypervolume's reference point as a person reads it: `val_accuracy=0.81, latency_ms=3.2`."""
+    return ", ".join(f"{o.metric}={r:.6g}" for o, r in zip(front.objectives, front.reference, strict=True))
+
+
+def staircase(
+    points: Sequence[tuple[float, float]], objectives: tuple[Objective, Objective], reference: tuple[float, float]
+) -> list[tuple[float, float]]:
+    """The attainment staircase of the points on two objectives, in the objectives' own signs:
+    the border of what the points dominate, from the reference point's level on one objective to
+    its level on the other, through each non-dominated point (the corners between them are the
+    points' worse value on each side). Empty without a point."""
+    if not points:
+        return []
+    signed = sorted({tuple(o.signed(v) for o, v in zip(objectives, p, strict=True)) for p in points})
+    ranks = pareto.nondominated_ranks(signed)
+    # Larger is better in both: left to right the first objective improves, the second worsens.
+    steps = [p for p, rank in zip(signed, ranks, strict=True) if rank == 1]
+    low_x, low_y = (o.signed(r) for o, r in zip(objectives, reference, strict=True))
+    corners = [(low_x, steps[0][1])]
+    for (x, y), following in zip(steps, [*steps[1:], None], strict=True):
+        corners.append((x, y))
+        corners.append((x, following[1] if following is not None else low_y))
+    return [(objectives[0].signed(x), objectives[1].signed(y)) for x, y in corners]
+
+
+def _log_scale(values: Sequence[float]) -> bool:
+    """A log axis for a metric spread over more than an order of magnitude (parameters, a size)."""
+    return min(values) > 0 and max(values) / min(values) >= 20
+
+
+def plot_front(spec: Spec, front: Front) -> bytes | None:
+    """The objectives pairwise (one panel for two objectives, three for three): every trial the
+    front counts as a point (the front's members red, the other feasible trials blue, the
+    infeasible ones grey crosses), the front as its attainment staircase drawn from the
+    reference point (a black +), a constraint on a drawn objective as a dashed line at its bound;
+    with two objectives the shaded area is the hypervolume. An objective spread over more than
+    a factor of 20 (parameters) gets a log axis. None for one objective (nothing to draw
+    pairwise) or without a trial."""
+    objectives = front.objectives
+    if len(objectives) < 2 or not front.points:
+        return None
+    pairs = list(itertools.combinations(range(len(objectives)), 2))
+    figure, axes = _figure(len(pairs))
+    panels = [axes] if len(pairs) == 1 else list(axes)
+    on_front = [p for p in front.points if p.feasible and p.rank == 1]
+    groups: list[tuple[list[FrontPoint], dict[str, Any]]] = [
+        ([p for p in front.points if p.feasible and p.rank != 1], {"color": "tab:blue", "s": 16, "alpha": 0.6}),
+        ([p for p in front.points if not p.feasible], {"color": "0.6", "marker": "x", "s": 22}),
+        (on_front, {"color": "tab:red", "s": 30, "edgecolors": "black", "linewidths": 0.5, "zorder": 3}),
+    ]
+    labels = ["feasible, dominated", "infeasible (misses a constraint)", "on the front (rank 1)"]
+    for panel, (i, j) in zip(panels, pairs, strict=True):
+        pair, reference = (objectives[i], objectives[j]), (front.reference[i], front.reference[j])
+        for (group, style), label in zip(groups, labels, strict=True):
+            if group:
+                panel.scatter([p.values[i] for p in group], [p.values[j] for p in group], label=label, **style)
+        corners = staircase([(p.values[i], p.values[j]) for p in on_front], pair, reference)
+        if corners:
+            xs, ys = [x for x, _ in corners], [y for _, y in corners]
+            panel.plot(xs[1:-1], ys[1:-1], color="tab:red", linewidth=1.3, label="Pareto front")
+            for ends in (slice(0, 2), slice(-2, None)):  # out to the reference point's levels
+                panel.plot(xs[ends], ys[ends], color="tab:red", linewidth=0.8, linestyle=":")
+            if len(pairs) == 1:  # a projection of three objectives is not the hypervolume
+                panel.fill([*xs, reference[0]], [*ys, reference[1]], color="tab:red", alpha=0.1, label="hypervolume")
+        panel.plot(*reference, "+", color="black", markersize=10, markeredgewidth=1.5, label="reference point")
+        for constraint in front.constraints:  # a bound on a drawn objective: where feasibility ends
+            if constraint.metric in (pair[0].metric, pair[1].metric):
+                line = panel.axvline if constraint.metric == pair[0].metric else panel.axhline
+                line(constraint.bound, color="0.4", linestyle="--", linewidth=0.9, label=constraint.text)
+        if len(on_front) <= 12:  # which child runs they are, while the labels stay readable
+            for p in on_front:
+                panel.annotate(
+                    p.trial_id, (p.values[i], p.values[j]), xytext=(4, 4), textcoords="offset points", fontsize=7
+                )
+        for axis, k in (("x", i), ("y", j)):
+            if _log_scale([*(p.values[k] for p in front.points), front.reference[k]]):
+                getattr(panel, f"set_{axis}scale")("log")
+        panel.set_xlabel(objective_label(objectives[i]))
+        panel.set_ylabel(objective_label(objectives[j]))
+        panel.grid(alpha=0.3)
+    panels[0].legend(loc="best", fontsize=7)
+    hypervolume = f"hypervolume {front.hypervolume:.4g}" if front.feasible else "no feasible trial, hypervolume 0"
+    figure.suptitle(
+        f"{spec.name}: Pareto front, {len(front.members)} of {len(front.points)} trials on it\n"
+        f"{hypervolume} against the reference point + ({reference_text(front)})",
+        fontsize=10,
+    )
     return _png(figure)
 
 

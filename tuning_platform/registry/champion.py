@@ -36,7 +36,7 @@ METRIC_TAG, VALUE_TAG, MODE_TAG, DATA_TAG = "metric", "metric_value", "mode", "d
 # rule (`knee`, `prefer:METRIC`), each objective's value (`objective.METRIC`) and its Pareto rank.
 # Absent on a one-objective version without constraints, which compares as before.
 OBJECTIVES_TAG, CONSTRAINTS_TAG, RULE_TAG = "objectives", "constraints", "selection_rule"
-OBJECTIVE_PREFIX, PARETO_RANK_TAG = "objective.", "pareto_rank"
+OBJECTIVE_PREFIX = "objective."
 # Rounds of "set the alias, read again" a job makes before it gives up: each round that does not
 # settle saw another job register or set the alias meanwhile.
 SETTLE_ROUNDS = 20

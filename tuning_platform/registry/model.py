@@ -17,7 +17,7 @@ from tuning_platform._compat.mlflow import tracking_uri_for_the_call
 from tuning_platform.contract import SplitDataset, Task
 from tuning_platform.execution.results import best_checkpoint
 from tuning_platform.outcome import Registration, TrialRow
-from tuning_platform.records import TRIAL_ID_TAG, test_metric_name
+from tuning_platform.records import PARETO_RANK_TAG, TRIAL_ID_TAG, test_metric_name
 from tuning_platform.registry.champion import (
     CONSTRAINTS_TAG,
     DATA_TAG,
@@ -25,7 +25,6 @@ from tuning_platform.registry.champion import (
     MODE_TAG,
     OBJECTIVE_PREFIX,
     OBJECTIVES_TAG,
-    PARETO_RANK_TAG,
     RULE_TAG,
     VALUE_TAG,
     comparable_key,
