@@ -144,10 +144,15 @@ def log_outcome(tracker: JobTracker, spec: Spec, result: TuneResult) -> None:
     registered (empty: nothing, this time) with the champion of that moment: what
     `tuning-platform jobs` lists without reading a trial run or the registry's versions."""
     best, registration = result.best, result.registration
+    chosen = {f"best.{k}": str(v) for k, v in (best.params if best else {}).items()}
+    # MLflow refuses to change a param: an extension whose best trial is another keeps the first
+    # best's params, and every end writes the current best's configuration as tags too.
+    logged = tracker.client.get_run(tracker.parent_run_id).data.params if chosen else {}
     tracker.log_to_parent(
         metrics={f"best_{spec.metric}": best.value} if best and best.value is not None else {},
-        params={f"best.{k}": v for k, v in (best.params if best else {}).items()},
+        params={k: v for k, v in chosen.items() if logged.get(k, v) == v},
         tags={
+            **chosen,
             **{
                 f"{TRIALS_TAG_PREFIX}{status}": str(sum(r.status == status for r in result.rows))
                 for status in ENDED
