@@ -129,7 +129,10 @@ def test_the_registered_model_is_the_knee_of_the_feasible_front(job, store):
     chosen = next(run for run in children if run.data.tags["trial_id"] == tags["trial_id"])
     assert chosen.data.metrics["params"] == float(tags["objective.params"])
     assert store.client.get_model_version_by_alias(NAME, "champion").version == versions[0].version
-    assert "Pareto front" in job.stdout
+    assert (
+        "Pareto front" in job.stdout
+        and f"Chosen from the feasible front (knee): trial {tags['trial_id']}" in job.stdout
+    )
 
 
 def test_trials_asha_stopped_are_pruned_in_the_searcher_s_study(job, store):

@@ -56,6 +56,12 @@ def summary_of(outcome: TuneResult, spec: Spec, tracking_uri: str, top: int = 5)
     if outcome.best is not None:
         best = outcome.best
         line = f"Best trial {best.trial_id}: {spec.metric}={best.value:.4f} (validation)"
+        point = next((p for p in front.points if p.trial_id == best.trial_id), None) if front else None
+        if spec.multi_objective and front is not None and point is not None:
+            rule = spec.selection_rule
+            how = "knee" if rule == "knee" else f"prefer {spec.metric}"
+            values = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(front.objectives, point.values, strict=True))
+            line = f"Chosen from the feasible front ({how}): trial {best.trial_id}: {values} (validation)"
         test_name = test_metric_name(spec.metric)
         if test_name in outcome.test_metrics:
             line += f", {test_name}={outcome.test_metrics[test_name]:.4f} (held-out test split, scored once)"
