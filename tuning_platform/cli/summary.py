@@ -89,7 +89,8 @@ def summary_of(outcome: TuneResult, spec: Spec, tracking_uri: str, top: int = 5)
             lines.append(f"Pictures of the search: artifacts {folder}/ of the parent run")
         if outcome.insight.front_files:
             folder = outcome.insight.front_files[0].rsplit("/", 1)[0]
-            lines.append(f"The Pareto front's table and picture: artifacts {folder}/ of the parent run")
+            shown = "table and picture" if any(f.endswith(".png") for f in outcome.insight.front_files) else "table"
+            lines.append(f"The Pareto front's {shown}: artifacts {folder}/ of the parent run")
     lines.extend(outcome.notes)
     command, runs_table, parent_run = ui_links(tracking_uri, outcome.experiment_id, outcome.parent_run_id)
     lines.append(f"Browse: {command}, then open" if command else "Browse:")
