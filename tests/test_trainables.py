@@ -13,6 +13,7 @@ import torch
 
 from trainables import TRAINABLES, builtin
 from trainables.classification import split_indices
+from trainables.cost import COST_METRICS
 from trainables.loop import (
     load_state,
     make_optimizer,
@@ -106,7 +107,8 @@ def test_three_epochs_learn_well_above_chance(trainable):
     metric, bar = LEARNS[name]
     assert after["val_loss"] < before["val_loss"]
     assert after[metric] > bar, after
-    assert set(module.METRICS) == set(after) | {"train_loss", "epoch"}
+    # What evaluation returns, plus what the loop adds: the loss, the epoch and the model's costs.
+    assert set(module.METRICS) == set(after) | {"train_loss", "epoch", *COST_METRICS}
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(trainable, tmp_path):

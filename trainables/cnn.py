@@ -26,10 +26,11 @@ from trainables.classification import (
     stratified_split,
     with_probabilities,
 )
+from trainables.cost import COST_METRICS
 from trainables.files import DataError, read_cifar10, read_image_folder, read_mnist
 from trainables.loop import Dataset, Task, run_trial
 
-METRICS = ("val_accuracy", "val_roc_auc", "val_loss", "train_loss", "epoch")
+METRICS = ("val_accuracy", "val_roc_auc", "val_loss", "train_loss", "epoch", *COST_METRICS)
 TORCHVISION_DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 MIN_FOLDER_IMAGES = 5
 # The label names of the sets whose files hold only numbers (the digits' are their own names).

@@ -21,6 +21,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 from trainables.classification import check_fractions, feedforward, smoke_subset, split_indices
+from trainables.cost import COST_METRICS
 from trainables.files import DataError
 from trainables.loop import Dataset, LossFn, Task, predict, run_trial
 from trainables.metrics import recall_at_precision
@@ -35,7 +36,7 @@ from trainables.tables import (
     target_labels,
 )
 
-METRICS = ("val_auprc", "val_roc_auc", "val_recall_at_90_precision", "val_loss", "train_loss", "epoch")
+METRICS = ("val_auprc", "val_roc_auc", "val_recall_at_90_precision", "val_loss", "train_loss", "epoch", *COST_METRICS)
 FEATURES = ["Time", *(f"V{i}" for i in range(1, 29)), "Amount"]
 TARGET = "Class"
 # --smoke-test only checks the plumbing in two epochs: a small set, denser in fraud so that

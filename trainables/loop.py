@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables.cost import LATENCY_ROWS, forward_latency_ms, parameter_count, state_dict_mb
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
@@ -246,7 +248,7 @@ def train_epochs(task: Task, config: dict[str, Any], data: Dataset, worker: Work
 
     With several workers the model is wrapped in DistributedDataParallel (the process group is
     Ray Train's), each worker trains on its share of every epoch's batches, and rank 0
-    evaluates, checkpoints and reports the metrics.
+    evaluates, checkpoints and reports the metrics, the model's costs among them.
     """
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
@@ -268,6 +270,8 @@ def train_epochs(task: Task, config: dict[str, Any], data: Dataset, worker: Work
     loss_fn = task.loss_fn(config)
     batch_size = int(config.get("batch_size", 64))
     here = node_id()
+    # The architecture is fixed for the whole trial, so its size is measured once.
+    costs: dict[str, float] = {"params": parameter_count(model), "size_mb": state_dict_mb(model)}
 
     generator = torch.Generator()
     for epoch in range((int(state["epoch"]) if state else 0) + 1, int(config["epochs"]) + 1):
@@ -287,6 +291,9 @@ def train_epochs(task: Task, config: dict[str, Any], data: Dataset, worker: Work
         result = {"epoch": epoch, "train_loss": train_loss, "node_id": here}
         if worker.rank == 0:
             result.update(task.evaluate(model, data, loss_fn, worker.device))
+            if "latency_ms" not in costs:
+                costs["latency_ms"] = cpu_latency_ms(task, config, data, model)
+            result.update(costs)
         # Seconds of training and evaluation: the useful part of the epoch, without the
         # checkpoint and the report (the benchmarks measure the platform's share against it).
         result[COMPUTE_TIME_KEY] = time.perf_counter() - started
@@ -298,6 +305,28 @@ def train_epochs(task: Task, config: dict[str, Any], data: Dataset, worker: Work
             worker.report(result, None)
         if not math.isfinite(train_loss):
             return  # a diverged trial has nothing left to learn
+
+
+def cpu_latency_ms(task: Task, config: dict[str, Any], data: Dataset, model: nn.Module) -> float:
+    """`latency_ms` of the model: a forward pass over the first `LATENCY_ROWS` validation rows,
+    on the CPU with the threads the trial holds, even when it trains on a GPU (a copy is timed).
+
+    Measured once per trial process, after its first epoch has trained and evaluated (warm
+    kernels and allocator), and reported with every epoch: the time of a forward pass follows
+    the architecture and the batch's shape, not the values of the weights, so timing it again
+    each epoch would only draw the noise again, and cost 10-14% of every epoch of the cnn on the
+    digits (1% of a 12-epoch trial once). A retried or resumed trial measures again where it
+    now runs.
+    """
+    batch = data.x_val[:LATENCY_ROWS]
+    timed = model
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        # A fresh CPU model takes the weights: no second copy on the GPU, whose share may be
+        # capped. Its initialization draws from a forked generator, so training draws the same.
+        with torch.random.fork_rng(devices=[]):
+            timed = task.build_model(config, data.info)
+        timed.load_state_dict(model.state_dict())
+    return forward_latency_ms(timed, batch)
 
 
 def worker_share(batches: list[Any], rank: int, world_size: int) -> list[Any]:

@@ -23,10 +23,11 @@ from trainables.classification import (
     smoke_subset,
     split_indices,
 )
+from trainables.cost import COST_METRICS
 from trainables.loop import Dataset, Task, run_trial
 from trainables.tables import Selection, TableOptions, TablePredictor, raw_example, table_dataset, target_labels
 
-METRICS = ("val_accuracy", "val_roc_auc", "val_loss", "train_loss", "epoch")
+METRICS = ("val_accuracy", "val_roc_auc", "val_loss", "train_loss", "epoch", *COST_METRICS)
 SMOKE_ROWS = 400
 
 

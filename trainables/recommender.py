@@ -23,12 +23,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from trainables.cost import COST_METRICS
 from trainables.files import DataError
 from trainables.loop import Batches, Dataset, LossFn, Task, predict, run_trial, shuffled_batches
 from trainables.metrics import ranking_metrics
 from trainables.tables import reader_fault
 
-METRICS = ("val_ndcg_at_10", "val_hit_rate_at_10", "val_loss", "train_loss", "epoch")
+METRICS = ("val_ndcg_at_10", "val_hit_rate_at_10", "val_loss", "train_loss", "epoch", *COST_METRICS)
 TOP_K = 10
 EVAL_NEGATIVES = 99
 # File names of the MovieLens releases, and how each is laid out.
