@@ -94,13 +94,19 @@ def test_latency_of_a_real_model_is_positive_finite_and_grows_with_the_work():
 @pytest.fixture(scope="module", params=sorted(TRAINABLES))
 def trained(request):
     """The reports of a 2-epoch trial of each built-in trainable, through the shared loop as a
-    trial runs it (Ray's report replaced by a list), and the model each checkpoint held."""
+    trial runs it (Ray's report replaced by a list), the size of the weights each checkpoint
+    held, the batches the latency was timed on, and a fresh model of the same configuration."""
     name = request.param
     module = builtin(name)
     data = module.load_data({"smoke": True})
     config = {"lr": 3e-3, "optimizer": "adam", "epochs": 2, **CONFIGS[name]}
     reports: list[dict] = []
     checkpoint_mb: list[float] = []
+    timed: list[torch.Tensor] = []
+
+    def timing(model, batch):
+        timed.append(batch)
+        return forward_latency_ms(model, batch)
 
     def report(metrics, directory):
         reports.append(metrics)
@@ -110,13 +116,14 @@ def trained(request):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "node_id", lambda: "here")  # the one call that would start Ray
+        patch.setattr(loop, "forward_latency_ms", timing)
         train_epochs(module.TASK, config, data, Worker(CPU, report, None))
     model = module.build_model(config, data.info)
-    return module, data, model, reports, checkpoint_mb
+    return module, data, model, reports, checkpoint_mb, timed
 
 
 def test_every_epoch_reports_the_model_costs_beside_its_metrics(trained):
-    module, _, model, reports, checkpoint_mb = trained
+    module, _, model, reports, checkpoint_mb, _ = trained
     assert [r["epoch"] for r in reports] == [1, 2]
     for result in reports:
         assert set(module.METRICS) <= set(result)  # what the spec's metric and objectives are checked against
@@ -129,12 +136,13 @@ def test_every_epoch_reports_the_model_costs_beside_its_metrics(trained):
     assert len({(r["params"], r["size_mb"], r["latency_ms"]) for r in reports}) == 1
 
 
-def test_the_fixed_batch_is_the_trainables_own_validation_rows(trained):
-    _, data, model, _, _ = trained
-    batch = data.x_val[:LATENCY_ROWS]
-    assert len(batch) == LATENCY_ROWS  # the same count whatever the trial's batch_size
+def test_latency_is_timed_once_on_the_first_validation_rows(trained):
+    _, data, model, _, _, timed = trained
+    assert len(timed) == 1  # once per trial, not per epoch
+    # the trainable's own validation rows, as many whatever the trial's batch_size
+    assert torch.equal(timed[0], data.x_val[:LATENCY_ROWS]) and len(timed[0]) == LATENCY_ROWS
     with torch.inference_mode():
-        assert len(model.eval()(batch)) == LATENCY_ROWS  # real input rows of this model
+        assert len(model.eval()(timed[0])) == LATENCY_ROWS  # rows this model takes as they are
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
