@@ -4,6 +4,7 @@ in MLflow; a user's table to train on; a Ray cluster of a few nodes on this mach
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import subprocess
@@ -293,3 +294,13 @@ def customers(rows: int = 400, seed: int = 0) -> pd.DataFrame:
     frame.loc[frame.index % 9 == 0, "tenure"] = np.nan
     frame.loc[frame.index % 11 == 0, "plan"] = None
     return frame
+
+
+@functools.cache
+def smoke_data(name: str) -> Any:
+    """A built-in trainable's smoke dataset, loaded once per test process: the fast tests of
+    several files train on it, and loading the cnn's and the recommender's costs seconds. Read
+    only; a test that changes data loads its own."""
+    from trainables import builtin
+
+    return builtin(name).load_data({"smoke": True})

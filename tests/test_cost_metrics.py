@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import smoke_data
 from trainables import TRAINABLES, builtin, loop
 from trainables.cost import (
     BYTES_PER_MB,
@@ -98,7 +99,7 @@ def trained(request):
     held, the batches the latency was timed on, and a fresh model of the same configuration."""
     name = request.param
     module = builtin(name)
-    data = module.load_data({"smoke": True})
+    data = smoke_data(name)
     config = {"lr": 3e-3, "optimizer": "adam", "epochs": 2, **CONFIGS[name]}
     reports: list[dict] = []
     checkpoint_mb: list[float] = []

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.helpers import smoke_data
 from trainables import TRAINABLES, builtin
 from trainables.classification import split_indices
 from trainables.cost import COST_METRICS
@@ -44,7 +45,7 @@ LEARNS = {
 @pytest.fixture(scope="module", params=sorted(TRAINABLES))
 def trainable(request):
     module = builtin(request.param)
-    return request.param, module, module.load_data({"smoke": True})
+    return request.param, module, smoke_data(request.param)
 
 
 def epoch_batches(module, data, config, seed):
