@@ -90,14 +90,47 @@ def test_utilization_reads_training_time_back_from_mlflow(smoke):
         assert startup > 0 and trials > 0 and end >= 0
 
 
-def test_search_compares_tpe_asha_with_random_fifo(smoke):
+def test_search_compares_tpe_asha_with_random_fifo_and_complete_with_pruned(smoke):
     out = smoke("search")
-    fifo = re.search(rf"^\s+0 random\+FIFO\s+(\d+)\s+{NUMBER}\s+({NUMBER})\s+({NUMBER}|never)$", out, re.M)
-    asha = re.search(rf"^\s+0 TPE\+ASHA\s+(\d+)\s+{NUMBER}\s+({NUMBER})\s+({NUMBER}|never)$", out, re.M)
-    assert fifo and asha, out[-2000:]
+    row = r"^\s+0 {}\s+(\d+)\s+(\d+)\s+(\S+)\s+{n}\s+({n})\s+({n})\s+({n})\s+({n}|never)$"
+    fifo, asha, complete = (
+        re.search(row.format(re.escape(label), n=NUMBER), out, re.M)
+        for label in ("random+FIFO", "TPE+ASHA", "TPE+ASHA (COMPLETE)")
+    )
+    assert fifo and asha and complete, out[-2000:]
     assert int(fifo.group(1)) == 4 * 9  # every trial ran its epochs (9 in a smoke run)
     assert int(asha.group(1)) < int(fifo.group(1))  # ASHA stopped some
-    assert re.search(rf"^{VERDICT}epoch share of TPE\+ASHA, mean {NUMBER} \(target <= 0.4\)$", out, re.M)
+    # What Optuna was told: the stopped trials as PRUNED by default, as COMPLETE with Ray's way.
+    stopped = int(asha.group(2))
+    assert stopped > 0 and asha.group(3) == f"{4 - stopped}C,{stopped}P", out[-2000:]
+    assert complete.group(3) == "4C" and fifo.group(3) == "-"
+    assert re.search(r"^  seed 0: epochs \d+ / \d+ = \d\.\d{3}; best ", out, re.M), out[-2000:]
+    assert re.search(r"^  the figures favour: ", out, re.M)
+    assert re.search(rf"^{VERDICT}mlp: epoch share of TPE\+ASHA, mean {NUMBER} \(target <= 0.4\)$", out, re.M)
+
+
+def test_multiobjective_compares_mo_asha_random_fifo_and_a_weighted_sum_by_hypervolume(smoke):
+    out = smoke("multiobjective")
+    reference = r"^reference point \(all strategies and seeds\): val_roc_auc -?\d\.\d{4}, params [\d.]+ \(each "
+    assert re.search(reference, out, re.M), out[-2000:]
+    epochs = {}
+    for label in ("MO-ASHA", "random+FIFO", "weighted sum"):
+        row = re.search(rf"^\s+0 {re.escape(label)}\s+4\s+(\d+)\s+{NUMBER}\s+({NUMBER})  (\(.+\))$", out, re.M)
+        assert row, out[-2000:]
+        epochs[label] = int(row.group(1))
+        assert 0 <= float(row.group(2)) <= 1  # a share of the pooled fronts' hypervolume
+        assert re.fullmatch(rf"\({NUMBER}, \d+\)( \({NUMBER}, \d+\))*", row.group(3))  # the job's front
+    assert epochs["random+FIFO"] == 4 * 4  # every trial ran its epochs (4 in a smoke run)
+    assert epochs["MO-ASHA"] < epochs["random+FIFO"]  # MO-ASHA stopped some
+    # The weighted sum's trials reported the metric its ASHA ranks by (a trial without it fails,
+    # and a failed trial has no point), and their val_roc_auc and params beside it.
+    assert re.search(r"^weighted sum: val_roc_auc - 0.02 \* params / 140034 \(params of the largest model", out, re.M)
+    assert re.search(r"^  seed 0: random\+FIFO final \d\.\d{4}; MO-ASHA (reached|never reached) 99% of it", out, re.M)
+    share = rf"^{VERDICT}MO-ASHA's epochs to 99% of random\+FIFO's final hypervolume, share of its epochs, mean"
+    assert re.search(rf"{share} ({NUMBER}|inf) \(target <= 0.4\)$", out, re.M), out[-2000:]
+    ratio = rf"^{VERDICT}hypervolume MO-ASHA / weighted sum at equal epochs, mean ({NUMBER}|inf)x \(target >= 1x\)$"
+    assert re.search(ratio, out, re.M), out[-2000:]
+    assert len(re.findall(r"^  .+: MO-ASHA's epochs to 99% of random\+FIFO's final, share ", out, re.M)) == 2
 
 
 def test_scale_checks_one_child_run_per_trial_and_follows_plain_ray_tune_the_same_way(smoke):
