@@ -125,6 +125,46 @@ BAD_INPUTS = [
     ),
     (TWO, ["--set", "search.sampler.type=nsga2", "--set", "search.algorithm=random"], "nsga2 needs search.algorithm"),
     (TWO.replace("mode: min}", "mode: smallest}"), [], "objectives.1.mode: input should be 'max' or 'min'"),
+    # Conditional spaces, grid search and PBT (issue 31).
+    (GOOD, ["--set", "search.space.momentum.when={{optimiser: sgd}}"], "when.optimiser: names no parameter"),
+    (GOOD, ["--set", "search.space.momentum.when={{lr: 0.1}}"], "must name a choice parameter (lr is loguniform)"),
+    (GOOD, ["--set", "search.space.momentum.when={{optimizer: rmsprop}}"], "must be among optimizer's values"),
+    (
+        GOOD,
+        [
+            "--set",
+            "search.space.optimizer.when={{batch_size: 16}}",
+            "--set",
+            "search.space.batch_size.when={{optimizer: sgd}}",
+        ],
+        "the whens form a cycle",
+    ),
+    (GOOD, ["--set", "search.algorithm=grid"], "a grid takes only grid, choice or int parameters"),
+    (GOOD, ["--set", "search.space.batch_size.type=grid"], "type: grid needs search.algorithm: grid"),
+    (GOOD, ["--set", "scheduler.type=pbt"], "PBT picks its own configurations"),
+    (
+        GOOD.replace("algorithm: optuna", "algorithm: random"),
+        ["--set", "scheduler.type=pbt"],
+        "pbt cannot run a conditional space",
+    ),
+    (
+        GOOD.replace("algorithm: optuna", "algorithm: random").replace("when: {optimizer: sgd}", ""),
+        ["--set", "scheduler={{type: pbt, mutations: {{learning_rate: {{type: uniform, low: 0, high: 1}}}}}}"],
+        "scheduler.mutations.learning_rate: must be a parameter of search.space",
+    ),
+    (
+        GOOD.replace("algorithm: optuna", "algorithm: random").replace("when: {optimizer: sgd}", ""),
+        [
+            "--set",
+            "scheduler={{type: pbt, perturbation_interval: 25, mutations: {{lr: {{type: uniform, low: 0, high: 1}}}}}}",
+        ],
+        "scheduler.perturbation_interval: must be < search.fixed.epochs (20)",
+    ),
+    (
+        GOOD,
+        ["--set", "scheduler.mutations={{lr: {{type: uniform, low: 0, high: 1}}}}"],
+        "is a setting of scheduler.type: pbt",
+    ),
     # SQLAlchemy opens `~/mlflow.db` under a folder named `~`, not the home folder.
     (GOOD, ["--tracking-uri", "sqlite:///~/mlflow.db"], "folder of the SQLite file does not exist"),
 ]

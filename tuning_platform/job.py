@@ -105,7 +105,8 @@ def _run_spec(spec: Spec, resume: ResumeTarget | None) -> Spec:
     if resume is None or not resume.extends:
         return spec
     run = spec.model_copy(deep=True)
-    run.search.num_samples = resume.extend_samples
+    # A grid's num_samples counts repetitions of the grid: the added trials are whole ones.
+    run.search.num_samples = resume.extend_samples * run.search.num_samples // spec.planned_trials
     run.budget.time_s = resume.extend_time_s
     return run
 

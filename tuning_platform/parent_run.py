@@ -108,6 +108,14 @@ def open_parent_run(
             warm.used,
             warm.skipped,
         )
+    if spec.search.algorithm == "grid" and not resume:
+        configurations = spec.planned_trials // spec.search.num_samples
+        logger.info(
+            "note: a grid of %d configurations, run %d time(s) (search.num_samples): %d trials",
+            configurations,
+            spec.search.num_samples,
+            spec.planned_trials,
+        )
     if request.resume_command:
         logger.info("Job %s; if it stops, continue it with: %s", run_name, request.resume_command)
     if baseline is not None:
@@ -185,11 +193,17 @@ def _parent_params(spec: Spec, data: dict[str, Any]) -> dict[str, str]:
 def _description(request: JobRequest) -> str:
     """What the job was, in a sentence or two (Markdown, as the MLflow UI shows it)."""
     spec = request.spec
-    search = "Optuna TPE" if spec.search.algorithm == "optuna" else "random search"
-    scheduler = "ASHA early stopping" if spec.scheduler.type == "asha" else "no early stopping"
+    search = {"optuna": "Optuna TPE", "random": "random search", "grid": "a grid"}[spec.search.algorithm]
+    if spec.search.sampler.type == "nsga2" and spec.search.algorithm == "optuna":
+        search = "Optuna NSGA-II"
+    scheduler = {
+        "asha": "ASHA early stopping",
+        "fifo": "no early stopping",
+        "pbt": "population-based training",
+    }[spec.scheduler.type]
     data = ", ".join(f"{k}={v}" for k, v in request.data.items()) or "its defaults"
     text = (
-        f"Tuning job **{spec.name}**: {spec.search.num_samples} trials of `{spec.trainable}` proposed by {search} "
+        f"Tuning job **{spec.name}**: {spec.planned_trials} trials of `{spec.trainable}` proposed by {search} "
         f"with {scheduler}, ranked by `{spec.metric}` ({spec.mode}). Spec `{request.spec_file}`; data: {data}."
     )
     if request.smoke_test:

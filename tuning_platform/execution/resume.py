@@ -200,7 +200,7 @@ def _extension(client: Any, run: Any, spec: Spec, spec_file: str) -> ResumeTarge
     old_time = None if tags.get(TIME_TAG, "None") == "None" else float(tags[TIME_TAG])
     new_time = spec.budget.time_s
     more_time = old_time is not None and (new_time is None or new_time > old_time)
-    samples = spec.search.num_samples - trials
+    samples = spec.planned_trials - trials
     if samples <= 0 or (spec.search.num_samples <= int(tags.get(SAMPLES_TAG, "0")) and not more_time):
         raise SpecError(
             spec_file,

@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tuning_platform.cluster.capacity import Capacity, TrialResources, concurrent_groups
+from tuning_platform.search.conditional import ConditionalSpace
 from tuning_platform.search.study import build_sampler, study_of
 from tuning_platform.spec import Spec
+from tuning_platform.spec.conditions import is_conditional
 
 if TYPE_CHECKING:
     from ray.tune import TuneConfig
@@ -20,11 +22,19 @@ if TYPE_CHECKING:
 def build_search(
     spec: Spec, history: list[RecordedTrial] | None = None, points: list[dict[str, Any]] | None = None
 ) -> Any:
-    """Optuna with the spec's sampler and settings (or random search). `history`: earlier
-    trials the searcher starts from (an extended or warm-started job); those that fit the
-    space are added to its study as finished trials, so the sampler weighs them as its own.
-    `points`: configurations random search runs first (the reseeded ones of `selection`)."""
-    if spec.search.algorithm == "optuna":
+    """Optuna with the spec's sampler and settings, random search, or the grid. `history`:
+    earlier trials the searcher starts from (an extended or warm-started job); those that fit
+    the space are added to its study as finished trials, so the sampler weighs them as its own.
+    `points`: configurations random search runs first (the reseeded ones of `selection`).
+
+    A conditional space (`when:`) is drawn by Optuna in both cases (`search/conditional.py`):
+    Tune's own random search samples every parameter of `param_space` for every trial."""
+    if spec.search.algorithm == "grid":
+        from tuning_platform.search.grid import GridSearch  # imports Ray Tune
+
+        return GridSearch(spec.search.space, repeats=spec.search.num_samples)
+    random = spec.search.algorithm == "random"
+    if not random or (is_conditional(spec.search.space) and not points):
         import optuna
 
         from tuning_platform.search.optuna_search import TrialSearch  # imports Ray Tune
@@ -32,14 +42,17 @@ def build_search(
         # OptunaSearch opens the study of that name in the storage it is given (load_if_exists).
         storage = optuna.storages.InMemoryStorage()
         study_of(spec, history or [], storage)
+        sampler = optuna.samplers.RandomSampler(seed=spec.search.seed) if random else None
         return TrialSearch(
             objectives=spec.objective_list,
             constraints=spec.constraint_list,
             horizon=spec.max_t if spec.scheduler.type == "asha" else None,
-            sampler=build_sampler(spec, len(history or [])),
+            space=ConditionalSpace(spec.search.space) if is_conditional(spec.search.space) else None,
+            sampler=sampler or build_sampler(spec, len(history or [])),
             storage=storage,
             study_name=spec.name,
         )
+    # Random search, and the reseeded runs of `selection` (their points in full, nothing drawn).
     from ray.tune.search import BasicVariantGenerator
 
     return BasicVariantGenerator(points_to_evaluate=points, random_state=spec.search.seed)
@@ -48,6 +61,10 @@ def build_search(
 def build_scheduler(spec: Spec) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    if spec.scheduler.type == "pbt":
+        from tuning_platform.execution.pbt import build_pbt  # imports Ray Tune
+
+        return build_pbt(spec)
     if spec.scheduler.type == "asha" and (spec.multi_objective or spec.constraints):
         from tuning_platform.execution.mo_asha import MultiObjectiveASHA  # imports Ray Tune
 
@@ -89,7 +106,7 @@ def tune_config(
         mode=spec.mode,
         search_alg=build_search(spec, history, points),
         scheduler=build_scheduler(spec),
-        num_samples=spec.search.num_samples,
+        num_samples=spec.planned_trials,  # a grid's configurations times its repetitions
         max_concurrent_trials=concurrent_groups(spec, resources, capacity),
         # Ray 2.60 defaults to False, and each fresh actor costs seconds. A data-parallel
         # trial's driver is not reused: ending its actor is what ends its Train workers.

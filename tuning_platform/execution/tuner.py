@@ -112,7 +112,7 @@ def fit(
         CSVLoggerCallback(),
         JsonLoggerCallback(),
         FreedMemoryReturned(),  # a driver of thousands of trials keeps no freed memory (memory.py)
-        PicturesWarmedUp(spec.search.num_samples),  # the insight's imports on an idle slot (warm_up.py)
+        PicturesWarmedUp(spec.planned_trials),  # the insight's imports on an idle slot (warm_up.py)
     ]
     if setup.capacity.autoscaling:
         callbacks.append(WaitingForNodes())

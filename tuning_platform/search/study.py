@@ -15,6 +15,7 @@ pruned trials), never as a finished result.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,10 @@ from tuning_platform.records import (
     UNSTABLE,
     TrialStatus,
 )
+from tuning_platform.search.conditional import distribution
 from tuning_platform.search.sampler import WindowedTPESampler
-from tuning_platform.spec import ChoiceDomain, IntDomain, Spec, to_tune_domain
+from tuning_platform.spec import ChoiceDomain, GridDomain, IntDomain, Spec
+from tuning_platform.spec.conditions import holds, in_order, is_conditional
 from tuning_platform.tracking.queries import metric_histories, trial_run_records
 
 if TYPE_CHECKING:
@@ -121,23 +124,28 @@ def as_row(trial: RecordedTrial, spec: Spec) -> TrialRow:
 
 
 def distributions(spec: Spec) -> dict[str, Any]:
-    """The Optuna distribution of each searched parameter, exactly as Ray's `OptunaSearch`
-    converts the job's Tune domains, so seeded trials and live ones share one search space."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch.convert_search_space({name: to_tune_domain(d) for name, d in spec.search.space.items()})
+    """The Optuna distribution of each searched parameter, as Ray's `OptunaSearch` converts
+    the job's Tune domains (and `conditional.ConditionalSpace` suggests them), so seeded trials
+    and live ones share one search space. A trial holds those of its active parameters only."""
+    return {name: distribution(domain) for name, domain in spec.search.space.items()}
 
 
 def fitting_params(trial: RecordedTrial, spec: Spec) -> dict[str, Any] | None:
-    """The trial's parameters in the spec's space, or None when the trial does not fit it: a
-    searched value outside the space (or missing), or a value the spec now fixes that the trial
-    ran with another value (or without)."""
+    """The trial's active parameters in the spec's space, or None when the trial does not fit
+    it: an active parameter's value outside the space (or missing), or a value the spec now
+    fixes that the trial ran with another value (or without). A parameter the spec's `when`
+    makes inactive for this trial is left out, whatever the trial logged for it (an earlier job
+    without conditions logged every one)."""
     params: dict[str, Any] = {}
-    for name, domain in spec.search.space.items():
+    for name in in_order(spec.search.space):  # each parameter after those its `when` names
+        domain = spec.search.space[name]
+        if not holds(domain, params):
+            continue
         value = _parse(trial.params.get(name), domain)
         if value is None:
             return None
         params[name] = value
+    params = {name: params[name] for name in spec.search.space if name in params}  # the spec's order
     for name, fixed in spec.search.fixed.items():
         if name == "seed":
             continue  # a trial's seed changes nothing about what its parameters are worth
@@ -149,7 +157,7 @@ def fitting_params(trial: RecordedTrial, spec: Spec) -> dict[str, Any] | None:
 def _parse(text: str | None, domain: Any) -> Any:
     if text is None:
         return None
-    if isinstance(domain, ChoiceDomain):
+    if isinstance(domain, (ChoiceDomain, GridDomain)):
         # Logged as str(value): find the choice that prints the same.
         return next((value for value in domain.values if str(value) == text), None)
     try:
@@ -244,11 +252,20 @@ def build_sampler(spec: Spec, history_size: int = 0) -> optuna.samplers.BaseSamp
         return optuna.samplers.NSGAIISampler(
             population_size=settings.population_size, seed=spec.search.seed + history_size
         )
-    return WindowedTPESampler(
-        window=settings.window,
-        seed=spec.search.seed + history_size,
-        n_startup_trials=settings.n_startup_trials,
-        n_ei_candidates=settings.n_ei_candidates,
-        multivariate=settings.multivariate,
-        constant_liar=settings.constant_liar,
-    )
+    # A conditional space: without `group`, multivariate TPE falls back to independent
+    # sampling over parameters that are not in every trial (optuna #6746).
+    group = settings.multivariate and is_conditional(spec.search.space)
+    from optuna.exceptions import ExperimentalWarning  # optuna is optional: imported when searched with
+
+    with warnings.catch_warnings():
+        # Optuna marks `group` experimental; the warning would reach every user of a `when:`.
+        warnings.simplefilter("ignore", category=ExperimentalWarning)
+        return WindowedTPESampler(
+            window=settings.window,
+            seed=spec.search.seed + history_size,
+            n_startup_trials=settings.n_startup_trials,
+            n_ei_candidates=settings.n_ei_candidates,
+            multivariate=settings.multivariate,
+            group=group,
+            constant_liar=settings.constant_liar,
+        )

@@ -20,6 +20,7 @@ from tuning_platform.spec.load import (
 from tuning_platform.spec.schema import (
     DOMAIN_TYPES,
     ChoiceDomain,
+    GridDomain,
     IntDomain,
     LogUniformDomain,
     SamplerSpec,
@@ -32,6 +33,7 @@ __all__ = [
     "DOMAIN_TYPES",
     "MAPPING_SPEC_NAME",
     "ChoiceDomain",
+    "GridDomain",
     "IntDomain",
     "LogUniformDomain",
     "SamplerSpec",

@@ -151,4 +151,6 @@ def smoke_overrides(spec: Spec) -> list[str]:
         items.append("scheduler.max_t=2")
     if spec.scheduler.grace_period > 1:
         items.append("scheduler.grace_period=1")
+    if spec.scheduler.type == "pbt":
+        items.append("scheduler.perturbation_interval=1")  # below the 2 epochs, so PBT still perturbs
     return items

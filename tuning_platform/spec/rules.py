@@ -6,7 +6,16 @@ import math
 import re
 
 from tuning_platform.errors import SpecError
-from tuning_platform.spec.schema import PARAM_PATTERN, ChoiceDomain, PreferRule, Spec
+from tuning_platform.spec.conditions import conditions, cycle, is_conditional
+from tuning_platform.spec.schema import (
+    PARAM_PATTERN,
+    ChoiceDomain,
+    GridDomain,
+    LogUniformDomain,
+    PreferRule,
+    Spec,
+    UniformDomain,
+)
 
 
 def check_relations(spec: Spec, file: str) -> None:
@@ -60,6 +69,10 @@ def check_relations(spec: Spec, file: str) -> None:
                             value,
                         )
 
+    _check_conditions(spec, file)
+    _check_grid(spec, file)
+    _check_pbt(spec, file)
+
     if spec.scheduler.max_t is not None and spec.epochs is not None and spec.scheduler.max_t > spec.epochs:
         raise SpecError(
             file, "scheduler.max_t", f"must be <= search.fixed.epochs ({spec.epochs})", spec.scheduler.max_t
@@ -88,4 +101,97 @@ def check_relations(spec: Spec, file: str) -> None:
             "with workers > 1 each worker needs a whole GPU (gpu: 1): NCCL refuses two ranks on one GPU; "
             "share GPUs between trials with workers: 1 instead",
             spec.resources.gpu,
+        )
+
+
+def _check_conditions(spec: Spec, file: str) -> None:
+    """Each `when` names a choice (or grid) parameter of the space and some of its values; no
+    parameter depends on itself through a chain of `when`s."""
+    space = spec.search.space
+    for param, domain in space.items():
+        for name, allowed in conditions(domain).items():
+            key = f"search.space.{param}.when.{name}"
+            parent = space.get(name)
+            if parent is None:
+                known = ", ".join(n for n in space if n != param) or "none"
+                raise SpecError(file, key, f"names no parameter of the space (its parameters: {known})", name)
+            if not isinstance(parent, (ChoiceDomain, GridDomain)):
+                raise SpecError(file, key, f"must name a choice parameter ({name} is {parent.type})", name)
+            for value in allowed:
+                if value not in parent.values:
+                    raise SpecError(file, key, f"must be among {name}'s values {parent.values}", value)
+    loop = cycle(space)
+    if loop:
+        raise SpecError(file, f"search.space.{loop[0]}.when", "the whens form a cycle", " -> ".join(loop))
+
+
+def _check_grid(spec: Spec, file: str) -> None:
+    grid_params = [name for name, domain in spec.search.space.items() if isinstance(domain, GridDomain)]
+    if spec.search.algorithm != "grid":
+        if grid_params:
+            raise SpecError(
+                file, f"search.space.{grid_params[0]}", "type: grid needs search.algorithm: grid", spec.search.algorithm
+            )
+        return
+    for name, domain in spec.search.space.items():
+        if isinstance(domain, (UniformDomain, LogUniformDomain)):
+            raise SpecError(
+                file,
+                f"search.space.{name}",
+                "a grid takes only grid, choice or int parameters; list the values to try "
+                "as {type: grid, values: [...]}",
+                domain.type,
+            )
+
+
+def _check_pbt(spec: Spec, file: str) -> None:
+    scheduler = spec.scheduler
+    if scheduler.type != "pbt":
+        for key, default in (("perturbation_interval", None), ("mutations", {})):
+            if getattr(scheduler, key) != default:
+                raise SpecError(file, f"scheduler.{key}", "is a setting of scheduler.type: pbt", scheduler.type)
+        return
+    if spec.search.algorithm != "random":
+        raise SpecError(
+            file,
+            "search.algorithm",
+            "PBT picks its own configurations (random ones to start, then copies and perturbs the best); "
+            "use search.algorithm: random with scheduler.type: pbt",
+            spec.search.algorithm,
+        )
+    if is_conditional(spec.search.space):
+        raise SpecError(
+            file, "scheduler.type", "pbt cannot run a conditional space (when:): Ray's PBT takes no searcher", "pbt"
+        )
+    if spec.multi_objective or spec.constraints:
+        raise SpecError(
+            file, "scheduler.type", "pbt ranks trials by one metric: give metric/mode, no constraints", "pbt"
+        )
+    if spec.selection is not None and spec.selection.reseeds:
+        raise SpecError(
+            file, "selection", "PBT's result is a schedule, not a configuration to train again with new seeds", "pbt"
+        )
+    if spec.resources.workers > 1:
+        raise SpecError(file, "resources.workers", "pbt runs trials of one worker", spec.resources.workers)
+    if not scheduler.mutations:
+        raise SpecError(
+            file,
+            "scheduler.mutations",
+            "pbt needs the parameters to perturb, for example lr: {type: loguniform, low: 1e-4, high: 1e-1}",
+            None,
+        )
+    for name, domain in scheduler.mutations.items():
+        if name not in spec.search.space:
+            known = ", ".join(spec.search.space) or "none"
+            raise SpecError(file, f"scheduler.mutations.{name}", f"must be a parameter of search.space ({known})", name)
+        if domain.when:
+            raise SpecError(file, f"scheduler.mutations.{name}.when", "mutations are never conditional", domain.when)
+    if spec.epochs is None:
+        raise SpecError(file, "search.fixed.epochs", "required by the pbt scheduler, which perturbs by epochs", None)
+    if scheduler.perturbation_interval is not None and scheduler.perturbation_interval >= spec.epochs:
+        raise SpecError(
+            file,
+            "scheduler.perturbation_interval",
+            f"must be < search.fixed.epochs ({spec.epochs}), or no trial is ever perturbed",
+            scheduler.perturbation_interval,
         )

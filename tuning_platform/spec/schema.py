@@ -16,6 +16,14 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class _Conditional(StrictModel):
+    """A parameter of the space, searched only in the trials whose `when` holds: each key a
+    `choice` (or `grid`) parameter of the same space, each value one of its values or a list of
+    them (`spec/conditions.py` reads it; `spec/rules.py` checks it against the space)."""
+
+    when: dict[str, Any] | None = Field(default=None, min_length=1)
+
+
 def _high_above_low(high: float, info: ValidationInfo) -> float:
     low = info.data.get("low")
     if low is not None and high <= low:
@@ -23,7 +31,7 @@ def _high_above_low(high: float, info: ValidationInfo) -> float:
     return high
 
 
-class _Bounded(StrictModel):
+class _Bounded(_Conditional):
     low: float
     high: float
 
@@ -45,7 +53,7 @@ class LogUniformDomain(_Bounded):
         return low
 
 
-class IntDomain(StrictModel):
+class IntDomain(_Conditional):
     """Integers from low to high, both inclusive."""
 
     type: Literal["int"]
@@ -64,13 +72,24 @@ class IntDomain(StrictModel):
         return log
 
 
-class ChoiceDomain(StrictModel):
+class ChoiceDomain(_Conditional):
     type: Literal["choice"]
     values: list[Any] = Field(min_length=1)
 
 
-Domain = Annotated[UniformDomain | LogUniformDomain | IntDomain | ChoiceDomain, Field(discriminator="type")]
-DOMAIN_TYPES = ("uniform", "loguniform", "int", "choice")
+class GridDomain(_Conditional):
+    """Every value, in every combination with the other grid parameters (`algorithm: grid`)."""
+
+    type: Literal["grid"]
+    values: list[Any] = Field(min_length=1)
+
+
+Domain = Annotated[
+    UniformDomain | LogUniformDomain | IntDomain | ChoiceDomain | GridDomain, Field(discriminator="type")
+]
+DOMAIN_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
+# What PBT's mutations may be: a distribution to resample from or a list to step through.
+MutationDomain = Annotated[UniformDomain | LogUniformDomain | IntDomain | ChoiceDomain, Field(discriminator="type")]
 
 
 class SamplerSpec(StrictModel):
@@ -108,7 +127,8 @@ class WarmStartSpec(StrictModel):
 
 
 class SearchSpec(StrictModel):
-    algorithm: Literal["optuna", "random"] = "optuna"
+    # grid: the product of the space's grid and choice values, run `num_samples` times over.
+    algorithm: Literal["optuna", "random", "grid"] = "optuna"
     num_samples: int = Field(default=16, ge=1)
     max_concurrent: int | None = Field(default=None, ge=1)
     seed: int = 0
@@ -117,12 +137,32 @@ class SearchSpec(StrictModel):
     space: dict[str, Domain] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _grid_runs_once(cls, raw: Any) -> Any:
+        """With a grid, `num_samples` counts repetitions of the whole grid (as in Ray): once
+        unless given."""
+        if isinstance(raw, dict) and raw.get("algorithm") == "grid" and "num_samples" not in raw:
+            return {**raw, "num_samples": 1}
+        return raw
+
 
 class SchedulerSpec(StrictModel):
-    type: Literal["asha", "fifo"] = "asha"
+    """ASHA (stops weak trials at rungs), FIFO (stops none), or PBT: a population of
+    `search.num_samples` trials trains together; every `perturbation_interval` epochs a trial in
+    the bottom `quantile_fraction` copies the checkpoint of one in the top and perturbs the
+    `mutations` (resampled with `resample_probability`, else multiplied by 0.8 or 1.2, or moved
+    to a neighbouring choice), as Ray's PopulationBasedTraining does."""
+
+    type: Literal["asha", "fifo", "pbt"] = "asha"
     grace_period: int = Field(default=1, ge=1)
     reduction_factor: float = Field(default=3, gt=1)
     max_t: int | None = Field(default=None, ge=1)
+    # PBT's settings; the rules refuse them with another scheduler. None: a quarter of the epochs.
+    perturbation_interval: int | None = Field(default=None, ge=1)
+    quantile_fraction: float = Field(default=0.25, gt=0, le=0.5)
+    resample_probability: float = Field(default=0.25, ge=0, le=1)
+    mutations: dict[str, MutationDomain] = Field(default_factory=dict)
 
 
 class ResourcesSpec(StrictModel):
@@ -268,6 +308,16 @@ class Spec(StrictModel):
         return list(dict.fromkeys(names))
 
     @property
+    def planned_trials(self) -> int:
+        """The trials the search runs: `num_samples`, or with a grid each of its configurations
+        `num_samples` times."""
+        if self.search.algorithm == "grid":
+            from tuning_platform.spec.conditions import grid_points  # it imports this module
+
+            return len(grid_points(self.search.space)) * self.search.num_samples
+        return self.search.num_samples
+
+    @property
     def epochs(self) -> int | None:
         """The epochs a trial may train (`search.fixed.epochs`); None when the spec leaves it to
         the trainable, which only a scheduler without a horizon (FIFO) allows."""
@@ -298,6 +348,10 @@ _LATER_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("search", "sampler", "type"): "tpe",
     ("search", "sampler", "population_size"): 50,
     ("selection", "rule"): None,
+    ("scheduler", "perturbation_interval"): None,
+    ("scheduler", "quantile_fraction"): 0.25,
+    ("scheduler", "resample_probability"): 0.25,
+    ("scheduler", "mutations"): {},
 }
 
 
@@ -314,4 +368,7 @@ def spec_settings(spec: Spec) -> dict[str, Any]:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and node.get(path[-1], default) == default:
             node.pop(path[-1], None)
+    for domain in settings["search"]["space"].values():  # `when` came later too
+        if domain.get("when") is None:
+            domain.pop("when", None)
     return settings
