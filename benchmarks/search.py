@@ -1,6 +1,7 @@
 """Search efficiency: Optuna TPE + ASHA against random search + FIFO (no early stopping), with the
-same trainable, number of trials and seeds; and TPE + ASHA telling Optuna a trial ASHA stopped
-as PRUNED (the platform's way) against as COMPLETE with its last value (Ray's).
+same trainable, number of trials and seeds; against a small grid + FIFO, the way many teams tune
+today; and TPE + ASHA telling Optuna a trial ASHA stopped as PRUNED (the platform's way) against
+as COMPLETE with its last value (Ray's).
 
     python -m benchmarks.search                  # mlp spec, 30 trials, seeds 0 1 2
     python -m benchmarks.search --spec cnn       # cnn spec, its 20 trials of 12 epochs
@@ -12,7 +13,9 @@ Every strategy runs through the platform on the shipped spec (`search_spaces/mlp
 on breast cancer, val_roc_auc, ASHA grace 3 / reduction 3 up to 20 epochs; `cnn.yaml`: the CNN
 on digits, val_accuracy, grace 2 / reduction 3 up to 12 epochs); only `search.algorithm` and
 `scheduler.type` differ, and for "TPE+ASHA (COMPLETE)" `TrialSearch.PRUNE_STOPPED` is off for
-the job (the searcher lives in this process, the driver). For each seed it prints epochs
+the job (the searcher lives in this process, the driver). "grid+FIFO" runs `GRIDS`: a
+hand-written grid of about the same number of trials over the learning rate, the optimizer and
+the batch size (momentum 0.9 with sgd), the other parameters at common values. For each seed it prints epochs
 trained, trials stopped early, what Optuna was told, wall time, the best metric, the mean of the
 5 best trials, and the time until each first reached 99% of random+FIFO's final best (from the
 trial runs' MLflow histories). Targets, averaged over the seeds: TPE+ASHA trains at most 40% of
@@ -34,9 +37,38 @@ from benchmarks.common import SPECS, job_request, parser, quiet, ray_running, ru
 
 TARGET_EPOCH_SHARE = 0.40
 TARGET_BEST_GAP = 0.005
-FIFO, PRUNED, COMPLETE = "random+FIFO", "TPE+ASHA", "TPE+ASHA (COMPLETE)"
+FIFO, PRUNED, COMPLETE, GRID = "random+FIFO", "TPE+ASHA", "TPE+ASHA (COMPLETE)", "grid+FIFO"
 # label: (search.algorithm, scheduler.type, TrialSearch.PRUNE_STOPPED)
-STRATEGIES = {FIFO: ("random", "fifo", True), PRUNED: ("optuna", "asha", True), COMPLETE: ("optuna", "asha", False)}
+STRATEGIES = {
+    FIFO: ("random", "fifo", True),
+    PRUNED: ("optuna", "asha", True),
+    COMPLETE: ("optuna", "asha", False),
+    GRID: ("grid", "fifo", True),
+}
+# The grid a team would write for each spec: 27 (mlp) and 18 (cnn) configurations, near the
+# other strategies' 30 and 20 trials.
+_OPTIMIZERS = (
+    "optimizer: {type: grid, values: [sgd, adam, adamw]}, momentum: {type: grid, values: [0.9], when: {optimizer: sgd}}"
+)
+GRIDS = {
+    "mlp": [
+        "search.space={lr: {type: grid, values: [0.001, 0.01, 0.05]}, batch_size: {type: grid, values: [16, 32, 64]}, "
+        + _OPTIMIZERS
+        + "}",
+        "search.fixed.weight_decay=0.0001",
+        "search.fixed.hidden_size=64",
+        "search.fixed.num_layers=2",
+        "search.fixed.dropout=0.1",
+    ],
+    "cnn": [
+        "search.space={lr: {type: grid, values: [0.001, 0.01, 0.05]}, batch_size: {type: grid, values: [32, 128]}, "
+        + _OPTIMIZERS
+        + "}",
+        "search.fixed.weight_decay=0.0001",
+        "search.fixed.dropout=0.25",
+        "search.fixed.channels=16",
+    ],
+}
 # The shipped specs measured, and the trials a run gives each unless --trials says otherwise.
 SPEC_FILES = {"mlp": "mlp.yaml", "cnn": "cnn.yaml"}
 DEFAULT_TRIALS = {"mlp": 30, "cnn": 20}
@@ -112,17 +144,22 @@ def prune_stopped(on: bool) -> Iterator[None]:
 
 
 def run_strategy(
-    spec_name: str, label: str, seed: int, trials: int, overrides: list[str], folder: Any
+    spec_name: str, label: str, seed: int, trials: int, overrides: list[str], folder: Any, smoke: bool = False
 ) -> dict[str, Any] | None:
     from tuning_platform.records import TrialStatus
     from tuning_platform.tracking.client import open_client
 
     algorithm, scheduler, prune = STRATEGIES[label]
     name = f"search-{spec_name}-{algorithm}-{scheduler}{'' if prune else '-complete'}-{seed}"
+    # A grid runs once: its size is its number of trials.
+    grid = [*GRIDS[spec_name], "search.num_samples=1"] if algorithm == "grid" else []
+    if grid and smoke:  # the three optimizers at one learning rate and batch size
+        grid.append(f"search.space={{lr: {{type: grid, values: [0.01]}}, {_OPTIMIZERS}}}")
     request = job_request(
         SPECS / SPEC_FILES[spec_name],
         [
             f"search.num_samples={trials}",
+            *grid,
             f"search.seed={seed}",
             f"search.algorithm={algorithm}",
             f"scheduler.type={scheduler}",
@@ -141,6 +178,7 @@ def run_strategy(
     start_ms, histories = metric_histories(open_client(request.tracking_uri), outcome, request.spec.metric)
     return {
         "metric": request.spec.metric,
+        "trials": len(outcome.rows),
         "epochs": sum(row.epochs for row in outcome.rows),
         "stopped": sum(row.status == TrialStatus.EARLY_STOPPED for row in outcome.rows),
         "told": dict(told),
@@ -154,7 +192,7 @@ def run_strategy(
 
 
 def told_text(told: dict[str, int]) -> str:
-    """`20C,10P`: trials told to Optuna as COMPLETE and PRUNED (and FAIL); `-` for random search."""
+    """`20C,10P`: trials told to Optuna as COMPLETE and PRUNED (and FAIL); `-` for the grid."""
     if not told:
         return "-"
     return ",".join(f"{count}{state[0]}" for state, count in sorted(told.items()))
@@ -205,6 +243,14 @@ def report(spec_name: str, measured: dict[int, dict[str, dict[str, Any]]], args:
         )
     print(f"TPE+ASHA / random+FIFO epochs: {spread(shares)}; wall time speed-up: {spread(speedups)}x")
     print(f"best gap (random+FIFO minus TPE+ASHA, > 0 means TPE+ASHA is worse): {spread(gaps)}")
+    if all(GRID in runs for runs in measured.values()):
+        grid_gaps = [runs[GRID]["best"] - runs[PRUNED]["best"] for runs in measured.values()]
+        grid_shares = [runs[PRUNED]["epochs"] / runs[GRID]["epochs"] for runs in measured.values()]
+        trials = next(iter(measured.values()))[GRID]["trials"]
+        print(
+            f"against {GRID} ({trials} configurations): TPE+ASHA / grid epochs {spread(grid_shares)}; "
+            f"best gap (grid minus TPE+ASHA, > 0 means TPE+ASHA is worse) {spread(grid_gaps)}"
+        )
     if all(COMPLETE in runs for runs in measured.values()):
         compare_complete(measured)
     share_ok = verdict(
@@ -316,7 +362,13 @@ def main(argv: list[str] | None = None) -> int:
                 measured[seed] = {}
                 for label in labels:
                     run = run_strategy(
-                        spec_name, label, seed, args.trials_of[spec_name], args.overrides_of[spec_name], folder
+                        spec_name,
+                        label,
+                        seed,
+                        args.trials_of[spec_name],
+                        args.overrides_of[spec_name],
+                        folder,
+                        smoke=args.smoke,
                     )
                     if run is None:
                         return 1

@@ -93,17 +93,20 @@ def test_utilization_reads_training_time_back_from_mlflow(smoke):
 def test_search_compares_tpe_asha_with_random_fifo_and_complete_with_pruned(smoke):
     out = smoke("search")
     row = r"^\s+0 {}\s+(\d+)\s+(\d+)\s+(\S+)\s+{n}\s+({n})\s+({n})\s+({n})\s+({n}|never)$"
-    fifo, asha, complete = (
+    fifo, asha, complete, grid = (
         re.search(row.format(re.escape(label), n=NUMBER), out, re.M)
-        for label in ("random+FIFO", "TPE+ASHA", "TPE+ASHA (COMPLETE)")
+        for label in ("random+FIFO", "TPE+ASHA", "TPE+ASHA (COMPLETE)", "grid+FIFO")
     )
-    assert fifo and asha and complete, out[-2000:]
+    assert fifo and asha and complete and grid, out[-2000:]
     assert int(fifo.group(1)) == 4 * 9  # every trial ran its epochs (9 in a smoke run)
+    assert int(grid.group(1)) == 3 * 9 and grid.group(3) == "-"  # the smoke grid: three optimizers, in full
+    assert re.search(rf"^against grid\+FIFO \(3 configurations\): TPE\+ASHA / grid epochs {NUMBER}", out, re.M)
     assert int(asha.group(1)) < int(fifo.group(1))  # ASHA stopped some
     # What Optuna was told: the stopped trials as PRUNED by default, as COMPLETE with Ray's way.
     stopped = int(asha.group(2))
     assert stopped > 0 and asha.group(3) == f"{4 - stopped}C,{stopped}P", out[-2000:]
-    assert complete.group(3) == "4C" and fifo.group(3) == "-"
+    # Random search over the spec's conditional space is Optuna's RandomSampler, told like TPE.
+    assert complete.group(3) == "4C" and fifo.group(3) == "4C"
     assert re.search(r"^  seed 0: epochs \d+ / \d+ = \d\.\d{3}; best ", out, re.M), out[-2000:]
     assert re.search(r"^  the figures favour: ", out, re.M)
     assert re.search(rf"^{VERDICT}mlp: epoch share of TPE\+ASHA, mean {NUMBER} \(target <= 0.4\)$", out, re.M)

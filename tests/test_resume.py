@@ -70,6 +70,8 @@ search:
   seed: 1
   space:
     lr: {{{{type: loguniform, low: 1.0e-3, high: 1.0e-1}}}}
+    optimizer: {{{{type: choice, values: [sgd, adam]}}}}
+    momentum: {{{{type: uniform, low: 0.5, high: 0.95, when: {{{{optimizer: sgd}}}}}}}}
   fixed: {{{{epochs: {EPOCHS}, batch_size: 64, log_dir: "{{log_dir}}"}}}}
 scheduler: {{{{type: fifo}}}}
 """
@@ -170,6 +172,8 @@ def _check_one_complete_record(client: MlflowClient, resumed: int = 1) -> None:
     for child in completed:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
         assert steps == list(range(1, EPOCHS + 1)), (child.data.tags["trial_id"], steps)
+        # The space is conditional: the searcher Tune saved and restored still draws momentum for sgd only.
+        assert ("momentum" in child.data.params) == (child.data.params["optimizer"] == "sgd"), child.data.params
     champion = client.get_model_version_by_alias("resumable", "champion")
     assert champion.tags["parent_run_id"] == parents[0].info.run_id
 

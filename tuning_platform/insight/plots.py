@@ -18,7 +18,7 @@ from tuning_platform.ranking import best, score
 from tuning_platform.records import LEARNED_FROM, TrialStatus
 from tuning_platform.search.front import Front, FrontPoint
 from tuning_platform.search.study import RecordedTrial, fitting_params
-from tuning_platform.spec import ChoiceDomain, IntDomain, LogUniformDomain, Spec
+from tuning_platform.spec import ChoiceDomain, GridDomain, IntDomain, LogUniformDomain, Spec
 
 # Every picture is this size (inches at DPI): 900 x 500 pixels.
 FIGSIZE, DPI = (9.0, 5.0), 100
@@ -91,7 +91,7 @@ def _is_log(domain: Any) -> bool:
 
 def _axis_position(value: Any, domain: Any) -> float:
     """A parameter value on its axis, scaled to [0, 1] (log axes for log domains)."""
-    if isinstance(domain, ChoiceDomain):
+    if isinstance(domain, (ChoiceDomain, GridDomain)):
         index = next((i for i, v in enumerate(domain.values) if str(v) == str(value)), 0)
         return index / max(len(domain.values) - 1, 1)
     low, high, value = float(domain.low), float(domain.high), float(value)
@@ -127,7 +127,7 @@ def plot_parallel_coordinates(spec: Spec, scored: list[tuple[RecordedTrial, floa
     labels = []
     for name in names:
         domain = spec.search.space[name]
-        if isinstance(domain, ChoiceDomain):
+        if isinstance(domain, (ChoiceDomain, GridDomain)):
             labels.append(f"{name}\n{' / '.join(str(v) for v in domain.values)}")
         else:
             log = " (log)" if _is_log(domain) else ""
