@@ -53,6 +53,22 @@ def test_a_conditional_parameter_is_combined_only_where_it_is_active():
     ]
 
 
+def test_a_chain_of_whens_is_drawn_parents_first_whatever_the_spec_s_order():
+    space = {
+        "nesterov": {"type": "grid", "values": [True, False], "when": {"momentum": 0.9}},
+        "momentum": {"type": "grid", "values": [0.0, 0.9], "when": {"optimizer": "sgd"}},
+        "optimizer": {"type": "grid", "values": ["sgd", "adam"]},
+    }
+    expected = [
+        {"nesterov": True, "momentum": 0.9, "optimizer": "sgd"},
+        {"nesterov": False, "momentum": 0.9, "optimizer": "sgd"},
+        {"momentum": 0.0, "optimizer": "sgd"},
+        {"optimizer": "adam"},
+    ]
+    # Each configuration's keys in the spec's order; the set of configurations is the point.
+    assert sorted(map(repr, grid_points(_spec(space).search.space))) == sorted(map(repr, expected))
+
+
 def test_the_searcher_walks_the_grid_repeats_it_and_keeps_its_place_in_tune_s_saved_state(tmp_path):
     spec = _spec(GRID, num_samples=2)
     searcher = GridSearch(spec.search.space, repeats=2)
