@@ -118,3 +118,21 @@ def test_a_2x3_grid_job_runs_each_configuration_once_and_records_it_as_any_searc
     statuses = {run.data.tags["trial_status"] for run in children}
     assert "early_stopped" in statuses, "ASHA still stops the weaker configurations of a grid"
     assert "6 trials" in result.stdout and "grid" in parent.data.tags["mlflow.note.content"]
+
+
+@pytest.mark.parametrize("algorithm", ["random", "grid", "optuna"])
+def test_every_searcher_runs_at_most_max_concurrent_trials_at_once(algorithm):
+    """Tune limits a Searcher itself but ignores `max_concurrent_trials` for its own random
+    search given explicitly: the platform gives that one the limit."""
+    from ray.tune.search import BasicVariantGenerator
+
+    from tuning_platform.execution.searcher import tune_config
+
+    raw = yaml.safe_load((SPECS / "mlp.yaml").read_text())
+    raw["search"].update(algorithm=algorithm, max_concurrent=1)
+    raw["search"]["space"] = {"batch_size": {"type": "choice", "values": [16, 32]}}
+    config = tune_config(load_spec(raw)[0], {"cpu": 1.0, "gpu": 0.0})
+    if isinstance(config.search_alg, BasicVariantGenerator):
+        assert config.search_alg.max_concurrent == 1 and config.max_concurrent_trials is None
+    else:
+        assert config.max_concurrent_trials == 1

@@ -86,17 +86,19 @@ class Task:
 
 
 def make_optimizer(params: Any, config: dict[str, Any]) -> torch.optim.Optimizer:
-    """sgd | adam | adamw from `optimizer`, `lr`, and `momentum` / `weight_decay` when given."""
-    name = str(config.get("optimizer", "adam")).lower()
+    """sgd | adam | adamw from `optimizer`, `lr`, and `momentum` (sgd), `beta2` (adam, adamw) and
+    `weight_decay` when given: a conditional space gives each only the trials it applies to."""
+    name = _optimizer_name(config)
     lr = float(config["lr"])
     weight_decay = float(config.get("weight_decay", 0.0))
     if name == "sgd":
         momentum = float(config.get("momentum", 0.9))
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    betas = (0.9, float(config.get("beta2", 0.999)))  # torch's defaults
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=float(config.get("weight_decay", 0.01)))
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=float(config.get("weight_decay", 0.01)))
     raise ValueError(f"unknown optimizer {name!r}: expected sgd, adam or adamw")
 
 
@@ -155,6 +157,26 @@ def save_state(
         },
         os.path.join(directory, CHECKPOINT_FILE),
     )
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], config: dict[str, Any]) -> None:
+    """The checkpoint's optimizer state (momentum buffers, Adam's moments), with the
+    hyperparameters of `config` kept: `load_state_dict` also restores the checkpoint's lr,
+    weight decay and momentum, and a trial that population-based training restarted from another
+    trial's checkpoint goes on with its own, perturbed values. A trial resumed from its own
+    checkpoint has the same values in both. With another optimizer than the checkpoint's, its
+    state does not fit: the optimizer starts fresh."""
+    saved = state.get("config")
+    if saved is not None and _optimizer_name(saved) != _optimizer_name(config):
+        return
+    settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state["optimizer"])
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
+
+
+def _optimizer_name(config: dict[str, Any]) -> str:
+    return str(config.get("optimizer", "adam")).lower()
 
 
 def load_state(directory: str) -> dict[str, Any]:
@@ -266,7 +288,7 @@ def train_epochs(task: Task, config: dict[str, Any], data: Dataset, worker: Work
         trained = DistributedDataParallel(model, device_ids=device_ids)
     optimizer = make_optimizer(trained.parameters(), config)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state, config)
     loss_fn = task.loss_fn(config)
     batch_size = int(config.get("batch_size", 64))
     here = node_id()

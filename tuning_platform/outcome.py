@@ -23,7 +23,7 @@ class TrialRow:
     status: TrialStatus  # completed | early_stopped | diverged | failed | interrupted
     epochs: int
     value: float | None  # best finite value of the spec's metric over the trial's epochs
-    params: dict[str, Any]
+    params: dict[str, Any]  # its active parameters only: none a `when:` made inactive for it
     error: str | None = None  # a failed trial's last error line
     # The last value of each metric the job judges a trial by (its objectives and constraints).
     finals: dict[str, float] = field(default_factory=dict)
@@ -134,7 +134,8 @@ class TuneResult:
 
     @property
     def trials(self) -> pd.DataFrame:
-        """One row per trial: id, status, epochs, the metric's best value, error, params."""
+        """One row per trial: id, status, epochs, the metric's best value, error, params (NaN
+        where a trial does not hold a parameter: inactive by its `when:`)."""
         import pandas as pd
 
         return pd.DataFrame(

@@ -154,11 +154,17 @@ def log_outcome(tracker: JobTracker, spec: Spec, result: TuneResult) -> None:
     best, registration = result.best, result.registration
     chosen = {f"best.{k}": str(v) for k, v in (best.params if best else {}).items()}
     # MLflow refuses to change a param: an extension whose best trial is another keeps the first
-    # best's params, and every end writes the current best's configuration as tags too.
-    logged = tracker.client.get_run(tracker.parent_run_id).data.params if chosen else {}
+    # best's params (all of them, none added: a conditional space's bests may hold different
+    # parameters), and every end writes the current best's configuration as tags too, without
+    # the tags of parameters the current best does not have.
+    logged = tracker.client.get_run(tracker.parent_run_id).data if chosen else None
+    first_end = logged is None or not any(key.startswith("best.") for key in logged.params)
+    for key in logged.tags if logged is not None else ():
+        if key.startswith("best.") and key not in chosen:
+            tracker.client.delete_tag(tracker.parent_run_id, key)
     tracker.log_to_parent(
         metrics={f"best_{spec.metric}": best.value} if best and best.value is not None else {},
-        params={k: v for k, v in chosen.items() if logged.get(k, v) == v},
+        params=chosen if first_end else {},
         tags={
             **chosen,
             **{

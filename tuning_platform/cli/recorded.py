@@ -24,7 +24,14 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tuning_platform.insight import FOLDER, FRONT_FOLDER, Insight, read_importances
+from tuning_platform.insight import (
+    FOLDER,
+    FRONT_FOLDER,
+    Insight,
+    branch_labels,
+    read_branch_importances,
+    read_importances,
+)
 from tuning_platform.outcome import Registration, TrialRow, TuneResult, best_trial, ranked
 from tuning_platform.ranking import best
 from tuning_platform.records import (
@@ -138,7 +145,14 @@ def _row(trial: RecordedTrial, spec: Spec, last_run: bool) -> TrialRow:
 def _insight(client: MlflowClient, run: Any, spec: Spec, trials: list[RecordedTrial]) -> Insight:
     """The importances and pictures on the parent run, as `insight.write_insight` left them."""
     importances, per_objective = read_importances(run.data.metrics, spec)
-    insight = Insight(importances=importances, per_objective=per_objective)
+    within, within_per_objective = read_branch_importances(run.data.metrics, spec)
+    insight = Insight(
+        importances=importances,
+        per_objective=per_objective,
+        within_branch=within,
+        within_branch_per_objective={metric: found for metric, found in within_per_objective.items() if found},
+        branches=branch_labels(spec),
+    )
     scored = sum(best_value(trial, spec.mode) is not None for trial in trials)
     if not insight.importances and not (scored >= 2 and spec.search.space):
         insight.note = f"importances need 2 or more trials that reported {spec.metric}"

@@ -12,6 +12,7 @@ from tuning_platform.search.conditional import ConditionalSpace
 from tuning_platform.search.study import build_sampler, study_of
 from tuning_platform.spec import Spec
 from tuning_platform.spec.conditions import is_conditional
+from tuning_platform.spec.domains import searcher_holds_space
 
 if TYPE_CHECKING:
     from ray.tune import TuneConfig
@@ -20,12 +21,16 @@ if TYPE_CHECKING:
 
 
 def build_search(
-    spec: Spec, history: list[RecordedTrial] | None = None, points: list[dict[str, Any]] | None = None
+    spec: Spec,
+    history: list[RecordedTrial] | None = None,
+    points: list[dict[str, Any]] | None = None,
+    max_concurrent: int | None = None,
 ) -> Any:
     """Optuna with the spec's sampler and settings, random search, or the grid. `history`:
     earlier trials the searcher starts from (an extended or warm-started job); those that fit
     the space are added to its study as finished trials, so the sampler weighs them as its own.
     `points`: configurations random search runs first (the reseeded ones of `selection`).
+    `max_concurrent`: the trials at once, which Tune's own random search must be given itself.
 
     A conditional space (`when:`) is drawn by Optuna in both cases (`search/conditional.py`):
     Tune's own random search samples every parameter of `param_space` for every trial."""
@@ -33,6 +38,10 @@ def build_search(
         from tuning_platform.search.grid import GridSearch  # imports Ray Tune
 
         return GridSearch(spec.search.space, repeats=spec.search.num_samples)
+    if points and searcher_holds_space(spec):
+        from tuning_platform.search.grid import PointsSearch  # imports Ray Tune
+
+        return PointsSearch(points)
     random = spec.search.algorithm == "random"
     if not random or (is_conditional(spec.search.space) and not points):
         import optuna
@@ -55,7 +64,9 @@ def build_search(
     # Random search, and the reseeded runs of `selection` (their points in full, nothing drawn).
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(points_to_evaluate=points, random_state=spec.search.seed)
+    return BasicVariantGenerator(
+        points_to_evaluate=points, random_state=spec.search.seed, max_concurrent=max_concurrent or 0
+    )
 
 
 def build_scheduler(spec: Spec) -> Any:
@@ -100,14 +111,20 @@ def tune_config(
     The benchmarks' plain Ray Tune run of the same trials uses it too, so both share every setting.
     """
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
+    at_once = concurrent_groups(spec, resources, capacity)
+    search = build_search(spec, history, points, at_once)
     return tune.TuneConfig(
         metric=spec.metric,
         mode=spec.mode,
-        search_alg=build_search(spec, history, points),
+        search_alg=search,
         scheduler=build_scheduler(spec),
         num_samples=spec.planned_trials,  # a grid's configurations times its repetitions
-        max_concurrent_trials=concurrent_groups(spec, resources, capacity),
+        # Tune limits a Searcher (Optuna, the grid) itself, but ignores this for its own random
+        # search given explicitly (ray/tune/tune.py, `run`: "max_concurrent_trials will be
+        # ignored"), which was given it above instead.
+        max_concurrent_trials=None if isinstance(search, BasicVariantGenerator) else at_once,
         # Ray 2.60 defaults to False, and each fresh actor costs seconds. A data-parallel
         # trial's driver is not reused: ending its actor is what ends its Train workers.
         reuse_actors=spec.resources.workers == 1,

@@ -12,9 +12,16 @@ Optuna's default (see below); a job of more than IMPORTANCE_TRIALS trials is est
 seeded sample of that many. A single searched parameter has importance 1, as the forest would
 find, without fitting one.
 
+A conditional parameter (`when:`) has no share among the others: fANOVA fits the parameters
+every trial holds. Its importance within its branch, over the trials where it is active
+(`importance.branch_importances`), is logged apart as `importance_in_branch.NAME`, a share of
+that branch's variance, never summed with the others; the summary and the importances picture
+show it with its `when`.
+
 A job of several objectives has importances per objective, `importance.OBJECTIVE.NAME`, each
 over the trials' last values of that objective (the point a trial has on the front; a
-parameter name has no dot, so the name reads back unambiguously); one picture groups them. Its
+parameter name has no dot, so the name reads back unambiguously), and
+`importance_in_branch.OBJECTIVE.NAME`; one picture groups them. Its
 other pictures follow the primary objective (the spec's `metric`). A job with a front (several
 objectives, or constraints) also gets it written: ranks and feasibility on the trial runs, the
 table, picture and hypervolume on the parent run (`insight/front.py`).
@@ -31,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tuning_platform.insight.front import FRONT_FOLDER, write_front
-from tuning_platform.insight.importance import EVALUATOR, importances
+from tuning_platform.insight.importance import EVALUATOR, branch_importances, importances
 from tuning_platform.insight.plots import (
     DPI,
     FIGSIZE,
@@ -44,6 +51,7 @@ from tuning_platform.insight.plots import (
     plot_parallel_coordinates,
     reference_text,
     warm_up,
+    when_text,
 )
 from tuning_platform.records import UNSTABLE
 from tuning_platform.search.front import Front, job_front, judged
@@ -58,11 +66,14 @@ __all__ = [
     "FIGSIZE",
     "FOLDER",
     "FRONT_FOLDER",
+    "BRANCH_IMPORTANCE_PREFIX",
     "IMPORTANCE_PREFIX",
     "PICTURES",
     "Insight",
     "asha_rungs",
+    "branch_labels",
     "importance_metrics",
+    "read_branch_importances",
     "read_importances",
     "reference_text",
     "warm_up",
@@ -73,6 +84,9 @@ logger = logging.getLogger(__name__)
 
 FOLDER = "search"
 IMPORTANCE_PREFIX = "importance."
+# A conditional parameter's importance within its branch: a share of another variance than the
+# others', so a name of its own (MLflow's names allow no `=` or `|` to spell the branch in).
+BRANCH_IMPORTANCE_PREFIX = "importance_in_branch."
 
 
 @dataclass
@@ -85,6 +99,11 @@ class Insight:
     # The Pareto front (several objectives, or constraints) and its artifacts on the parent run.
     front: Front | None = None
     front_files: list[str] = field(default_factory=list)
+    # Conditional parameters: each one's importance within its branch (the primary objective's),
+    # and for several objectives each one's; with each parameter's branch as a person reads it.
+    within_branch: dict[str, float] = field(default_factory=dict)
+    within_branch_per_objective: dict[str, dict[str, float]] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)  # `momentum` -> `optimizer=sgd`
 
     def summary(self, metric: str) -> str:
         if len(self.per_objective) > 1 and any(self.per_objective.values()):
@@ -92,10 +111,19 @@ class Insight:
                 f"for {objective}: {_top(found)}" if found else f"for {objective}: none"
                 for objective, found in self.per_objective.items()
             )
-            return f"Most important ({EVALUATOR}) {shown}"
+            return f"Most important ({EVALUATOR}) {shown}{self._within(metric)}"
         if not self.importances:
             return f"Search insight: {self.note}" if self.note else ""
-        return f"Most important for {metric} ({EVALUATOR}): {_top(self.importances)}"
+        return f"Most important for {metric} ({EVALUATOR}): {_top(self.importances)}{self._within(metric)}"
+
+    def _within(self, metric: str) -> str:
+        if not self.within_branch:
+            return ""
+        shown = ", ".join(
+            f"{name} {value:.2f} (when {self.branches[name]})" if self.branches.get(name) else f"{name} {value:.2f}"
+            for name, value in self.within_branch.items()
+        )
+        return f"; within its branch, for {metric}: {shown}"
 
 
 def _top(found: dict[str, float]) -> str:
@@ -104,24 +132,42 @@ def _top(found: dict[str, float]) -> str:
 
 def importance_metrics(insight: Insight) -> dict[str, float]:
     """The importances as parent-run metrics: `importance.NAME` for one objective,
-    `importance.OBJECTIVE.NAME` for several."""
+    `importance.OBJECTIVE.NAME` for several; a conditional parameter's within its branch
+    `importance_in_branch.NAME` (`importance_in_branch.OBJECTIVE.NAME`)."""
     if insight.per_objective:
         return {
             f"{IMPORTANCE_PREFIX}{objective}.{name}": value
             for objective, found in insight.per_objective.items()
             for name, value in found.items()
+        } | {
+            f"{BRANCH_IMPORTANCE_PREFIX}{objective}.{name}": value
+            for objective, within in insight.within_branch_per_objective.items()
+            for name, value in within.items()
         }
-    return {IMPORTANCE_PREFIX + name: value for name, value in insight.importances.items()}
+    return {IMPORTANCE_PREFIX + name: value for name, value in insight.importances.items()} | {
+        BRANCH_IMPORTANCE_PREFIX + name: value for name, value in insight.within_branch.items()
+    }
 
 
 def read_importances(metrics: dict[str, float], spec: Spec) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """`importance_metrics` read back from a parent run's metrics: the primary objective's
     importances and, for several objectives, each one's; most important first."""
+    return _read(IMPORTANCE_PREFIX, metrics, spec)
 
+
+def read_branch_importances(
+    metrics: dict[str, float], spec: Spec
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The conditional parameters' importances within their branches, read back as
+    `read_importances` reads the others."""
+    return _read(BRANCH_IMPORTANCE_PREFIX, metrics, spec)
+
+
+def _read(prefix: str, metrics: dict[str, float], spec: Spec) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     def ordered(found: dict[str, float]) -> dict[str, float]:
         return dict(sorted(found.items(), key=lambda item: -item[1]))
 
-    found = {k.removeprefix(IMPORTANCE_PREFIX): v for k, v in metrics.items() if k.startswith(IMPORTANCE_PREFIX)}
+    found = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
     if not spec.multi_objective:
         return ordered(found), {}
     per_objective: dict[str, dict[str, float]] = {o.metric: {} for o in spec.objective_list}
@@ -148,15 +194,17 @@ def write_insight(
         _importances_per_objective(spec, trials, insight)
     elif len(scored) >= 2 and spec.search.space:
         insight.importances = importances(spec, scored)
+        insight.within_branch = branch_importances(spec, scored)
     else:
         insight.note = f"importances need 2 or more trials that reported {spec.metric}"
+    insight.branches = branch_labels(spec)
     pictures = {
         "best_so_far.png": lambda: plot_best_so_far(spec, scored, started_ms),
         "parallel_coordinates.png": lambda: plot_parallel_coordinates(spec, scored),
         "importances.png": lambda: (
             plot_importances_per_objective(spec, insight.per_objective)
             if spec.multi_objective
-            else plot_importances(spec, insight.importances)
+            else plot_importances(spec, insight.importances, insight.within_branch, insight.branches)
         ),
         "learning_curves.png": lambda: plot_learning_curves(spec, trials),
     }
@@ -188,9 +236,18 @@ def _importances_per_objective(spec: Spec, trials: list[RecordedTrial], insight:
             for t in trials
             if t.status not in UNSTABLE and (v := final_value(t, objective.metric, spec)) is not None
         ]
-        found = importances(spec, scored, objective) if len(scored) >= 2 and spec.search.space else {}
-        insight.per_objective[objective.metric] = found
+        enough = len(scored) >= 2 and spec.search.space
+        insight.per_objective[objective.metric] = importances(spec, scored, objective) if enough else {}
+        within = branch_importances(spec, scored, objective) if enough else {}
+        if within:
+            insight.within_branch_per_objective[objective.metric] = within
     insight.importances = insight.per_objective.get(spec.metric, {})
+    insight.within_branch = insight.within_branch_per_objective.get(spec.metric, {})
     if not any(insight.per_objective.values()):
         metrics = ", ".join(o.metric for o in spec.objective_list)
         insight.note = f"importances need 2 or more trials that reported each of {metrics}"
+
+
+def branch_labels(spec: Spec) -> dict[str, str]:
+    """Each conditional parameter's `when` as a person reads it (`plots.when_text`)."""
+    return {name: when for name, domain in spec.search.space.items() if (when := when_text(domain))}

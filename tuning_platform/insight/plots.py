@@ -19,6 +19,7 @@ from tuning_platform.records import LEARNED_FROM, TrialStatus
 from tuning_platform.search.front import Front, FrontPoint
 from tuning_platform.search.study import RecordedTrial, fitting_params
 from tuning_platform.spec import ChoiceDomain, GridDomain, IntDomain, LogUniformDomain, Spec
+from tuning_platform.spec.conditions import conditions
 
 # Every picture is this size (inches at DPI): 900 x 500 pixels.
 FIGSIZE, DPI = (9.0, 5.0), 100
@@ -101,7 +102,9 @@ def _axis_position(value: Any, domain: Any) -> float:
 
 
 def plot_parallel_coordinates(spec: Spec, scored: list[tuple[RecordedTrial, float]]) -> bytes | None:
-    """One axis per searched parameter, one line per trial, coloured by its metric."""
+    """One axis per searched parameter, one line per trial, coloured by its metric. A parameter
+    a trial does not hold (inactive by its `when`) is a gap in the trial's line, its axis
+    labelled with the `when`; a trial that does not fit the space is not drawn."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
@@ -116,9 +119,12 @@ def plot_parallel_coordinates(spec: Spec, scored: list[tuple[RecordedTrial, floa
     positions, shown = [], []
     # Best trials drawn last, on top.
     for trial, value in sorted(scored, key=lambda tv: score(tv[1], spec.mode)):  # the best drawn last
-        params = fitting_params(trial, spec) or {}
-        if len(params) == len(names):
-            positions.append([_axis_position(params[n], spec.search.space[n]) for n in names])
+        params = fitting_params(trial, spec)
+        if params is not None:
+            # NaN: no vertex there, so the line breaks over the axis (matplotlib drops NaN points).
+            positions.append(
+                [_axis_position(params[n], spec.search.space[n]) if n in params else math.nan for n in names]
+            )
             shown.append(value)
     # One call of the norm for every trial: called per trial it took seconds for 10,000.
     shades = np.asarray(norm(np.asarray(shown, dtype=float)), dtype=float)
@@ -127,11 +133,12 @@ def plot_parallel_coordinates(spec: Spec, scored: list[tuple[RecordedTrial, floa
     labels = []
     for name in names:
         domain = spec.search.space[name]
+        when = _when_text(domain)
         if isinstance(domain, (ChoiceDomain, GridDomain)):
-            labels.append(f"{name}\n{' / '.join(str(v) for v in domain.values)}")
+            labels.append(f"{name}{when}\n{' / '.join(str(v) for v in domain.values)}")
         else:
             log = " (log)" if _is_log(domain) else ""
-            labels.append(f"{name}{log}\n{domain.low:g} .. {domain.high:g}")
+            labels.append(f"{name}{log}{when}\n{domain.low:g} .. {domain.high:g}")
     labels.append(f"{spec.metric}\n{min(values):.4g} .. {max(values):.4g}")
     axes.set_xticks(range(len(labels)), labels, fontsize=7, rotation=20, ha="right")
     axes.set_yticks([0, 1], ["low", "high"])
@@ -140,6 +147,18 @@ def plot_parallel_coordinates(spec: Spec, scored: list[tuple[RecordedTrial, floa
     figure.colorbar(_mappable(cmap, norm), ax=axes, label=spec.metric)
     axes.set_title(f"{spec.name}: parameters of each trial, coloured by best {spec.metric}")
     return _png(figure)
+
+
+def when_text(domain: Any) -> str:
+    """A parameter's `when` as a person reads it: `optimizer=sgd`, `optimizer=adam/adamw`,
+    several keys joined by `, `; empty for a parameter without one."""
+    return ", ".join(f"{k}={'/'.join(str(v) for v in allowed)}" for k, allowed in conditions(domain).items())
+
+
+def _when_text(domain: Any) -> str:
+    """` (when optimizer=sgd)` for a conditional parameter, else nothing."""
+    when = when_text(domain)
+    return f" (when {when})" if when else ""
 
 
 def _draw_lines(axes: Any, lines: list[Any], **style: Any) -> None:
@@ -158,17 +177,38 @@ def _mappable(cmap: Any, norm: Any) -> Any:
     return ScalarMappable(norm=norm, cmap=cmap)
 
 
-def plot_importances(spec: Spec, found: dict[str, float]) -> bytes | None:
-    if not found:
+def plot_importances(
+    spec: Spec,
+    found: dict[str, float],
+    within_branch: dict[str, float] | None = None,
+    branches: dict[str, str] | None = None,
+) -> bytes | None:
+    """The importances as bars, most important on top; below them, hatched and apart, each
+    conditional parameter's importance within its branch (a share of that branch's variance,
+    not of the whole job's), labelled with its `when`."""
+    within_branch, branches = within_branch or {}, branches or {}
+    if not found and not within_branch:
         return None
     figure, axes = _figure()
-    names = list(found)[::-1]  # most important on top
-    axes.barh(names, [found[n] for n in names], color="tab:blue")
-    axes.set_xlabel(f"share of the variance of {spec.metric} ({EVALUATOR})")
+    bars = [(name, value, False) for name, value in found.items()]
+    bars += [
+        (f"{name} | {branches[name]}" if name in branches else name, value, True)
+        for name, value in within_branch.items()
+    ]
+    bars = bars[::-1]  # most important on top, the branches' below
+    for y, (_, value, branch) in enumerate(bars):
+        style = {"color": "white", "edgecolor": "tab:orange", "hatch": "//"} if branch else {"color": "tab:blue"}
+        axes.barh(y, value, **style)
+        axes.text(value + 0.01, y, f"{value:.2f}", va="center", fontsize=8)
+    axes.set_yticks(range(len(bars)), [label for label, _, _ in bars], fontsize=8)
+    if within_branch and found:
+        axes.axhline(len(within_branch) - 0.5, color="0.4", linewidth=0.8, linestyle="--")
+    label = f"share of the variance of {spec.metric} ({EVALUATOR})"
+    if within_branch:
+        label += "\nhatched: a conditional parameter's share within its branch (among the trials where it is active)"
+    axes.set_xlabel(label)
     axes.set_xlim(0, 1)
     axes.set_title(f"{spec.name}: parameter importances")
-    for y, name in enumerate(names):
-        axes.text(found[name] + 0.01, y, f"{found[name]:.2f}", va="center", fontsize=8)
     return _png(figure)
 
 

@@ -22,15 +22,17 @@ from ray.tune.search import Searcher
 from tuning_platform.spec.conditions import grid_points
 
 
-class GridSearch(Searcher):
-    """Suggests the grid's configurations in order, `repeats` times over, then FINISHED.
+class PointsSearch(Searcher):
+    """Suggests the given configurations in order, `repeats` times over, then FINISHED: the
+    reseeded runs of `selection` over a conditional space (Tune's own `points_to_evaluate`
+    needs every key of a point in the param space, which then holds no domains).
 
     Tune pickles it into a job's saved state by this import path: it never moves without an
     alias (`_compat/moved.py`)."""
 
-    def __init__(self, space: Mapping[str, Any], repeats: int = 1):
+    def __init__(self, points: list[dict[str, Any]], repeats: int = 1):
         super().__init__()
-        self.points = grid_points(space)
+        self.points = [dict(point) for point in points]
         self.repeats = repeats
         self.suggested = 0
 
@@ -42,15 +44,15 @@ class GridSearch(Searcher):
         # Tune's metric and mode are not needed to walk a grid; the param space holds no domains.
         return True
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.suggested >= self.total:
-            return Searcher.FINISHED
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's own sentinel
         point = self.points[self.suggested % len(self.points)]
         self.suggested += 1
         return dict(point)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass  # a grid learns nothing
+        pass  # a list of configurations learns nothing
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
@@ -65,3 +67,10 @@ class GridSearch(Searcher):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.points, self.repeats, self.suggested = state["points"], state["repeats"], state["suggested"]
+
+
+class GridSearch(PointsSearch):
+    """Suggests the grid's configurations in order, `repeats` times over, then FINISHED."""
+
+    def __init__(self, space: Mapping[str, Any], repeats: int = 1):
+        super().__init__(grid_points(space), repeats)
