@@ -103,6 +103,20 @@ def run_main(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.CompletedProcess(["python", "-m", "platform.tune", *args], code, out.getvalue(), err.getvalue())
 
 
+def popen_cli(folder: Path, args: list[str]) -> subprocess.Popen:
+    """`python -u -m platform.tune ARGS` started in `folder` and left running, its output in one
+    pipe, in a session of its own so a test can signal it and clean up what a killed driver left."""
+    return subprocess.Popen(
+        [sys.executable, "-u", "-m", "platform.tune", *args],
+        cwd=folder,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def cli_env() -> dict[str, str]:
     """This process's environment for a CLI a test starts: no cluster or store of the caller's,
     and the project found through PYTHONPATH."""
@@ -190,6 +204,31 @@ def ray_cluster(head: dict[str, Any], *workers: dict[str, Any]) -> Iterator[Clus
 
 
 # A trainable module (`train`) of half-second epochs, `config["epochs"]` of them.
+def slow_mlp(evaluate_s: float) -> str:
+    """A module's text: the built-in MLP and its shared loop, each evaluation `evaluate_s` slower,
+    so a job can be stopped mid-way. Its `train` runs `TASK`; a test may define its own after."""
+    return f"""
+import dataclasses
+import time
+
+from trainables import mlp
+from trainables.loop import run_trial
+from trainables.mlp import DataConfig  # noqa: F401 - the data block's schema
+
+
+def _slow_evaluate(*args):
+    time.sleep({evaluate_s})
+    return mlp.TASK.evaluate(*args)
+
+
+TASK = dataclasses.replace(mlp.TASK, evaluate=_slow_evaluate)
+
+
+def train(config, data=None):
+    run_trial(TASK, config, data)
+"""
+
+
 STEADY_TRAINABLE = """
 import time
 

@@ -161,6 +161,11 @@ BAD_INPUTS = [
         "scheduler.perturbation_interval: must be < search.fixed.epochs (20)",
     ),
     (
+        GOOD.replace("algorithm: optuna", "algorithm: random").replace("when: {optimizer: sgd}", ""),
+        ["--set", "scheduler={{type: pbt, mutations: {{lr: {{type: uniform, low: 0, high: 1}}}}}}"],
+        "search.max_concurrent: pbt keeps its whole population (search.num_samples: 20) alive",
+    ),
+    (
         GOOD,
         ["--set", "scheduler.mutations={{lr: {{type: uniform, low: 0, high: 1}}}}"],
         "is a setting of scheduler.type: pbt",

@@ -10,7 +10,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import assert_exit, assert_ok, cli_env, job_runs, run_cli, write_spec
+from tests.helpers import assert_exit, assert_ok, job_runs, popen_cli, run_cli, slow_mlp, write_spec
 from tests.servers import s3_server
 from tuning_platform.records import RUN_NAME_TAG, STORAGE_TAG
 
@@ -27,26 +26,15 @@ pytestmark = pytest.mark.slow
 EPOCHS = 8
 SAMPLES = 5
 
-# The built-in MLP and its shared loop, slowed down so a job can be stopped mid-way, and
-# noting the epoch each trial (re)starts from.
-TRAINABLE = """
-import dataclasses
-import time
+# The built-in MLP, slowed down (tests/helpers.py), noting the epoch each trial (re)starts from.
+TRAINABLE = (
+    slow_mlp(0.4)
+    + """
 from pathlib import Path
 
 from ray import tune
 
-from trainables import mlp
-from trainables.loop import load_state, run_trial
-from trainables.mlp import DataConfig  # noqa: F401 - the data block's schema
-
-
-def _slow_evaluate(*args):
-    time.sleep(0.4)
-    return mlp.TASK.evaluate(*args)
-
-
-TASK = dataclasses.replace(mlp.TASK, evaluate=_slow_evaluate)
+from trainables.loop import load_state
 
 
 def train(config, data=None):
@@ -59,6 +47,7 @@ def train(config, data=None):
         handle.write(f"{tune.get_context().get_trial_id()} {start}\\n")
     run_trial(TASK, config, data)
 """
+)
 
 SPEC = f"""
 name: resumable
@@ -82,19 +71,7 @@ def _start_job(tmp_path: Path, uri: str, extra: tuple[str, ...] = ()) -> tuple[s
     (tmp_path / "log").mkdir(exist_ok=True)
     spec = write_spec(tmp_path, SPEC.format(log_dir=tmp_path / "log"))
     args = [str(spec.name), "--tracking-uri", uri, *extra]
-    return _popen_cli(tmp_path, args), args
-
-
-def _popen_cli(tmp_path: Path, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-u", "-m", "platform.tune", *args],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # so the test can clean up whatever the killed driver left
-    )
+    return popen_cli(tmp_path, args), args
 
 
 def _wait_until_mid_job(client: MlflowClient, process: subprocess.Popen, tmp_path: Path, starts: int = 0) -> str:
@@ -249,7 +226,7 @@ def test_ctrl_c_then_sigterm_on_object_storage_each_stop_the_job_and_resume_fini
         assert command == "python -m platform.tune " + shlex.join([*args, "--resume"])
 
         started = sum(len(epochs) for epochs in _starts(tmp_path).values())
-        process = _popen_cli(tmp_path, shlex.split(command)[3:])
+        process = popen_cli(tmp_path, shlex.split(command)[3:])
         _wait_until_mid_job(client, process, tmp_path, starts=started)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=180)

@@ -19,13 +19,13 @@ from tuning_platform.cluster.connect import connect_ray
 from tuning_platform.cluster.storage import check_storage_shared
 from tuning_platform.errors import JobError
 from tuning_platform.execution.interrupt import reclaim_sigterm, unfinished_trials
-from tuning_platform.execution.results import read_trials
+from tuning_platform.execution.results import each_result, read_trials
 from tuning_platform.execution.resume import ResumeTarget, experiment_uri
 from tuning_platform.execution.tuner import RunSetup, build_trainable, fit, restore
 from tuning_platform.insight import write_insight
 from tuning_platform.outcome import TrialRow, TuneResult, best_trial
 from tuning_platform.parent_run import log_outcome, log_selection, open_parent_run
-from tuning_platform.records import TrialStatus
+from tuning_platform.records import PBT_SCHEDULE_TAG, TrialStatus
 from tuning_platform.registry.model import front_tags, register_best
 from tuning_platform.request import JobRequest
 from tuning_platform.search.front import deployable, job_front, judged
@@ -85,6 +85,7 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
                 result.front = job_front(spec, recorded)
                 result.best, result.infeasible = deployable(spec, result.front, result.rows)
             _write_insight(spec, recorded, tracker, result)
+            lineage_tags = _write_lineage(spec, results, recorded, tracker, result)
             registered = result.best
             reseeds = spec.selection is not None and spec.selection.reseeds
             if reseeds and result.best is not None and not result.interrupted:
@@ -95,7 +96,7 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
             if result.interrupted:
                 tracker.finish("KILLED")
             else:
-                _register_and_finish(request, results, dataset, tracker, result, ran_here, registered)
+                _register_and_finish(request, results, dataset, tracker, result, ran_here, registered, lineage_tags)
         result.wall_s = time.time() - started
         return result
 
@@ -140,6 +141,36 @@ def _write_insight(spec: Spec, recorded: list[RecordedTrial], tracker: JobTracke
         result.insight = write_insight(spec, recorded, tracker, started_ms, front=result.front)
     except Exception as err:  # noqa: BLE001 - the trials and the model matter more than the pictures
         logger.warning("warning: search insight not written: %s: %s", type(err).__name__, err)
+
+
+def _write_lineage(
+    spec: Spec, results: ResultGrid, recorded: list[RecordedTrial], tracker: JobTracker, result: TuneResult
+) -> dict[str, str]:
+    """Population-based training: the best trial's schedule and the population's picture on the
+    parent run, the schedule in the summary; the tag naming the schedule for the registered
+    version. A problem there never fails the job."""
+    if spec.scheduler.type != "pbt":
+        return {}
+    from tuning_platform.insight.pbt import write_lineage  # imports Ray Tune's PBT
+
+    try:
+        best = result.best
+        config = next((r.config for r in each_result(results) if best and _trial_of(r) == best.trial_id), None)
+        lineage = write_lineage(
+            spec, result.experiment_path, recorded, tracker, best.trial_id if best else None, config
+        )
+    except Exception as err:  # noqa: BLE001 - the trials and the model matter more than the lineage
+        logger.warning("warning: PBT schedule not written: %s: %s", type(err).__name__, err)
+        return {}
+    if lineage.text:
+        result.notes.append(lineage.text)
+    if not lineage.schedule_path:
+        return {}
+    return {PBT_SCHEDULE_TAG: f"runs:/{tracker.parent_run_id}/{lineage.schedule_path}"}
+
+
+def _trial_of(result: Any) -> str:
+    return str((result.metrics or {}).get("trial_id", ""))
 
 
 def _set_tune_variables() -> None:
@@ -228,6 +259,7 @@ def _register_and_finish(
     result: TuneResult,
     ran_here: set[str],
     registered: TrialRow | None,
+    lineage_tags: dict[str, str] | None = None,
 ) -> None:
     """Register `registered` (the best trial, or with `selection` the chosen configuration's
     best reseeded run) and end the parent run with the job's figures."""
@@ -241,6 +273,7 @@ def _register_and_finish(
     elif registered is not None:
         source = result.selection.chosen.source.trial_id if result.selection and result.selection.chosen else None
         extra |= front_tags(spec, result.front, registered, source or registered.trial_id)
+        extra |= lineage_tags or {}
         result.registration = register_best(request, results, dataset, tracker, registered, extra)
         if result.registration is not None:
             result.notes.extend(result.registration.notes)

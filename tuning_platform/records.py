@@ -39,6 +39,22 @@ NODE_LOSSES_TAG = "node_losses"
 # ("latency_ms <= 5; params <= 200000").
 PARETO_RANK_TAG, FEASIBLE_TAG, VIOLATED_TAG = "pareto_rank", "feasible", "violated"
 
+# A trial of population-based training (`execution/pbt.py`): the values of the parameters PBT
+# perturbs, as metrics `config.NAME` at each epoch (step = epoch: MLflow's chart of one is the
+# trial's schedule); each time it copied another trial's checkpoint, the epoch of that checkpoint
+# as the metric `pbt.copied_epoch` at the trial's epoch then, a line in the artifact
+# `pbt/exploits.txt` ("epoch 8: copied trial t03 at epoch 8, lr 0.01 -> 0.012"), the last line
+# and the count of copies as tags.
+CONFIG_METRIC_PREFIX = "config."
+PBT_COPIED_EPOCH_METRIC = "pbt.copied_epoch"
+PBT_EXPLOITS_ARTIFACT = "pbt/exploits.txt"
+PBT_LAST_EXPLOIT_TAG, PBT_EXPLOITS_TAG = "pbt_last_exploit", "pbt_exploits"
+# The parent run of a PBT job: the best trial's schedule (`pbt/pbt_policy_TRIAL.txt`, the file Ray's
+# `PopulationBasedTrainingReplay` replays) and the population's picture; the registered version
+# names the schedule's artifact URI in `pbt_schedule`.
+PBT_FOLDER, PBT_PICTURE = "pbt", "pbt/population.png"
+PBT_SCHEDULE_TAG = "pbt_schedule"
+
 # --- Tags of the parent run that `--resume` reads back -----------------------------------------
 SPEC_HASH_TAG = "spec_hash"
 RUN_NAME_TAG = "ray_run_name"

@@ -1,8 +1,8 @@
 """Ray internals the platform uses (Ray 2.60): Tune's default loggers, its resume hint, a
-trial's checkpoint manager, how Tune counts a trial's failures; a cluster's GCS, token and job
-config; its autoscaler's config, monitor process and status. Each names its upstream file;
-tests/test_autoscaling.py, tests/test_cluster_resources.py, tests/test_cluster.py,
-tests/test_resume.py and tests/test_node_loss.py fail when one changes.
+trial's checkpoint manager, how Tune counts a trial's failures, PBT's exploit; a cluster's GCS,
+token and job config; its autoscaler's config, monitor process and status. Each names its
+upstream file; tests/test_autoscaling.py, tests/test_cluster_resources.py, tests/test_cluster.py,
+tests/test_resume.py, tests/test_node_loss.py and tests/test_pbt.py fail when one changes.
 
 Imports Ray lazily: the CLI's checks import the package without loading Ray.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -318,3 +319,42 @@ def autoscaler_status() -> dict[str, Any] | None:
         # `check_status_timeout_as_rpc_error` in ray/_raylet.pyx).
         return None
     return json.loads(raw) if raw else None
+
+
+# --- Population-based training (execution/pbt.py) ------------------------------------------------
+#
+# Ray 2.60's `PopulationBasedTraining` (ray/tune/schedulers/pbt.py) has no public hook for an
+# exploit. `execution/pbt.py` overrides `_exploit(self, tune_controller, trial, trial_to_clone)`
+# (line 894) and reads each trial's `_PBTTrialState` (the class at line 33) from
+# `self._trial_state` (line 439): `last_result`, the result its last checkpoint was saved with
+# (line 42), and `last_score`, its metric then, larger always better (line 38). `_exploit`
+# points the trial at the donor's checkpoint through
+# `trial.run_metadata.checkpoint_manager._latest_checkpoint_result` (line 963; the attribute of
+# ray/train/_internal/checkpoint_manager.py line 70), which `restore_from` sets again to a copy.
+# tests/test_pbt.py (`test_the_pbt_internals_the_platform_uses_are_there`) fails if they change.
+PBT_EXPLOIT = "_exploit"
+PBT_TRIAL_STATE = "_trial_state"
+
+
+def pbt_last_result(scheduler: Any, trial: Any) -> dict[str, Any]:
+    """The result with which PBT last saved `trial`'s checkpoint ({} before its first)."""
+    state = getattr(scheduler, PBT_TRIAL_STATE).get(trial)
+    return dict(getattr(state, "last_result", None) or {})
+
+
+def pbt_score(scheduler: Any, trial: Any) -> float:
+    """The trial's score at its last perturbation, larger always better (-inf before one)."""
+    state = getattr(scheduler, PBT_TRIAL_STATE).get(trial)
+    score = getattr(state, "last_score", None)
+    return -math.inf if score is None or math.isnan(score) else float(score)
+
+
+def restore_from(trial: Any, checkpoint: Any, metrics: dict[str, Any]) -> None:
+    """The trial goes on from `checkpoint` when it starts again, as PBT's `_exploit` arranges it
+    for the donor's (there is no public way to say which checkpoint a trial restores from)."""
+    from ray.train._internal.session import _TrainingResult
+
+    trial.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(
+        checkpoint=checkpoint, metrics=metrics
+    )
+    trial.run_metadata.invalidate_cache()

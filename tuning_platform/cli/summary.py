@@ -33,21 +33,33 @@ def summary_of(outcome: TuneResult, spec: Spec, tracking_uri: str, top: int = 5)
         f"{count[TrialStatus.EARLY_STOPPED]} stopped early by {spec.scheduler.type.upper()}, "
         f"{count[TrialStatus.DIVERGED]} diverged, {count[TrialStatus.FAILED]} failed"
     )
+    pbt = spec.scheduler.type == "pbt"
+    if pbt:  # a population: nothing is stopped early, the weak copy the strong
+        line = (
+            f"{len(rows)} trials of population-based training in {outcome.wall_s:.0f}s: "
+            f"{count[TrialStatus.COMPLETED]} completed, {count[TrialStatus.DIVERGED]} diverged, "
+            f"{count[TrialStatus.FAILED]} failed"
+        )
+        stopped = count[TrialStatus.EARLY_STOPPED]
+        line += f", {stopped} stopped by the time budget" if stopped else ""
     interrupted = count[TrialStatus.INTERRUPTED]
     lines.append(line + (f", {interrupted} interrupted" if interrupted else ""))
     if rows:
         params = list(spec.search.space)
         header = ["trial", "status", "epochs", spec.metric, *params]
-        table = [header] + [
-            [
-                r.trial_id,
-                str(r.status),
-                str(r.epochs),
-                "-" if r.value is None else f"{r.value:.4f}",
-                *[_short(r.params.get(p)) for p in params],
+        table = (
+            [header]
+            + [
+                [
+                    r.trial_id,
+                    str(r.status),
+                    str(r.epochs),
+                    "-" if r.value is None else f"{r.value:.4f}",
+                    *["-" if p not in r.params else _short(r.params[p]) for p in params],  # "-": inactive (when:)
+                ]
+                for r in rows[:top]
             ]
-            for r in rows[:top]
-        ]
+        )
         lines.append(f"Top {min(top, len(rows))} trials by {spec.metric} ({spec.mode}):")
         lines.extend(_aligned(table))
     front = outcome.front or (outcome.insight.front if outcome.insight is not None else None)
@@ -66,7 +78,8 @@ def summary_of(outcome: TuneResult, spec: Spec, tracking_uri: str, top: int = 5)
         if test_name in outcome.test_metrics:
             line += f", {test_name}={outcome.test_metrics[test_name]:.4f} (held-out test split, scored once)"
         lines.append(line)
-        lines.append("  config: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
+        label = "config at its end" if pbt else "config"
+        lines.append(f"  {label}: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
     if outcome.selection is not None:
         lines.extend(outcome.selection.lines(spec.metric))
     if outcome.baseline is not None:

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from tuning_platform._compat.mlflow import tracking_uri_for_the_call
 from tuning_platform.contract import SplitDataset, Task
-from tuning_platform.execution.results import best_checkpoint
+from tuning_platform.execution.results import best_checkpoint, each_result
 from tuning_platform.outcome import Registration, TrialRow
 from tuning_platform.records import PARETO_RANK_TAG, TRIAL_ID_TAG, test_metric_name
 from tuning_platform.registry.champion import (
@@ -72,7 +72,11 @@ def register_best(
     from trainables.loop import Task as LoopTask
     from trainables.loop import rebuild_model
 
-    checkpoint = best_checkpoint(spec, results, best.trial_id)
+    compared = best.value
+    if spec.scheduler.type == "pbt":
+        checkpoint, compared = _pbt_checkpoint(spec, results, best.trial_id, compared)
+    else:
+        checkpoint = best_checkpoint(spec, results, best.trial_id)
     if checkpoint is None:
         logger.warning("warning: the best trial left no checkpoint, so no model was registered")
         return None
@@ -99,7 +103,7 @@ def register_best(
         return None
     tags = {
         METRIC_TAG: spec.metric,
-        VALUE_TAG: repr(best.value),
+        VALUE_TAG: repr(compared),
         MODE_TAG: spec.mode,
         DATA_TAG: data_fingerprint(request.data),
         "smoke_test": str(request.smoke_test).lower(),
@@ -127,6 +131,20 @@ def register_best(
                 "under its own name (tracking.register_model)"
             )
     return registration
+
+
+def _pbt_checkpoint(spec: Spec, results: ResultGrid, trial_id: str, value: float | None) -> tuple[Any, float | None]:
+    """A PBT trial's checkpoint trained after its last copy of another trial, which its schedule
+    describes, and that checkpoint's value (what the champion rule compares)."""
+    from tuning_platform.execution.pbt import final_lineage_checkpoint  # imports Ray Tune's PBT
+
+    result = next((r for r in each_result(results) if str((r.metrics or {}).get("trial_id")) == trial_id), None)
+    picked = final_lineage_checkpoint(result, spec.metric, spec.mode) if result is not None else None
+    if picked is None:
+        return None, value
+    checkpoint, metrics = picked
+    reached = metrics.get(spec.metric)
+    return checkpoint, float(reached) if isinstance(reached, (int, float)) else value
 
 
 def front_tags(spec: Spec, front: Front | None, registered: TrialRow, source_trial: str) -> dict[str, str]:

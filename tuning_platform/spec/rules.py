@@ -195,3 +195,16 @@ def _check_pbt(spec: Spec, file: str) -> None:
             f"must be < search.fixed.epochs ({spec.epochs}), or no trial is ever perturbed",
             scheduler.perturbation_interval,
         )
+    if spec.search.max_concurrent is not None and spec.search.max_concurrent < spec.search.num_samples:
+        # Tune bounds the trials alive at once, paused ones included: a PBT population of 8 at
+        # max_concurrent 2 would be four populations of 2, one after the other, never copying
+        # across. Ray's PBT keeps the whole population and takes turns on the resources
+        # (`choose_trial_to_run`, ray/tune/schedulers/pbt.py).
+        raise SpecError(
+            file,
+            "search.max_concurrent",
+            f"pbt keeps its whole population (search.num_samples: {spec.search.num_samples}) alive and takes turns "
+            "on the resources, which bound the trials training at once (resources.cpu, resources.gpu); "
+            "remove it (--set search.max_concurrent=)",
+            spec.search.max_concurrent,
+        )

@@ -17,7 +17,9 @@ from ray.tune.result import EXPR_RESULT_FILE
 
 from tuning_platform._compat.ray import LostNode, take_lost_node
 from tuning_platform.execution.guard import TUNE_RESULT_KEYS, is_diverged, missing_metric_error
+from tuning_platform.execution.pbt import Exploit, mutated_params, take_exploits
 from tuning_platform.records import (
+    CONFIG_METRIC_PREFIX,
     EPOCHS_RUN_TAG,
     ERROR_TAG,
     MOVED_FROM_NODE_IP_TAG,
@@ -27,6 +29,10 @@ from tuning_platform.records import (
     NODE_LOSSES_TAG,
     OUTCOME_TAG,
     PARENT_RUN_ID_TAG,
+    PBT_COPIED_EPOCH_METRIC,
+    PBT_EXPLOITS_ARTIFACT,
+    PBT_EXPLOITS_TAG,
+    PBT_LAST_EXPLOIT_TAG,
     RAY_RUN_TAG,
     RESEED_OF_TAG,
     RUN_STATUS,
@@ -108,6 +114,11 @@ class TrialRunsCallback(Callback):
         # Per trial: the nodes it lost (a resumed job's count included), and the last of them.
         self._node_losses: dict[str, int] = {}
         self._moved_from: dict[str, str] = {}
+        # Population-based training: each trial's run name's first word (`t03`, how an exploit
+        # names its donor) and how many times it copied another trial (a resumed job's included).
+        self._names: dict[str, str] = {}
+        self._copies: dict[str, int] = {}
+        self._last_ms: dict[str, int] = {}  # when each trial's last result was logged
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -122,11 +133,14 @@ class TrialRunsCallback(Callback):
             "_repeats_until": {},
             "_node_losses": {},
             "_moved_from": {},
+            "_names": {},
+            "_copies": {},
+            "_last_ms": {},
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A job saved before a field existed pickled a callback without it (`--resume`).
-        for name in ("_last_step", "_repeats_until", "_node_losses", "_moved_from"):
+        for name in ("_last_step", "_repeats_until", "_node_losses", "_moved_from", "_names", "_copies", "_last_ms"):
             state.setdefault(name, {})
         self.__dict__.update(state)
 
@@ -144,16 +158,22 @@ class TrialRunsCallback(Callback):
         existing = child_runs(client, self.experiment_id, self.parent_run_id)
         self._numbered = len(existing)
         histories = metric_histories(client, [run.info.run_id for run in existing], self.metric)
+        copied = [run.info.run_id for run in existing if run.data.tags.get(PBT_EXPLOITS_TAG)]
+        copies = metric_histories(client, copied, PBT_COPIED_EPOCH_METRIC) if copied else {}
         for run in existing:
             trial_id = run.data.tags.get(TRIAL_ID_TAG)
             if trial_id:
                 self.writer.run_ids[trial_id] = run.info.run_id
                 self._known.add(trial_id)
+                self._names[trial_id] = (run.info.run_name or "").split(" ", 1)[0]
                 # Finished runs too: after a kill, the state Ray saved last can be older than the
                 # trial's end, and then the trial runs its last epochs again.
                 history = histories[run.info.run_id]
                 self._logged_until[trial_id] = max((m.step for m in history), default=0)
                 self._logged_at[trial_id] = max((m.timestamp for m in history), default=0)
+                if run.info.run_id in copies:
+                    self._copies[trial_id] = int(run.data.tags[PBT_EXPLOITS_TAG])
+                    self._logged_until[trial_id] = lineage_epoch(history, copies[run.info.run_id])
                 losses = run.data.tags.get(NODE_LOSSES_TAG, "")
                 if losses.isdigit():
                     self._node_losses[trial_id] = int(losses)
@@ -167,6 +187,7 @@ class TrialRunsCallback(Callback):
         self._numbered += 1
         experiment_id, trial_id = self.experiment_id, trial.trial_id
         run_name = trial_run_name(self._numbered, trial.config, self.shown_params)
+        self._names[trial_id] = run_name.split(" ", 1)[0]
         tags = {
             PARENT_RUN_ID_TAG: self.parent_run_id,
             TRIAL_ID_TAG: trial_id,
@@ -199,6 +220,12 @@ class TrialRunsCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if trial.trial_id not in self._known:
             return
+        self._log_step(trial, result)
+        # PBT decided on this result before the callbacks heard of it: the trial copied another.
+        for exploit in take_exploits(trial.trial_id):
+            self._log_exploit(exploit)
+
+    def _log_step(self, trial: Any, result: dict) -> None:
         step = result_step(result)
         if step <= self._repeats_until.get(trial.trial_id, 0):
             return  # an epoch a retried trial runs again: its run keeps the first
@@ -250,8 +277,32 @@ class TrialRunsCallback(Callback):
             # Where the trial runs (a data-parallel trial: its rank-0 worker), once per attempt.
             self._placed.add(trial.trial_id)
             tags = [RunTag(NODE_ID_TAG, str(result["node_id"])), RunTag(NODE_IP_TAG, str(result.get("node_ip", "")))]
+        for name in mutated_params(trial.trial_id):  # PBT's schedule: the values this epoch trained with
+            value = (result.get("config") or {}).get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics[CONFIG_METRIC_PREFIX + name] = float(value)
         self.writer.log(trial.trial_id, [Metric(k, v, timestamp, step) for k, v in metrics.items()], tags)
         self._last_step[trial.trial_id] = max(step, self._last_step.get(trial.trial_id, 0))
+        self._last_ms[trial.trial_id] = timestamp
+
+    def _log_exploit(self, exploit: Exploit) -> None:
+        """The trial copied another's checkpoint and goes on from that epoch: the copy on its run,
+        and its next epochs logged again even where MLflow has them (several values at a step:
+        MLflow's chart shows both lineages; `search/study.py` reads the latest of each step)."""
+        trial_id = exploit.trial_id
+        self._copies[trial_id] = self._copies.get(trial_id, 0) + 1
+        line = exploit.line(self._names.get(exploit.donor_id))
+        at = self._last_ms.get(trial_id, int(time.time() * 1000)) + 1
+        self.writer.log(
+            trial_id,
+            [Metric(PBT_COPIED_EPOCH_METRIC, float(exploit.donor_epoch), at, exploit.epoch)],
+            [RunTag(PBT_LAST_EXPLOIT_TAG, line), RunTag(PBT_EXPLOITS_TAG, str(self._copies[trial_id]))],
+        )
+        self.writer.update(trial_id, lambda client, run_id: _append_line(client, run_id, PBT_EXPLOITS_ARTIFACT, line))
+        self._repeats_until.pop(trial_id, None)
+        self._last_step[trial_id] = exploit.donor_epoch
+        if trial_id in self._logged_until:
+            self._logged_until[trial_id] = exploit.donor_epoch
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tune retries the trial from its last checkpoint, after an error of its own or with
@@ -333,6 +384,27 @@ class TrialRunsCallback(Callback):
                 len(writer.failures),
                 writer.failures[0],
             )
+
+
+def lineage_epoch(history: list[Metric], copies: list[Metric]) -> int:
+    """The epoch a PBT trial's run stands at: that of its latest value, or, when it copied
+    another trial after that value, the epoch of the checkpoint it copied (where it goes on)."""
+    events = [(m.timestamp, m.step) for m in history] + [(m.timestamp, int(m.value)) for m in copies]
+    return max(events, default=(0, 0))[1]
+
+
+def _append_line(client: MlflowClient, run_id: str, path: str, line: str) -> None:
+    """One more line in a text artifact of the run (read back first: a resumed job's callback
+    starts without the lines written before)."""
+    import tempfile
+
+    text = ""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            text = Path(client.download_artifacts(run_id, path, folder)).read_text()
+        except Exception:  # noqa: BLE001 - none yet
+            text = ""
+    client.log_text(run_id, f"{text}{line}\n", path)
 
 
 def _mark_running(client: MlflowClient, run_id: str) -> None:
