@@ -188,6 +188,18 @@ def spread(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3f} ({min(values):.3f}..{max(values):.3f})"
 
 
+def median_spread(values: Sequence[float], percent: bool = False) -> str:
+    """`median (min..max), mean m`: a target over several seeds is judged at the median, which
+    one unlucky seed does not move, with the spread beside it."""
+    shown = (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.3f}")
+    if len(values) == 1:
+        return shown(values[0])
+    return (
+        f"median {shown(statistics.median(values))} ({shown(min(values))}..{shown(max(values))}), "
+        f"mean {shown(statistics.mean(values))}"
+    )
+
+
 def verdict(label: str, value: float, target: float, at_most: bool, unit: str = "", smoke: bool = False) -> bool:
     """One line per target: PASS or FALLS SHORT, the measured value and the target."""
     ok = value <= target if at_most else value >= target
