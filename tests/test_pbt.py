@@ -115,6 +115,70 @@ def test_a_mutation_stays_in_its_range_and_a_choice_steps_through_its_values():
     assert WithinBounds({"lr": (1e-4, 1e-1)})({"lr": 0.12, "batch_size": 16}) == {"lr": 0.1, "batch_size": 16}
 
 
+def test_a_donor_whose_saved_checkpoint_its_retention_deleted_is_copied_from_its_latest(tmp_path):
+    """Ray copies the checkpoint PBT saved at the donor's last perturbation; retention (the best 2
+    and the latest) deletes it once the donor trains two better epochs: its latest is copied."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from tuning_platform.execution.pbt import _keep_a_checkpoint_to_copy, build_pbt
+    from tuning_platform.spec import validate_spec
+
+    class Donor:
+        trial_id, experiment_tag = "d_00001", "1_lr=0.01"
+        latest_checkpoint_result: _TrainingResult | None = None
+
+    scheduler = build_pbt(validate_spec(_pbt_spec(), "spec.yaml"))
+    donor = Donor()
+    state = scheduler._trial_state[donor] = _PBTTrialState(donor)
+    (tmp_path / "checkpoint_000005").mkdir()
+    latest = Checkpoint(str(tmp_path / "checkpoint_000005"))
+    donor.latest_checkpoint_result = _TrainingResult(checkpoint=latest, metrics={"epoch": 6, "val_loss": 0.1})
+
+    saved = Checkpoint(str(tmp_path / "checkpoint_000002"))
+    state.last_checkpoint, state.last_result = saved, {"epoch": 3, "val_loss": 0.3}
+    _keep_a_checkpoint_to_copy(scheduler, donor)
+    assert state.last_checkpoint.path == latest.path and state.last_result["epoch"] == 6, "deleted: the latest"
+
+    (tmp_path / "checkpoint_000002").mkdir()
+    state.last_checkpoint, state.last_result = saved, {"epoch": 3, "val_loss": 0.3}
+    _keep_a_checkpoint_to_copy(scheduler, donor)
+    assert state.last_checkpoint is saved and state.last_result["epoch"] == 3, "still there: Ray's choice"
+
+
+def test_a_new_copy_replaces_the_trials_earlier_copies_and_nothing_else(tmp_path):
+    import pyarrow.fs
+
+    from tuning_platform.execution.pbt import _delete_earlier_copies
+
+    for name in ("pbt_copy_at_3_of_a_epoch_3", "pbt_copy_at_6_of_b_epoch_5", "checkpoint_000007"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "pbt_copy_notes.txt").write_text("a file is not a copy")
+    _delete_earlier_copies(pyarrow.fs.LocalFileSystem(), str(tmp_path), keep="pbt_copy_at_6_of_b_epoch_5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_000007",
+        "pbt_copy_at_6_of_b_epoch_5",
+        "pbt_copy_notes.txt",
+    ]
+
+
+def _pbt_spec() -> dict:
+    return {
+        "name": "p",
+        "trainable": "mlp",
+        "metric": "val_loss",
+        "mode": "min",
+        "search": {
+            "algorithm": "random",
+            "num_samples": 4,
+            "space": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}},
+            "fixed": {"epochs": 12},
+        },
+        "scheduler": {"type": "pbt", "mutations": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}}},
+    }
+
+
 def test_a_resumed_pbt_run_goes_on_from_the_epoch_it_copied():
     from mlflow.entities import Metric
 
@@ -237,6 +301,9 @@ def test_each_trial_trained_its_last_epochs_with_the_lr_of_its_config(pbt_job):
     (exploits,) = (pbt_job["folder"] / "ray_results").glob("*/pbt_global.txt")
     copies = len(exploits.read_text().splitlines())
     assert 1 <= copies <= 4 * (EPOCHS // INTERVAL - 1), "a trial copies at most at each perturbation before its end"
+    for trial in latest.values():  # a trial keeps its latest copy of another's checkpoint only
+        assert len(list(trial.parent.glob("pbt_copy_at_*"))) <= 1
+    assert len(list((pbt_job["folder"] / "ray_results").glob("*/*/pbt_copy_at_*"))) >= 1
     for trial, path in latest.items():
         state = load_state(str(path))
         assert state["epoch"] == EPOCHS
@@ -264,6 +331,21 @@ def test_the_parent_has_the_best_schedule_replayable_by_ray_and_the_picture(pbt_
     out = pbt_job["result"].stdout
     assert "trials of population-based training" in out
     assert "PBT schedule of trial" in out and "lr " in out.split("PBT schedule of trial", 1)[1]
+
+
+@pytest.mark.slow
+def test_show_prints_the_configuration_each_trial_ended_with_as_the_job_did(pbt_job, capsys):
+    """A trial's params are those it started with; `show` reads the end from `pbt_config`."""
+    from tuning_platform.records import PBT_CONFIG_TAG
+
+    copied = [run for run in pbt_job["children"] if run.data.tags.get(PBT_EXPLOITS_TAG)]
+    assert copied and all(json.loads(run.data.tags[PBT_CONFIG_TAG]).keys() == {"lr", "hidden_size"} for run in copied)
+    from tuning_platform.cli import main
+
+    assert main(["show", pbt_job["parent"].info.run_id, "--tracking-uri", pbt_job["uri"]]) == 0
+    shown = capsys.readouterr().out
+    (job_line,) = [line for line in pbt_job["result"].stdout.splitlines() if "config at its end:" in line]
+    assert job_line.strip() in [line.strip() for line in shown.splitlines()], shown[-2000:]
 
 
 @pytest.mark.slow

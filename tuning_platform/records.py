@@ -49,6 +49,9 @@ CONFIG_METRIC_PREFIX = "config."
 PBT_COPIED_EPOCH_METRIC = "pbt.copied_epoch"
 PBT_EXPLOITS_ARTIFACT = "pbt/exploits.txt"
 PBT_LAST_EXPLOIT_TAG, PBT_EXPLOITS_TAG = "pbt_last_exploit", "pbt_exploits"
+# The searched parameters a PBT trial goes on with after its latest copy, as JSON: its params stay
+# those it started with, and `show` reads its configuration at its end from here.
+PBT_CONFIG_TAG = "pbt_config"
 # The parent run of a PBT job: the best trial's schedule (`pbt/pbt_policy_TRIAL.txt`, the file Ray's
 # `PopulationBasedTrainingReplay` replays) and the population's picture; the registered version
 # names the schedule's artifact URI in `pbt_schedule`.

@@ -349,6 +349,21 @@ def pbt_score(scheduler: Any, trial: Any) -> float:
     return -math.inf if score is None or math.isnan(score) else float(score)
 
 
+def pbt_saved_checkpoint(scheduler: Any, trial: Any) -> Any:
+    """The checkpoint PBT saved for `trial` at its last perturbation in the top quantile, which
+    a trial that copies it restores from (None when it has none)."""
+    state = getattr(scheduler, PBT_TRIAL_STATE).get(trial)
+    return getattr(state, "last_checkpoint", None)
+
+
+def pbt_replace_saved_checkpoint(scheduler: Any, trial: Any, checkpoint: Any, result: dict[str, Any]) -> None:
+    """PBT copies `checkpoint`, reached with `result`, instead of the one it saved for `trial`
+    (as `_checkpoint_or_exploit` itself does once a pending save resolves)."""
+    state = getattr(scheduler, PBT_TRIAL_STATE)[trial]
+    state.last_checkpoint = checkpoint
+    state.last_result = dict(result)
+
+
 def restore_from(trial: Any, checkpoint: Any, metrics: dict[str, Any]) -> None:
     """The trial goes on from `checkpoint` when it starts again, as PBT's `_exploit` arranges it
     for the donor's (there is no public way to say which checkpoint a trial restores from)."""

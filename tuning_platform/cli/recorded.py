@@ -133,6 +133,8 @@ def _row(trial: RecordedTrial, spec: Spec, last_run: bool) -> TrialRow:
         return as_row(trial, spec)
     values = [value for _, value in trial.history]
     params = fitting_params(trial, spec) or {k: trial.params[k] for k in spec.search.space if k in trial.params}
+    if trial.end_params is not None:  # a PBT trial's configuration at its end, as the job printed it
+        params = {k: trial.end_params[k] for k in spec.search.space if k in trial.end_params}
     return TrialRow(
         trial.trial_id,
         TrialStatus.INTERRUPTED if trial.status == TrialStatus.RUNNING else trial.status,

@@ -35,12 +35,18 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
-from tuning_platform._compat.ray import pbt_last_result, pbt_score, restore_from
+from tuning_platform._compat.ray import (
+    pbt_last_result,
+    pbt_replace_saved_checkpoint,
+    pbt_saved_checkpoint,
+    pbt_score,
+    restore_from,
+)
 from tuning_platform.records import compact_number, result_step
 from tuning_platform.spec import ChoiceDomain, IntDomain, to_tune_domain
 
@@ -114,6 +120,7 @@ def build_pbt(spec: Spec) -> PopulationTraining:
         # The policy files are written here instead (see the module's text).
         log_config=False,
         horizon=spec.epochs,
+        searched=tuple(spec.search.space),
     )
 
 
@@ -127,6 +134,7 @@ class Exploit:
     donor_epoch: int  # the epoch of the donor's checkpoint it goes on from
     before: dict[str, Any]  # the donor's values of the mutated parameters
     after: dict[str, Any]  # the perturbed values the trial goes on with
+    config: dict[str, Any] = field(default_factory=dict)  # every searched parameter it goes on with
 
     def line(self, donor_name: str | None = None) -> str:
         """`epoch 8: copied trial t03 at epoch 8, lr 0.01 -> 0.012`"""
@@ -168,14 +176,16 @@ class PopulationTraining(PopulationBasedTraining):
       metric) Ray's ranking still puts one of them in the bottom quantile.
     """
 
-    def __init__(self, *args: Any, horizon: int | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, horizon: int | None = None, searched: Sequence[str] = (), **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.horizon = horizon
+        self.searched = tuple(searched)  # the space's parameters, recorded with each copy
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         with warnings.catch_warnings():
             # Ray warns that checkpoint retention (num_to_keep <= 2) may delete a checkpoint before
-            # a trial that copied it restores: `_exploit` copies it into the trial's own folder.
+            # a trial copies it: `_exploit` copies the donor's latest when the saved one is gone,
+            # into the trial's own folder, so it is not deleted before the trial restores.
             warnings.filterwarnings("ignore", message=".*num_to_keep <= 2.*")
             super().on_trial_add(tune_controller, trial)
         _MUTATED[trial.trial_id] = tuple(self._hyperparam_mutations)
@@ -188,6 +198,7 @@ class PopulationTraining(PopulationBasedTraining):
     def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
         if not pbt_score(self, trial_to_clone) > pbt_score(self, trial):
             return  # a tie: nothing better to copy
+        _keep_a_checkpoint_to_copy(self, trial_to_clone)
         epoch = result_step(pbt_last_result(self, trial))
         donor_result = pbt_last_result(self, trial_to_clone)
         donor_epoch = result_step(donor_result)
@@ -201,6 +212,7 @@ class PopulationTraining(PopulationBasedTraining):
             donor_epoch=donor_epoch,
             before={name: donor_config.get(name) for name in names},
             after={name: trial.config.get(name) for name in names},
+            config={name: trial.config[name] for name in self.searched if name in trial.config},
         )
         try:
             _own_copy(trial, donor_result, exploit)
@@ -223,6 +235,35 @@ class PopulationTraining(PopulationBasedTraining):
         logger.info("note: PBT: trial %s %s", trial.trial_id, exploit.line())
 
 
+def _keep_a_checkpoint_to_copy(scheduler: PopulationTraining, donor: Any) -> None:
+    """Ray copies the checkpoint it saved at the donor's last perturbation, and the donor's
+    retention (its best 2 and its latest) deletes it once the donor has trained two better
+    epochs since, which a donor running ahead of the trial does within one perturbation
+    interval. Then the donor's latest checkpoint, which retention always keeps, is copied: the
+    same lineage, a few epochs on. The driver deletes checkpoints in this same thread, so what
+    exists here still exists when it is copied."""
+    saved = pbt_saved_checkpoint(scheduler, donor)
+    if saved is None or _exists(saved):
+        return
+    latest = donor.latest_checkpoint_result
+    if latest is None or latest.checkpoint is None or not _exists(latest.checkpoint):
+        return  # nothing left to copy: Ray's restore fails and the trial is retried as any failure
+    logger.info(
+        "note: PBT: trial %s's checkpoint saved at epoch %s was deleted by its retention; its latest, of epoch %s, "
+        "is copied",
+        donor.trial_id,
+        result_step(pbt_last_result(scheduler, donor)),
+        result_step(latest.metrics or {}),
+    )
+    pbt_replace_saved_checkpoint(scheduler, donor, latest.checkpoint, latest.metrics or {})
+
+
+def _exists(checkpoint: Any) -> bool:
+    import pyarrow.fs
+
+    return checkpoint.filesystem.get_file_info(checkpoint.path).type != pyarrow.fs.FileType.NotFound
+
+
 def _own_copy(trial: Any, donor_result: dict[str, Any], exploit: Exploit) -> None:
     """Copy the checkpoint the trial now restores from into its own folder, and point it there."""
     import pyarrow.fs
@@ -243,6 +284,18 @@ def _own_copy(trial: Any, donor_result: dict[str, Any], exploit: Exploit) -> Non
         destination_filesystem=storage.storage_filesystem,
     )
     restore_from(trial, Checkpoint(target, filesystem=storage.storage_filesystem), donor_result)
+    _delete_earlier_copies(storage.storage_filesystem, storage.trial_fs_path, keep=folder)
+
+
+def _delete_earlier_copies(fs: pyarrow.fs.FileSystem, trial_path: str, keep: str) -> None:
+    """The trial's earlier copies: it has trained and saved checkpoints of its own since each
+    (it copies only at a perturbation), and Tune's retention does not know them."""
+    import pyarrow.fs
+
+    prefix = COPY_FOLDER.split("{", 1)[0]
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_path)):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(prefix) and info.base_name != keep:
+            fs.delete_dir(info.path)
 
 
 def _policy_path(trial: Any, trial_id: str) -> str:

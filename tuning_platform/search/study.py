@@ -14,6 +14,7 @@ pruned trials), never as a finished result.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from tuning_platform.outcome import TrialRow
 from tuning_platform.ranking import best, direction
 from tuning_platform.records import (
     LEARNED_FROM,
+    PBT_CONFIG_TAG,
     RAY_RUN_TAG,
     TRIAL_ID_TAG,
     TRIAL_STATUS_TAG,
@@ -57,6 +59,9 @@ class RecordedTrial:
     # The last value of each metric the job judges a trial by (the metric, every objective, the
     # constraints' metrics): its point on the front and whether it is feasible.
     finals: dict[str, float] = field(default_factory=dict)
+    # A PBT trial that copied another: the searched parameters it ended with (its params are
+    # those it started with). None otherwise.
+    end_params: dict[str, Any] | None = None
 
     @property
     def last_value(self) -> float | None:
@@ -93,6 +98,7 @@ def recorded_trials(
                 end_ms=run.end_ms,
                 ray_run=tags.get(RAY_RUN_TAG, ""),
                 finals=finals,
+                end_params=json.loads(tags[PBT_CONFIG_TAG]) if PBT_CONFIG_TAG in tags else None,
             )
         )
     trials.sort(key=lambda t: (t.start_ms, t.trial_id))

@@ -29,6 +29,7 @@ from tuning_platform.records import (
     NODE_LOSSES_TAG,
     OUTCOME_TAG,
     PARENT_RUN_ID_TAG,
+    PBT_CONFIG_TAG,
     PBT_COPIED_EPOCH_METRIC,
     PBT_EXPLOITS_ARTIFACT,
     PBT_EXPLOITS_TAG,
@@ -296,7 +297,11 @@ class TrialRunsCallback(Callback):
         self.writer.log(
             trial_id,
             [Metric(PBT_COPIED_EPOCH_METRIC, float(exploit.donor_epoch), at, exploit.epoch)],
-            [RunTag(PBT_LAST_EXPLOIT_TAG, line), RunTag(PBT_EXPLOITS_TAG, str(self._copies[trial_id]))],
+            [
+                RunTag(PBT_LAST_EXPLOIT_TAG, line),
+                RunTag(PBT_EXPLOITS_TAG, str(self._copies[trial_id])),
+                RunTag(PBT_CONFIG_TAG, json.dumps(exploit.config, default=str)),
+            ],
         )
         self.writer.update(trial_id, lambda client, run_id: _append_line(client, run_id, PBT_EXPLOITS_ARTIFACT, line))
         self._repeats_until.pop(trial_id, None)
@@ -399,11 +404,11 @@ def _append_line(client: MlflowClient, run_id: str, path: str, line: str) -> Non
     import tempfile
 
     text = ""
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            text = Path(client.download_artifacts(run_id, path, folder)).read_text()
-        except Exception:  # noqa: BLE001 - none yet
-            text = ""
+    folder = path.rpartition("/")[0] or None
+    if any(item.path == path for item in client.list_artifacts(run_id, folder)):
+        # A download that fails raises: rewriting the file with this line only would lose the others.
+        with tempfile.TemporaryDirectory() as local:
+            text = Path(client.download_artifacts(run_id, path, local)).read_text()
     client.log_text(run_id, f"{text}{line}\n", path)
 
 
