@@ -19,7 +19,7 @@ from tuning_platform.cluster.connect import connect_ray
 from tuning_platform.cluster.storage import check_storage_shared
 from tuning_platform.errors import JobError
 from tuning_platform.execution.interrupt import reclaim_sigterm, unfinished_trials
-from tuning_platform.execution.results import each_result, read_trials
+from tuning_platform.execution.results import read_trials, result_of
 from tuning_platform.execution.resume import ResumeTarget, experiment_uri
 from tuning_platform.execution.tuner import RunSetup, build_trainable, fit, restore
 from tuning_platform.insight import write_insight
@@ -155,7 +155,8 @@ def _write_lineage(
 
     try:
         best = result.best
-        config = next((r.config for r in each_result(results) if best and _trial_of(r) == best.trial_id), None)
+        found = result_of(results, best.trial_id) if best else None
+        config = found.config if found is not None else None
         lineage = write_lineage(
             spec, result.experiment_path, recorded, tracker, best.trial_id if best else None, config
         )
@@ -167,10 +168,6 @@ def _write_lineage(
     if not lineage.schedule_path:
         return {}
     return {PBT_SCHEDULE_TAG: f"runs:/{tracker.parent_run_id}/{lineage.schedule_path}"}
-
-
-def _trial_of(result: Any) -> str:
-    return str((result.metrics or {}).get("trial_id", ""))
 
 
 def _set_tune_variables() -> None:

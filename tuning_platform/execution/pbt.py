@@ -7,8 +7,10 @@ checkpoint of one in the top and goes on from it with the donor's configuration,
 perturbed (Ray's rules: resampled with `resample_probability`, else a number times 0.8 or 1.2 and
 a choice moved to a neighbouring value; here a number is then kept inside its mutation's range).
 
-`PopulationTraining` adds three things to Ray's scheduler, all in `_exploit`:
+`PopulationTraining` adds these to Ray's scheduler, all in `_exploit`:
 
+- when the donor's retention has deleted the checkpoint PBT saved at its last perturbation, the
+  donor's latest is copied instead (`_keep_a_checkpoint_to_copy`);
 - the donor's checkpoint is copied into the trial's own folder and the trial restores from the
   copy: Ray points it at the donor's, which the donor's checkpoint retention (the best 2 and the
   latest, `execution/checkpoints.py`) may delete before the trial starts again;
@@ -35,7 +37,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
@@ -140,9 +142,6 @@ class Exploit:
         """`epoch 8: copied trial t03 at epoch 8, lr 0.01 -> 0.012`"""
         changes = ", ".join(f"{name} {_shown(self.before.get(name))} -> {_shown(v)}" for name, v in self.after.items())
         return f"epoch {self.epoch}: copied trial {donor_name or self.donor_id} at epoch {self.donor_epoch}, {changes}"
-
-    def as_json(self) -> str:
-        return json.dumps(asdict(self), default=str)
 
 
 def _shown(value: Any) -> str:

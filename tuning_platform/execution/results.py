@@ -49,6 +49,11 @@ def each_result(results: ResultGrid) -> Iterator[Result]:
     return (results[index] for index in range(len(results)))
 
 
+def result_of(results: ResultGrid, trial_id: str) -> Result | None:
+    """The Tune result of one trial, by the id it reported; None when no result has it."""
+    return next((r for r in each_result(results) if str((r.metrics or {}).get("trial_id")) == trial_id), None)
+
+
 def best_of(column: pd.Series, mode: str) -> float | None:
     """The best finite value of a metric column; none when it has none. One numpy pass: per-row
     pandas calls cost seconds over the 10,000 trials of a large job."""
@@ -64,7 +69,9 @@ def best_of(column: pd.Series, mode: str) -> float | None:
 def best_checkpoint(spec: Spec, results: ResultGrid, trial_id: str) -> Checkpoint | None:
     """The best checkpoint the trial still keeps, by the spec's metric; with several objectives
     its latest, which holds the trial's point on the front (its last result)."""
-    result = next(r for r in each_result(results) if str((r.metrics or {}).get("trial_id")) == trial_id)
+    result = result_of(results, trial_id)
+    if result is None:
+        raise LookupError(f"no result of trial {trial_id} in the Tune run")
     if spec.multi_objective and result.checkpoint is not None:
         return result.checkpoint
     if result.best_checkpoints:

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from tuning_platform._compat.mlflow import tracking_uri_for_the_call
 from tuning_platform.contract import SplitDataset, Task
-from tuning_platform.execution.results import best_checkpoint, each_result
+from tuning_platform.execution.results import best_checkpoint, result_of
 from tuning_platform.outcome import Registration, TrialRow
 from tuning_platform.records import PARETO_RANK_TAG, TRIAL_ID_TAG, test_metric_name
 from tuning_platform.registry.champion import (
@@ -138,7 +138,7 @@ def _pbt_checkpoint(spec: Spec, results: ResultGrid, trial_id: str, value: float
     describes, and that checkpoint's value (what the champion rule compares)."""
     from tuning_platform.execution.pbt import final_lineage_checkpoint  # imports Ray Tune's PBT
 
-    result = next((r for r in each_result(results) if str((r.metrics or {}).get("trial_id")) == trial_id), None)
+    result = result_of(results, trial_id)
     picked = final_lineage_checkpoint(result, spec.metric, spec.mode) if result is not None else None
     if picked is None:
         return None, value
