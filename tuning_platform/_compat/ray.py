@@ -373,3 +373,69 @@ def restore_from(trial: Any, checkpoint: Any, metrics: dict[str, Any]) -> None:
         checkpoint=checkpoint, metrics=metrics
     )
     trial.run_metadata.invalidate_cache()
+
+
+# Two per-trial costs of Tune's loop (Ray 2.60) that a job of thousands of small trials feels:
+#
+# - `FIFOScheduler.choose_trial_to_run` (ray/tune/schedulers/trial_scheduler.py, line 163;
+#   ASHA and the platform's MO-ASHA inherit it) scans every trial of the run, finished ones
+#   too, for a PENDING one and then again for a PAUSED one, several times per trial: its cost
+#   grows with the trials done (5 ms a trial at 1,700 trials, about 30 at 10,000). The trials
+#   that can wait are all among `TuneController.get_live_trials()` (tune_controller.py, line
+#   516: the trials not TERMINATED), a handful.
+# - A trial's trainable class is looked up in Ray's registry (ray/tune/registry.py, line 45:
+#   a GCS round trip and an unpickle; `validate_trainable` another round trip) about five
+#   times per trial (`Trial.__init__`, `create_placement_group_factory`,
+#   `TuneController._schedule_trial_actor`, through ray/tune/experiment/trial.py's module
+#   names `get_trainable_cls` and `validate_trainable`): 10 ms of the driver's loop per trial.
+#   Within one run the name stands for one class: Tune registered it when the Tuner was built.
+#
+# tests/test_tune_loop.py fails when the names or the choice change.
+_SCHEDULER_CHOICE_MARK = "tuning_platform_live_trials_only"
+
+
+@contextmanager
+def tune_loop_per_trial_costs_cut() -> Iterator[None]:
+    """While a Tune run is driven from this process: the FIFO choice of the next trial looks at
+    the live trials only, and each trainable name's class is looked up once. The same trial is
+    chosen as Tune's scan chooses: when one trial waits it is that one; when several do (their
+    order in the run's list decides), Tune's own scan runs."""
+    from ray.tune.experiment import trial as trial_module
+    from ray.tune.experiment.trial import Trial
+    from ray.tune.schedulers import FIFOScheduler
+
+    original_choice = FIFOScheduler.choose_trial_to_run
+    if getattr(original_choice, _SCHEDULER_CHOICE_MARK, False):  # a run inside a run: the outer's serves
+        yield
+        return
+    original_lookup, original_validate = trial_module.get_trainable_cls, trial_module.validate_trainable
+    classes: dict[str, Any] = {}
+    valid: set[str] = set()
+
+    def choose_trial_to_run(scheduler: Any, tune_controller: Any) -> Any:
+        for status in (Trial.PENDING, Trial.PAUSED):
+            waiting = [trial for trial in tune_controller.get_live_trials() if trial.status == status]
+            if len(waiting) == 1:
+                return waiting[0]
+            if waiting:
+                return original_choice(scheduler, tune_controller)
+        return None
+
+    def get_trainable_cls(name: str) -> Any:
+        if name not in classes:
+            classes[name] = original_lookup(name)
+        return classes[name]
+
+    def validate_trainable(trainable_name: str) -> None:
+        if trainable_name not in valid:
+            original_validate(trainable_name)
+            valid.add(trainable_name)
+
+    setattr(choose_trial_to_run, _SCHEDULER_CHOICE_MARK, True)
+    FIFOScheduler.choose_trial_to_run = choose_trial_to_run  # type: ignore[method-assign,assignment]
+    trial_module.get_trainable_cls, trial_module.validate_trainable = get_trainable_cls, validate_trainable
+    try:
+        yield
+    finally:
+        FIFOScheduler.choose_trial_to_run = original_choice  # type: ignore[method-assign]
+        trial_module.get_trainable_cls, trial_module.validate_trainable = original_lookup, original_validate

@@ -6,7 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from tuning_platform._compat.ray import auto_loggers_off, node_losses_not_counted, tune_resume_hint_hidden
+from tuning_platform._compat.ray import (
+    auto_loggers_off,
+    node_losses_not_counted,
+    tune_loop_per_trial_costs_cut,
+    tune_resume_hint_hidden,
+)
 from tuning_platform.cluster.capacity import Capacity, TrialResources, as_tune_resources
 from tuning_platform.cluster.waiting import WaitingForNodes
 from tuning_platform.contract import SplitDataset
@@ -134,7 +139,7 @@ def fit(
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         ),
     )
-    with tune_resume_hint_hidden(), auto_loggers_off(), node_losses_not_counted():
+    with tune_resume_hint_hidden(), auto_loggers_off(), node_losses_not_counted(), tune_loop_per_trial_costs_cut():
         return tuner.fit()
 
 
@@ -150,7 +155,7 @@ def restore(spec: Spec, resume: ResumeTarget, trainable: Any, data: dict[str, An
         resume_errored=True,
         param_space=trial_config(spec, data),
     )
-    with tune_resume_hint_hidden(), node_losses_not_counted():
+    with tune_resume_hint_hidden(), node_losses_not_counted(), tune_loop_per_trial_costs_cut():
         return tuner.fit()
 
 
