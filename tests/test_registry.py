@@ -102,6 +102,47 @@ def test_requirements_are_what_the_model_code_imports_when_loaded(tmp_path):
     assert all("==" in req and "+" not in req for req in code_requirements(paths))
 
 
+def test_requirements_found_ahead_are_the_ones_found_at_registration_and_taken_once(tmp_path, monkeypatch):
+    """A job that will register starts finding its model's requirements at its start; the
+    registration gets the same list, and MLflow's own map for its check of them is built by
+    then (the name `_compat/mlflow.requirement_checks_warmed` relies on)."""
+    from mlflow.utils import requirements_utils
+
+    from tuning_platform.registry import packaging
+
+    user_module = tmp_path / "ahead_module.py"
+    user_module.write_text("import yaml\n\ndef train(config):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = __import__("ahead_module")
+    paths = code_paths(module)
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)
+    packaging.requirements_ahead(module)
+    ahead = packaging._AHEAD[tuple(paths)]
+    assert ahead.result(timeout=60) == packaging._requirements_of(paths)
+    assert requirements_utils._MODULES_TO_PACKAGES and "yaml" in requirements_utils._MODULES_TO_PACKAGES
+    found: list[list[str]] = []
+    monkeypatch.setattr(packaging, "_requirements_of", lambda p: found.append(p) or ["found-here==1"])
+    assert code_requirements(paths) == ahead.result()  # taken from the thread, not found again
+    assert found == [] and tuple(paths) not in packaging._AHEAD
+    assert code_requirements(paths) == ["found-here==1"]  # a second registration finds them itself
+
+
+def test_requirements_that_failed_ahead_are_found_at_registration(monkeypatch):
+    from tuning_platform.registry import packaging
+
+    def fails() -> None:
+        raise OSError("a distribution's file list could not be read")
+
+    monkeypatch.setattr(packaging, "requirement_checks_warmed", fails)
+    import trainables.mlp
+
+    paths = code_paths(trainables.mlp)
+    packaging.requirements_ahead(trainables.mlp)
+    with pytest.raises(OSError):
+        packaging._AHEAD[tuple(paths)].result(timeout=60)
+    assert {"torch", "pandas"} <= {req.split("==")[0].lower() for req in code_requirements(paths)}
+
+
 def test_a_refused_alias_is_one_clear_error_not_a_retry_for_ever(client):
     """Only the race of two first settings of the alias is read again and retried; a refusal
     (a user who may register versions but not set aliases) ends the registration at once."""

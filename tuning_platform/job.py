@@ -26,7 +26,9 @@ from tuning_platform.insight import write_insight
 from tuning_platform.outcome import TrialRow, TuneResult, best_trial
 from tuning_platform.parent_run import log_outcome, log_selection, open_parent_run
 from tuning_platform.records import PBT_SCHEDULE_TAG, TrialStatus
+from tuning_platform.registry.champion import registered_name
 from tuning_platform.registry.model import front_tags, register_best
+from tuning_platform.registry.packaging import requirements_ahead
 from tuning_platform.request import JobRequest
 from tuning_platform.search.front import deployable, job_front, judged
 from tuning_platform.search.selection import reseed_top
@@ -47,6 +49,8 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
     _set_tune_variables()
     # First: a data file that cannot be used stops the job before Ray or MLflow start.
     dataset, baseline = _load_data(request)
+    if dataset is not None and registered_name(spec.registered_model_name, request.smoke_test) is not None:
+        requirements_ahead(request.trainable.module)  # found while Ray starts and the trials run
     with _connected(request) as (resources, capacity):
         run_name, storage_path = _run_name_and_storage(request)
         trainable = build_trainable(request, resources, dataset, run_name, storage_path)

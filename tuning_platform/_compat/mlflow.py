@@ -130,6 +130,17 @@ def server_history_request(client: MlflowClient) -> Callable[[list[str], str], A
     return request
 
 
+def requirement_checks_warmed() -> None:
+    """MLflow's map of modules to installed distributions, built now. `log_model` builds it to
+    check a model's requirements against this environment (`warn_dependency_requirement_mismatches`,
+    mlflow/utils/requirements_utils.py line 661, through `_init_modules_to_packages_map`, line
+    445), 0.7 s here, and keeps it for the process in `_MODULES_TO_PACKAGES`; built ahead, the
+    job's end does not wait for it. tests/test_registry.py fails if the names change."""
+    from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+
+    _init_modules_to_packages_map()
+
+
 def global_tracking_uri() -> str | None:
     """The URI `mlflow.set_tracking_uri` set in this process, None when unset: the module
     global `_tracking_uri` of mlflow/tracking/_tracking_service/utils.py (3.17).
