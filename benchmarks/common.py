@@ -11,7 +11,9 @@ import argparse
 import os
 import statistics
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,6 +181,62 @@ def trial_clock() -> Any:
             self.ends.append(time.time())
 
     return TrialClock()
+
+
+# Where the machine's CPU went while the job ran, by process: this driver, the trials' actors,
+# Ray's own daemons, anything else (another user of a shared machine shows up there).
+DRIVER = "driver (all threads)"
+
+
+def cpu_seconds_by_process() -> Counter[str]:
+    """CPU seconds (user + system) every process on the machine has used so far, by group;
+    the driver's own threads each on their own (`driver: NAME`), named as Python names them,
+    and the driver as a whole (`DRIVER`). `cpu_between` takes the difference of two."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: Counter[str] = Counter()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # the process ended meanwhile
+            continue
+        group = DRIVER if int(stat.parent.name) == os.getpid() else _process_group(command)
+        used[group] += (int(fields[11]) + int(fields[12])) / ticks
+    threads = {thread.native_id: thread.name for thread in threading.enumerate()}
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = threads.get(int(stat.parent.name), "a thread Python did not start (Ray's, grpc's)")
+        used[f"driver: {name}"] += (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def cpu_between(before: Counter[str], after: Counter[str]) -> Counter[str]:
+    """CPU seconds used from one `cpu_seconds_by_process` to another, by process; the driver's
+    threads that ended meanwhile (a job's writer, at the job's end) as one line."""
+    used = after - before
+    threads = sum(seconds for name, seconds in used.items() if name.startswith("driver: "))
+    ended = used.pop(DRIVER, 0.0) - threads
+    if ended > 0:
+        used["driver: threads that ended meanwhile"] = ended
+    return used
+
+
+def _process_group(command: list[bytes]) -> str:
+    first = command[0].decode(errors="replace") if command else ""
+    text = b" ".join(command).decode(errors="replace")
+    if first.startswith("ray::"):
+        return "Ray workers (the trials' actors)" if "ImplicitFunc" in first else "Ray workers (other)"
+    if "mlflow" in text:
+        return "the mlflow server"
+    for daemon in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
+        if daemon in text:
+            return f"Ray: {daemon}"
+    if "default_worker.py" in text:
+        return "Ray workers (idle)"
+    return "other processes"
 
 
 def spread(values: Sequence[float]) -> str:

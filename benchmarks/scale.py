@@ -33,12 +33,15 @@ instead of a SQLite store.
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import contextlib
 import gc
 import itertools
+import json
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -49,6 +52,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    ROOT,
+    cpu_between,
+    cpu_seconds_by_process,
     job_request,
     parser,
     postgres_store,
@@ -72,6 +78,11 @@ TARGET_MEMORY_GROWTH = 1.25
 TARGET_PROPOSAL_GROWTH = 3.0
 TARGET_END_S = 30.0
 PROPOSAL_WINDOW = 500
+# Issue 32's, for every shape (--cpu-per-trial) at 10,000 trials: the rate of the last 2,000
+# trials against the first 2,000, and the driver's memory growth against plain Ray Tune's (MiB).
+EDGE_TRIALS = 2000
+TARGET_RATE_KEPT = 0.8
+TARGET_GROWTH_OVER_PLAIN = 1.25
 
 
 def peak_rss_gib() -> float:
@@ -231,6 +242,70 @@ def print_census(taken: list[Counter[str]], marks: tuple[int, ...], top: int = 1
         print(f"  {count:>9,}  {name}")
 
 
+@contextmanager
+def profiled_windows(proposals: list[float], windows: tuple[tuple[int, int], ...]) -> Iterator[list[dict[str, Any]]]:
+    """For each (first, last) proposal count: a profile of the driver's main thread (Tune's
+    loop: the scheduler, the searcher, the callbacks, the state saves) from proposal `first`
+    to `last`, the CPU every process used meanwhile, and the wall time. The profiler is turned
+    on and off inside `OptunaSearch.suggest`, which Tune's loop calls on the main thread."""
+    import cProfile
+
+    from ray.tune.search.optuna import OptunaSearch
+
+    taken: list[dict[str, Any]] = []
+    if not windows:
+        yield taken
+        return
+    pending = list(windows)
+    state: dict[str, Any] = {}
+    original = OptunaSearch.suggest
+
+    def suggest(self, trial_id):  # noqa: ANN001, ANN202 - OptunaSearch's own
+        count = len(proposals)
+        if pending and "profile" not in state and count >= pending[0][0]:
+            state.update(profile=cProfile.Profile(), cpu=cpu_seconds_by_process(), wall=time.time(), first=count)
+            state["profile"].enable()
+        elif "profile" in state and count >= pending[0][1]:
+            state["profile"].disable()
+            cpu = cpu_between(state["cpu"], cpu_seconds_by_process())
+            taken.append(
+                {"window": (state["first"], count), "profile": state["profile"], "cpu": cpu,
+                 "wall": time.time() - state["wall"]}
+            )  # fmt: skip
+            state.clear()
+            pending.pop(0)
+        return original(self, trial_id)
+
+    OptunaSearch.suggest = suggest  # type: ignore[method-assign]
+    try:
+        yield taken
+    finally:
+        OptunaSearch.suggest = original  # type: ignore[method-assign]
+
+
+def print_profiles(taken: list[dict[str, Any]], top: int = 25) -> None:
+    """Per window: CPU by process (seconds per 100 trials), then the driver's main thread's
+    functions by their own time and by cumulative time (milliseconds per trial)."""
+    import pstats
+
+    for window in taken:
+        first, last = window["window"]
+        trials = max(last - first, 1)
+        print(f"\nprofile from proposal {first:,} to {last:,} ({window['wall']:.1f} s of wall time):")
+        print("  CPU seconds per 100 trials, by process:")
+        for name, seconds in window["cpu"].most_common():
+            if seconds >= 0.005 * trials / 100:
+                print(f"    {seconds / trials * 100:7.2f}  {name}")
+        stats = pstats.Stats(window["profile"])
+        rows = stats.stats  # type: ignore[attr-defined]
+        for title, key in (("own time", 2), ("cumulative time", 3)):
+            print(f"  the driver's main thread, ms per trial by {title}:")
+            ranked = sorted(rows.items(), key=lambda item: item[1][key], reverse=True)[:top]
+            for (path, line, function), numbers in ranked:
+                where = "/".join(Path(path).parts[-2:])
+                print(f"    {numbers[key] / trials * 1000:8.3f}  {function}  ({where}:{line}, {numbers[1]:,} calls)")
+
+
 def rate_between(end_times: list[float], first: int, last: int) -> float:
     """Trials per minute from the end of trial `first` (0: the first trial's end) to that of `last`."""
     start = end_times[max(first - 1, 0)]
@@ -253,27 +328,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--census", action="store_true", help="count the driver's objects by type as the job grows")
     p.add_argument("--server", action="store_true", help="track to a real mlflow server over HTTP")
     p.add_argument("--postgres", action="store_true", help="track to a real PostgreSQL database (no server)")
+    p.add_argument(
+        "--cpu-per-trial",
+        type=float,
+        nargs="+",
+        metavar="CPU",
+        help="each shape (resources.cpu) through plain Ray Tune and the platform, each in a new process, "
+        "and their figures side by side",
+    )
+    p.add_argument("--profile", action="store_true", help="profile the driver at a fifth and four fifths of the job")
+    p.add_argument("--report", help=argparse.SUPPRESS)  # a shape's figures as JSON, for --cpu-per-trial
     args = p.parse_args(argv)
     if args.smoke:
         args.trials = 40
+    if args.cpu_per_trial and not args.report:
+        return compare_shapes(args)
     quiet()
     from tuning_platform.tracking.client import open_client
     from tuning_platform.tracking.queries import child_runs
 
     marks = (max(1, args.trials // 5), args.trials)
+    overrides = [f"search.num_samples={args.trials}"]
+    if args.cpu_per_trial:
+        overrides.append(f"resources.cpu={args.cpu_per_trial[0]:g}")
     with contextlib.ExitStack() as outer:
         folder = outer.enter_context(workdir(args.workdir))
         server = outer.enter_context(tracking_server(folder)) if args.server else None
         if args.postgres:
             server = outer.enter_context(postgres_store())
         outer.enter_context(ray_running(args.cpus))
-        request = job_request(SPEC, [f"search.num_samples={args.trials}"], folder, "scale", server)
+        request = job_request(SPEC, overrides, folder, "scale", server)
         with contextlib.ExitStack() as stack:
             samples = stack.enter_context(sampled_memory())
             proposals = stack.enter_context(timed_proposals())
             steps = stack.enter_context(timed_end_steps())
             trims = stack.enter_context(timed_trims())
             census = stack.enter_context(census_at(proposals, marks)) if args.census else None
+            profiles = (
+                stack.enter_context(profiled_windows(proposals, profile_windows(args.trials))) if args.profile else []
+            )
             started = time.time()
             if args.plain:
                 clock = trial_clock()
@@ -282,8 +375,12 @@ def main(argv: list[str] | None = None) -> int:
                 outcome, seconds = run_platform(request)
         if census is not None:
             print_census(census, marks)
+        print_profiles(profiles)
         if args.plain:
-            return plain_reference(args, results, seconds, started, samples, sorted(clock.ends), proposals)
+            end_times = sorted(clock.ends)
+            code = plain_reference(args, results, seconds, started, samples, end_times, proposals)
+            report(args, len(results), seconds, samples, end_times, code == 0)
+            return code
         client = open_client(request.tracking_uri)
         runs = child_runs(client, outcome.experiment_id, outcome.parent_run_id)
     peak = peak_rss_gib()
@@ -294,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     one_each = set(per_trial) == trial_ids and all(count == 1 for count in per_trial.values())
     finished = sum(run.info.status == "FINISHED" for run in runs)
     store = "PostgreSQL" if args.postgres else "an mlflow server over HTTP" if server else "SQLite"
-    print(f"\nScale: {args.trials} trivial trials, full platform (Optuna TPE, MLflow on {store}), {args.cpus} CPUs")
+    print(
+        f"\nScale: {args.trials} trivial trials at {shape(args)} CPU per trial, full platform (Optuna TPE, "
+        f"MLflow on {store}), {args.cpus} CPUs"
+    )
     print(f"best trial: {outcome.best_trial_id}; {len(outcome.rows)} trials in {seconds:.1f} s")
     print(
         f"MLflow: {len(runs)} child runs for {len(trial_ids)} trials, {finished} FINISHED, most per trial: "
@@ -315,13 +415,108 @@ def main(argv: list[str] | None = None) -> int:
     large_ok = growth(args, len(outcome.rows), seconds, started, samples, end_times, proposals)
     if end_times:
         print_end_steps(steps, end_times[-1], started + seconds)
+    report(args, len(outcome.rows), seconds, samples, end_times, complete)
     return 0 if complete and (args.smoke or (rate_ok and memory_ok and large_ok)) else 1
+
+
+def shape(args: argparse.Namespace) -> str:
+    """The CPUs per trial of this run: the one given, or the spec's (1)."""
+    return f"{args.cpu_per_trial[0]:g}" if args.cpu_per_trial else "1"
+
+
+def profile_windows(trials: int) -> tuple[tuple[int, int], ...]:
+    """Proposals 2,000-2,500 and 8,000-8,500 of a 10,000-trial job; the same fifths of others."""
+    width = max(trials // 20, 1)
+    return ((trials // 5, trials // 5 + width), (trials * 4 // 5, trials * 4 // 5 + width))
+
+
+def edge(trials: int) -> int:
+    """The first and last trials whose rates are set side by side: 2,000 of 10,000, a fifth of fewer."""
+    return max(min(EDGE_TRIALS, trials // 5), 1)
+
+
+def figures(
+    trials: int, seconds: float, samples: list[tuple[float, float]], end_times: list[float]
+) -> dict[str, float]:
+    """One shape's figures: the rates of the whole job, of its first and its last `edge` trials,
+    and the driver's resident memory (MiB) once `edge` trials and once all had finished."""
+    first = edge(trials)
+    return {
+        "trials": trials,
+        "per_minute": trials / seconds * 60,
+        "first_per_minute": rate_between(end_times, 0, first),
+        "last_per_minute": rate_between(end_times, trials - first, trials),
+        "memory_first_mib": memory_at(samples, end_times, first) * 1024,
+        "memory_end_mib": memory_at(samples, end_times, trials) * 1024,
+    }
+
+
+def report(args, trials, seconds, samples, end_times, ok) -> None:  # noqa: ANN001
+    """The figures as JSON for the run that started this one (`--cpu-per-trial`)."""
+    if args.report and end_times:
+        Path(args.report).write_text(json.dumps({**figures(trials, seconds, samples, end_times), "ok": ok}))
+
+
+def compare_shapes(args) -> int:  # noqa: ANN001
+    """Each shape through plain Ray Tune, then the platform, each its own process (a driver's
+    memory does not go down when a job ends), and one table of both."""
+    ok = True
+    rows = []
+    with workdir(args.workdir) as folder:
+        for cpu in args.cpu_per_trial:
+            shape = {}
+            for variant in ("plain", "platform"):
+                out = folder / f"{variant}-{cpu:g}.json"
+                command = [sys.executable, "-m", "benchmarks.scale", "--trials", str(args.trials), "--cpus"]
+                command += [str(args.cpus), "--cpu-per-trial", f"{cpu:g}", "--report", str(out)]
+                command += ["--workdir", str(folder / f"{variant}-{cpu:g}")]
+                command += ["--plain"] * (variant == "plain") + ["--profile"] * args.profile
+                command += ["--smoke"] * args.smoke + ["--server"] * args.server + ["--postgres"] * args.postgres
+                print(f"\n=== {args.trials} trials at {cpu:g} CPU per trial: {variant} ===", flush=True)
+                done = subprocess.run(command, cwd=ROOT, check=False)
+                if not out.exists():
+                    print(f"error: the {variant} run at {cpu:g} CPU per trial exited {done.returncode} with no figures")
+                    return 1
+                shape[variant] = json.loads(out.read_text())
+                ok &= shape[variant]["ok"]
+            rows.append((cpu, shape))
+    first = edge(args.trials)
+    print(f"\n{args.trials:,} trivial trials, {args.cpus} CPUs; first/last: the first and last {first:,} trials")
+    print(f"{'cpu':>5} {'variant':>9} {'trials/min':>10} {'first':>7} {'last':>7} {'last/first':>10} "
+          f"{'MiB at ' + format(first, ','):>12} {'MiB at end':>10} {'growth':>7}")  # fmt: skip
+    for cpu, shape in rows:
+        for variant, f in shape.items():
+            grown = f["memory_end_mib"] - f["memory_first_mib"]
+            print(
+                f"{cpu:>5g} {variant:>9} {f['per_minute']:>10.0f} {f['first_per_minute']:>7.0f} "
+                f"{f['last_per_minute']:>7.0f} {f['last_per_minute'] / f['first_per_minute']:>10.2f} "
+                f"{f['memory_first_mib']:>12.0f} {f['memory_end_mib']:>10.0f} {grown:>+7.0f}"
+            )
+    for cpu, shape in rows:
+        mine, plain = shape["platform"], shape["plain"]
+        judged = args.trials >= LARGE or args.smoke
+        ok &= (
+            verdict(f"{cpu:g} CPU per trial: trials per minute", mine["per_minute"], TARGET_LARGE_PER_MINUTE, False,
+                    smoke=args.smoke)
+            & verdict(f"{cpu:g} CPU per trial: last / first {first:,} trials' rate",
+                      mine["last_per_minute"] / mine["first_per_minute"], TARGET_RATE_KEPT, False, "x", args.smoke)
+            & verdict(f"{cpu:g} CPU per trial: memory growth / plain Ray Tune's",
+                      (mine["memory_end_mib"] - mine["memory_first_mib"])
+                      / max(plain["memory_end_mib"] - plain["memory_first_mib"], 1.0),
+                      TARGET_GROWTH_OVER_PLAIN, True, "x", args.smoke)
+        ) or not judged  # fmt: skip
+    if args.trials < LARGE and not args.smoke:
+        print(f"(judged at {LARGE:,} trials: --trials {LARGE})")
+    return 0 if ok or args.smoke else 1
 
 
 def plain_reference(args, results, seconds, started, samples, end_times, proposals) -> int:  # noqa: ANN001
     """The same figures for plain Ray Tune: a reference, so no verdicts."""
     errors = sum(result.error is not None for result in results)
-    print(f"\nScale: {args.trials} trivial trials, plain Ray Tune (Optuna TPE, no tracking), {args.cpus} CPUs")
+    print(
+        f"\nScale: {args.trials} trivial trials at {shape(args)} CPU per trial, plain Ray Tune (Optuna TPE, "
+        f"no tracking), {args.cpus} CPUs"
+    )
     print(f"{len(results)} trials ({errors} errored) in {seconds:.1f} s: {len(results) / seconds * 60:.0f} trials/min")
     print(f"driver peak memory {peak_rss_gib():.2f} GiB")
     growth(args, len(results), seconds, started, samples, end_times, proposals, judged=False)

@@ -65,6 +65,13 @@ def test_overhead_times_three_variants_side_by_side(smoke):
     for variant in ("plain Ray Tune", "platform (full MLflow)", "MLflowLoggerCallback"):
         assert re.search(rf"^{re.escape(variant)}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}$", out, re.M), out[-2000:]
     assert re.search(rf"^{VERDICT}platform / plain Ray Tune wall time {NUMBER}x \(target <= 1.15x\)$", out, re.M)
+    # Where each variant's CPU went: the driver's threads and the rest. The platform's writer
+    # thread ends with its job, so its CPU is among the threads that ended meanwhile.
+    cpu = out[out.index("CPU seconds by process while each variant ran") :]
+    assert re.search(r"^  driver: MainThread\s+(\d+\.\d\s+){2}\d+\.\d$", cpu, re.M), cpu
+    ended = re.search(r"^  driver: threads that ended meanwhile\s+\d+\.\d\s+(\d+\.\d)\s+\d+\.\d$", cpu, re.M)
+    assert ended and float(ended.group(1)) > 0, cpu
+    assert re.search(r"^  all\s+(\d+\.\d\s+){2}\d+\.\d$", cpu, re.M), cpu
 
 
 def test_utilization_reads_training_time_back_from_mlflow(smoke):
@@ -161,6 +168,37 @@ def test_scale_checks_one_child_run_per_trial_and_follows_plain_ray_tune_the_sam
     assert "PASS" not in plain and "FALLS SHORT" not in plain and "MLflow" not in plain
 
 
+def test_scale_profiles_a_shape_and_sets_its_figures_beside_plain_ray_tunes(smoke, tmp_path, monkeypatch):
+    """`--cpu-per-trial`: each shape through plain Ray Tune and the platform (here run in this
+    process instead of a new one each, to share the test's Ray), one table, a verdict per target."""
+    import json
+    import subprocess
+
+    from benchmarks import scale
+
+    def in_this_process(command, **kwargs):  # noqa: ANN001, ANN003, ANN202 - subprocess.run's
+        assert command[1:3] == ["-m", "benchmarks.scale"]
+        return subprocess.CompletedProcess(command, scale.main(command[3:]))
+
+    monkeypatch.setattr(scale.subprocess, "run", in_this_process)
+    out = smoke("scale", "--cpu-per-trial", "0.5", "--profile", "--workdir", str(tmp_path))
+    assert "Scale: 40 trivial trials at 0.5 CPU per trial, full platform" in out, out[-3000:]
+    assert "Scale: 40 trivial trials at 0.5 CPU per trial, plain Ray Tune" in out
+    # The profiles: the CPU of each process, the driver's main thread by its functions.
+    assert len(re.findall(r"^profile from proposal 8 to 10 \(", out, re.M)) == 2, out[-3000:]
+    assert re.search(
+        r"^  CPU seconds per 100 trials, by process:\n(?:\s+\d+\.\d+  .+\n)*\s+\d+\.\d+  driver: MainThread", out, re.M
+    )
+    assert re.search(r"^\s+\d+\.\d+  step  \(execution/tune_controller\.py", out, re.M)
+    report = json.loads((tmp_path / "platform-0.5.json").read_text())
+    assert report["trials"] == 40 and report["ok"] and report["memory_end_mib"] > 0
+    row = rf"^\s+0\.5\s+(plain|platform)\s+\d+\s+\d+\s+\d+\s+{NUMBER}\s+\d+\s+\d+\s+[+-]\d+$"
+    assert len(re.findall(row, out, re.M)) == 2, out[-2000:]
+    for target in (r"trials per minute \S+ \(target >= 600\)", r"last / first 8 trials' rate \S+ \(target >= 0.8x\)",
+                   r"memory growth / plain Ray Tune's \S+ \(target <= 1.25x\)"):  # fmt: skip
+        assert re.search(rf"^{VERDICT}0.5 CPU per trial: {target}$", out, re.M), out[-2000:]
+
+
 def test_fractional_gpu_says_when_there_is_no_gpu(smoke):
     import torch
 
@@ -200,9 +238,23 @@ def test_public_data_sets_the_platform_beside_baselines_on_the_same_split(smoke,
     )
 
 
-def test_whole_command_times_the_cli_and_a_plain_script_as_new_processes(smoke):
-    out = smoke("command")
-    assert re.search(rf"^  plain Ray Tune script\s+{NUMBER} s", out, re.M)
-    assert re.search(rf"^  platform command\s+{NUMBER} s", out, re.M)
-    verdict = rf"^{VERDICT}whole command, platform / plain at 8 trials {NUMBER}x \(target <= 1.1x\)$"
-    assert re.search(verdict, out, re.M), out[-2000:]
+def test_whole_command_times_the_cli_and_a_plain_script_as_new_processes(smoke, tmp_path):
+    """Each workload: the sleeping one, a user's own trainable on a CSV read with pandas (no
+    TASK), and the built-in mlp on the same CSV, which registers its best model."""
+    out = smoke("command", "--workdir", str(tmp_path))
+    for workload in ("sleep", "digits", "digits-task"):
+        block = re.search(rf"^{workload}: 8 trials, 1 round\(s\), whole process wall time:\n((?:  .*\n)+)", out, re.M)
+        assert block, out[-3000:]
+        lines = block.group(1)
+        assert re.search(rf"^  plain Ray Tune script\s+{NUMBER} s", lines, re.M)
+        assert re.search(rf"^  platform command\s+{NUMBER} s", lines, re.M)
+        for phase in ("start to the first trial's start", "the trials", "last trial's end to the parent run's end"):
+            assert re.search(rf"^    {re.escape(phase)}.*\s{NUMBER}$", lines, re.M), lines
+        verdict = rf"^{VERDICT}{workload}: whole command, platform / plain at 8 trials {NUMBER}x \(target <= 1.1x\)$"
+        assert re.search(verdict, out, re.M), out[-2000:]
+    # The job with a TASK registered its best model; the user's own function has none to register.
+    from mlflow import MlflowClient
+
+    registered = MlflowClient(f"sqlite:///{tmp_path / 'store-digits-task-8-0.db'}").search_registered_models()
+    assert [model.name for model in registered] == ["bench-digits-task"]
+    assert not MlflowClient(f"sqlite:///{tmp_path / 'store-digits-8-0.db'}").search_registered_models()
