@@ -77,3 +77,37 @@ def test_without_a_cache_folder_mlflow_makes_the_store_itself(tmp_path, monkeypa
 def test_only_a_sqlite_file_is_made_from_the_template(uri, file):
     found = store_template.sqlite_file(uri)
     assert (str(found) if found else None) == file
+
+
+def test_the_sql_store_is_imported_ahead_without_opening_or_writing_anything(tmp_path):
+    """`store_imported_ahead` imports the module of the store `open_client` opens, in a new
+    interpreter that has not imported it, and creates no file; a tracking server needs none."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    store = tmp_path / "mlflow.db"
+    code = f"""
+import sys
+from tuning_platform.tracking.client import SQL_STORE_MODULE, open_client, store_imported_ahead
+
+assert SQL_STORE_MODULE not in sys.modules
+assert store_imported_ahead("http://127.0.0.1:5000") is None
+thread = store_imported_ahead("sqlite:///{store}")
+thread.join(60)
+assert SQL_STORE_MODULE in sys.modules
+import os
+assert not os.path.exists({str(store)!r}), "nothing may be written before the job starts"
+client = open_client("sqlite:///{store}")
+assert type(client._tracking_client.store).__module__ == SQL_STORE_MODULE, type(client._tracking_client.store)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    # A database server's URI gets the same thread (no connection is made by the import).
+    from tuning_platform.tracking.client import store_imported_ahead
+
+    thread = store_imported_ahead("postgresql://user@127.0.0.1:1/none")
+    assert thread is not None
+    thread.join(60)

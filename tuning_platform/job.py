@@ -34,6 +34,7 @@ from tuning_platform.search.front import deployable, job_front, judged
 from tuning_platform.search.selection import reseed_top
 from tuning_platform.search.study import RecordedTrial, as_row, recorded_trials
 from tuning_platform.spec import Spec
+from tuning_platform.tracking.client import store_imported_ahead
 from tuning_platform.tracking.parent import JobTracker
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def run_job(request: JobRequest, tracker: JobTracker) -> TuneResult:
     dataset, baseline = _load_data(request)
     if dataset is not None and registered_name(spec.registered_model_name, request.smoke_test) is not None:
         requirements_ahead(request.trainable.module)  # found while Ray starts and the trials run
+    store_imported_ahead(request.tracking_uri)  # while Ray starts; the store is opened after it
     with _connected(request) as (resources, capacity):
         run_name, storage_path = _run_name_and_storage(request)
         trainable = build_trainable(request, resources, dataset, run_name, storage_path)

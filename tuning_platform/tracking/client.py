@@ -4,7 +4,10 @@ tables from a template) and the lock around its first use."""
 from __future__ import annotations
 
 import hashlib
+import importlib
+import logging
 import tempfile
+import threading
 
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
@@ -12,6 +15,8 @@ from mlflow.tracking import MlflowClient
 from tuning_platform._compat.mlflow import end_run_without_read_back, quiet_sql_outage_tracebacks
 from tuning_platform.tracking.database import database_scheme, with_installed_driver
 from tuning_platform.tracking.store_template import create_from_template, sqlite_file
+
+logger = logging.getLogger(__name__)
 
 # Seconds a SQLite writer waits for another job's write to finish (sqlite3's default is 5).
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -33,6 +38,31 @@ def open_client(tracking_uri: str) -> MlflowClient:
     if database_scheme(tracking_uri) is not None:
         quiet_sql_outage_tracebacks()  # the run writer reports a database server that does not answer
     return QuietEndClient(store_uri(tracking_uri))
+
+
+# MLflow's SQL store: SQLAlchemy, alembic and MLflow's table models, imported when a client
+# first opens a database (0.9-1.2 s of a new process here, on top of `import mlflow`).
+SQL_STORE_MODULE = "mlflow.store.tracking.sqlalchemy_store"
+
+
+def store_imported_ahead(tracking_uri: str) -> threading.Thread | None:
+    """Import MLflow's SQL store on a thread of its own, for a job that opens a database store
+    only once Ray has started: Ray's start is seconds of the driver waiting for Ray's processes,
+    and the import fits in them. Nothing is opened or written; `open_client` finds the module
+    imported (or waits for the import under Python's lock of that module). The thread, or None
+    when the store is not a database (a tracking server's client imports no SQL)."""
+    if sqlite_file(tracking_uri) is None and database_scheme(tracking_uri) is None:
+        return None
+
+    def load() -> None:
+        try:
+            importlib.import_module(SQL_STORE_MODULE)
+        except Exception as err:  # noqa: BLE001 - opening the store imports it again and reports it
+            logger.debug("importing %s ahead failed: %s", SQL_STORE_MODULE, err)
+
+    thread = threading.Thread(target=load, name="sql-store-import", daemon=True)
+    thread.start()
+    return thread
 
 
 class QuietEndClient(MlflowClient):
