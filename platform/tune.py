@@ -1,8 +1,6 @@
 """`python -m platform.tune SPEC [options]` from the repository root: the `tuning-platform` command."""
 
-import sys
-
-from tuning_platform.cli import main
+from tuning_platform.cli import exit_command, main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m platform.tune"))
+    exit_command(main(prog="python -m platform.tune"))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
-from tests.helpers import SPECS, assert_exit, run_cli_side_by_side, write_spec
+from tests.helpers import ROOT, SPECS, assert_exit, run_cli_side_by_side, write_spec
 from tuning_platform.cli import main
 
 GOOD = (SPECS / "mlp.yaml").read_text()
@@ -256,3 +258,21 @@ def test_unknown_option_is_one_line(real_command):
     assert_exit(result, 2)
     assert result.stderr.strip().splitlines() == ["error: unrecognized arguments: --bogus (see --help)"]
     assert list(spec.parent.iterdir()) == []
+
+
+def test_the_command_exits_with_its_code_after_atexit_handlers_and_flushed_output():
+    """`exit_command` (how `python -m platform.tune`, `python -m tuning_platform` and the
+    `tuning-platform` script end) skips only the collector's last pass over the process's
+    objects: the code, the atexit handlers and unflushed output are as `sys.exit` leaves them."""
+    code = """
+import atexit, gc, sys
+from tuning_platform.cli import exit_command
+atexit.register(lambda: print("atexit ran; objects frozen:", gc.get_freeze_count() > 0))
+sys.stdout.write("summary without a newline|")
+sys.stderr.write("a warning|")
+exit_command(3)
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "summary without a newline|atexit ran; objects frozen: True\n"
+    assert done.stderr == "a warning|"

@@ -1,8 +1,6 @@
 """`python -m tuning_platform SPEC [options]`: the `tuning-platform` command."""
 
-import sys
-
-from tuning_platform.cli import main
+from tuning_platform.cli import exit_command, main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m tuning_platform"))
+    exit_command(main(prog="python -m tuning_platform"))

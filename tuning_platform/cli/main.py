@@ -15,13 +15,14 @@ to `--resume`), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (`ray job stop`
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import logging
 import os
 import shlex
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from tuning_platform.cli.common import OneLineParser
 from tuning_platform.cli.jobs import jobs_command
@@ -103,7 +104,23 @@ def resume_command(prog: str, argv: list[str]) -> str:
 
 def console() -> None:
     """The `tuning-platform` command."""
-    sys.exit(main(prog="tuning-platform"))
+    exit_command(main(prog="tuning-platform"))
+
+
+def exit_command(code: int) -> NoReturn:
+    """End the command's process with `code`, without the garbage collector's last full pass.
+
+    Python's finalization walks every object the process still holds (a job's torch, Ray,
+    MLflow and SQLAlchemy: 1.2-1.5 s here, after the summary, before the prompt) to collect the
+    reference cycles among them, which vanish with the process anyway; `gc.freeze()` leaves
+    them out of that pass. What a user relies on runs as before: the atexit handlers (Ray's
+    shutdown, MLflow's, logging's flush, temporary folders' removal) and the flush of stdout and
+    stderr. Only the finalizers of objects in reference cycles no longer run at exit, which
+    Python never promised. Only for the command's own process: `main()` called in a process
+    that goes on (the tests) leaves the collector alone.
+    """
+    gc.freeze()
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None, prog: str = "tuning-platform") -> int:
