@@ -4,7 +4,7 @@ summary), against a plain Ray Tune script running the same trials in a new proce
 
     python -m benchmarks.command                        # every workload, 2 rounds each
     python -m benchmarks.command --workload digits-task --trials 60 --rounds 3
-    python -m benchmarks.command --smoke                # 8 trials of each workload, 1 round
+    python -m benchmarks.command --smoke                # 8 trials of each workload, 1 round, side by side
 
 Workloads (`--workload`), each with seeded random search over its parameters (Tune's
 BasicVariantGenerator, the same configurations in both), FIFO, 1 CPU each on all of the
@@ -34,6 +34,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.common import ROOT, create_store, parser, verdict, workdir
@@ -235,18 +238,45 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  plus its job's modules     {job_modules:6.2f} s")
             probe = folder / "store-probe.db"
             print(f"  a fresh SQLite store       {create_store(f'sqlite:///{probe}'):6.2f} s")
-        for workload in args.workload:
-            for trials in args.trials or ([60, 300] if workload == "sleep" else [60]):
-                ok &= compare(workload, trials, args, folder)
+        shapes = [
+            (workload, trials)
+            for workload in args.workload
+            for trials in args.trials or ([60, 300] if workload == "sleep" else [60])
+        ]
+        for (workload, trials), rounds in zip(shapes, measured(shapes, args, folder), strict=True):
+            ok &= report(workload, trials, args, rounds)
     return 0 if ok or args.smoke else 1
 
 
-def compare(workload: str, trials: int, args: argparse.Namespace, folder: Path) -> bool:
-    """Rounds of the plain script and the platform command, alternated; the ratio of medians,
-    and where the platform's wall time went (from its MLflow records)."""
+def measured(shapes: list[tuple[str, int]], args: argparse.Namespace, folder: Path) -> Iterator[Rounds]:
+    """Each shape's rounds, in order, as each is measured. A smoke run measures its shapes side
+    by side (each still a new process, plain then platform): it checks that every workload runs
+    end to end, its figures are not judged, and one after the other took 2-2.5 minutes of the
+    test suite."""
+    if not args.smoke:
+        return (measure(workload, trials, args, folder) for workload, trials in shapes)
+    pool = ThreadPoolExecutor(len(shapes), thread_name_prefix="smoke-shape")
+    futures = [pool.submit(measure, workload, trials, args, folder) for workload, trials in shapes]
+    pool.shutdown(wait=False)
+    return (future.result() for future in futures)
+
+
+@dataclass
+class Rounds:
+    """Seconds of each round of the plain script and of the platform command, and where each
+    of the platform's went (`job_phases`)."""
+
+    plain: list[float] = field(default_factory=list)
+    platform: list[float] = field(default_factory=list)
+    phases: list[tuple[float, float, float, float]] = field(default_factory=list)
+
+
+def measure(workload: str, trials: int, args: argparse.Namespace, folder: Path) -> Rounds:
+    """Rounds of the plain script and the platform command, alternated."""
     spec = folder / f"spec-{workload}-{trials}.yaml"
     spec.write_text(SPECS[workload].format(trials=trials, folder=folder))
-    plain, platform, phases = [], [], []
+    rounds = Rounds()
+    plain, platform, phases = rounds.plain, rounds.platform, rounds.phases
     for round_no in range(args.rounds):
         name = f"{workload}-{trials}-{round_no}"
         plain_command = [sys.executable, "plain.py", workload, str(trials), str(folder / "plain_results"), str(folder)]
@@ -257,6 +287,13 @@ def compare(workload: str, trials: int, args: argparse.Namespace, folder: Path) 
         seconds, started, ended = timed(command, folder, folder / f"platform-{name}.log")
         platform.append(seconds)
         phases.append(job_phases(store, started, ended))
+    return rounds
+
+
+def report(workload: str, trials: int, args: argparse.Namespace, rounds: Rounds) -> bool:
+    """The ratio of medians, each variant's rounds, and where the platform's wall time went
+    (from its MLflow records)."""
+    plain, platform, phases = rounds.plain, rounds.platform, rounds.phases
     ratio = statistics.median(platform) / statistics.median(plain)
     print(f"\n{workload}: {trials} trials, {args.rounds} round(s), whole process wall time:", flush=True)
     print(f"  plain Ray Tune script  {statistics.median(plain):7.1f} s   rounds {_list(plain)}")
