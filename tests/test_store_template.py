@@ -79,6 +79,7 @@ def test_only_a_sqlite_file_is_made_from_the_template(uri, file):
     assert (str(found) if found else None) == file
 
 
+@pytest.mark.slow  # a new interpreter importing MLflow: 3 s
 def test_the_sql_store_is_imported_ahead_without_opening_or_writing_anything(tmp_path):
     """`store_imported_ahead` imports the module of the store `open_client` opens, in a new
     interpreter that has not imported it, and creates no file; a tracking server needs none."""
