@@ -279,7 +279,10 @@ def measure(workload: str, trials: int, args: argparse.Namespace, folder: Path) 
     plain, platform, phases = rounds.plain, rounds.platform, rounds.phases
     for round_no in range(args.rounds):
         name = f"{workload}-{trials}-{round_no}"
-        plain_command = [sys.executable, "plain.py", workload, str(trials), str(folder / "plain_results"), str(folder)]
+        # Each shape its own results folder: Tune names the plain run `plain`, and shapes measured
+        # side by side would otherwise read each other's experiment state at their end.
+        results = folder / f"plain_results-{workload}-{trials}"
+        plain_command = [sys.executable, "plain.py", workload, str(trials), str(results), str(folder)]
         plain.append(timed(plain_command, folder, folder / f"plain-{name}.log")[0])
         store = f"sqlite:///{folder / f'store-{name}.db'}"
         command = [sys.executable, "-m", "tuning_platform", spec.name, "--tracking-uri", store]
