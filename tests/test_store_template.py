@@ -91,7 +91,8 @@ def test_the_sql_store_is_imported_ahead_without_opening_or_writing_anything(tmp
     store = tmp_path / "mlflow.db"
     code = f"""
 import sys
-from tuning_platform.tracking.client import SQL_STORE_MODULE, open_client, store_imported_ahead
+from tuning_platform._compat.mlflow import SQL_STORE_MODULE
+from tuning_platform.tracking.client import open_client, store_imported_ahead
 
 assert SQL_STORE_MODULE not in sys.modules
 assert store_imported_ahead("http://127.0.0.1:5000") is None

@@ -46,11 +46,17 @@ def tracking_store(client: MlflowClient) -> Any:
     return getattr(getattr(client, "_tracking_client", None), "store", None)
 
 
+# The module of MLflow's SQL store (`SqlAlchemyStore`: SQLAlchemy, alembic and MLflow's table
+# models), which MLflow imports when a client first opens a SQLite file or a database
+# (mlflow/tracking/_tracking_service/utils.py, `_get_sqlalchemy_store`).
+SQL_STORE_MODULE = "mlflow.store.tracking.sqlalchemy_store"
+
+
 def sql_store(client: MlflowClient) -> Any:
     """The client's store when it is MLflow's SQL store (SQLite or a database), else None."""
     store = tracking_store(client)
     # Not imported unless some client uses a SQL store, and then never needed here.
-    module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    module = sys.modules.get(SQL_STORE_MODULE)
     return store if module is not None and isinstance(store, module.SqlAlchemyStore) else None
 
 

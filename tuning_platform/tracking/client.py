@@ -12,7 +12,7 @@ import threading
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
-from tuning_platform._compat.mlflow import end_run_without_read_back, quiet_sql_outage_tracebacks
+from tuning_platform._compat.mlflow import SQL_STORE_MODULE, end_run_without_read_back, quiet_sql_outage_tracebacks
 from tuning_platform.tracking.database import database_scheme, with_installed_driver
 from tuning_platform.tracking.store_template import create_from_template, sqlite_file
 
@@ -40,14 +40,10 @@ def open_client(tracking_uri: str) -> MlflowClient:
     return QuietEndClient(store_uri(tracking_uri))
 
 
-# MLflow's SQL store: SQLAlchemy, alembic and MLflow's table models, imported when a client
-# first opens a database (0.9-1.2 s of a new process here, on top of `import mlflow`).
-SQL_STORE_MODULE = "mlflow.store.tracking.sqlalchemy_store"
-
-
 def store_imported_ahead(tracking_uri: str) -> threading.Thread | None:
-    """Import MLflow's SQL store on a thread of its own, for a job that opens a database store
-    only once Ray has started: Ray's start is seconds of the driver waiting for Ray's processes,
+    """Import MLflow's SQL store (`SQL_STORE_MODULE`: 0.9-1.2 s of a new process here, on top of
+    `import mlflow`) on a thread of its own, for a job that opens a database store only once
+    Ray has started: Ray's start is seconds of the driver waiting for Ray's processes,
     and the import fits in them. Nothing is opened or written; `open_client` finds the module
     imported (or waits for the import under Python's lock of that module). The thread, or None
     when the store is not a database (a tracking server's client imports no SQL)."""
