@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 from tuning_platform._compat.ray import (
     auto_loggers_off,
     node_losses_not_counted,
+    starting_actors_kept,
     tune_loop_per_trial_costs_cut,
     tune_resume_hint_hidden,
 )
@@ -139,7 +140,13 @@ def fit(
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         ),
     )
-    with tune_resume_hint_hidden(), auto_loggers_off(), node_losses_not_counted(), tune_loop_per_trial_costs_cut():
+    with (
+        tune_resume_hint_hidden(),
+        auto_loggers_off(),
+        node_losses_not_counted(),
+        tune_loop_per_trial_costs_cut(),
+        starting_actors_kept(),
+    ):
         return tuner.fit()
 
 
@@ -155,7 +162,7 @@ def restore(spec: Spec, resume: ResumeTarget, trainable: Any, data: dict[str, An
         resume_errored=True,
         param_space=trial_config(spec, data),
     )
-    with tune_resume_hint_hidden(), node_losses_not_counted(), tune_loop_per_trial_costs_cut():
+    with tune_resume_hint_hidden(), node_losses_not_counted(), tune_loop_per_trial_costs_cut(), starting_actors_kept():
         return tuner.fit()
 
 
