@@ -258,3 +258,20 @@ def test_whole_command_times_the_cli_and_a_plain_script_as_new_processes(smoke, 
     registered = MlflowClient(f"sqlite:///{tmp_path / 'store-digits-task-8-0.db'}").search_registered_models()
     assert [model.name for model in registered] == ["bench-digits-task"]
     assert not MlflowClient(f"sqlite:///{tmp_path / 'store-digits-8-0.db'}").search_registered_models()
+
+
+def test_actor_reuse_sets_the_platforms_beside_tunes_own_at_each_cpu_share(smoke):
+    out = smoke("actor_reuse")
+    rows = {
+        (float(cpu), reuse): (int(at_once), int(processes), int(actors))
+        for cpu, reuse, at_once, processes, actors in re.findall(
+            r"^\s*([\d.]+)\s+(platform|Tune's)\s+(\d+)\s+\d+\s+(\d+)\s+(\d+)$", out, re.M
+        )
+    }
+    assert set(rows) == {(1.0, "Tune's"), (1.0, "platform"), (0.25, "Tune's"), (0.25, "platform")}, out[-2000:]
+    at_once, processes, actors = rows[(0.25, "platform")]
+    # Eight trials at once: the seven staged behind the first each keep the actor starting for
+    # them, so more than one process runs trials, and at most the last trial's actor (when the
+    # search has no trial left for a freed one) is started and not used.
+    assert at_once == 8 and 1 < processes <= 8 and processes <= actors <= processes + 1, out[-2000:]
+    assert len(re.findall(rf"^{VERDICT}", out, re.M)) == 4, out[-2000:]
