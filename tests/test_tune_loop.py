@@ -144,7 +144,12 @@ def test_the_actor_swap_it_changes_is_where_it_changes_it():
     controller = inspect.getsource(TuneController.__init__)
     assert "self._started_actors" in controller and "self._trial_to_actor" in controller
     assert "self._search_alg.is_finished()" in inspect.getsource(TuneController._maybe_cache_trial_actor)
-    assert "self._pending_trials" in controller
+    assert "self._pending_trials" in controller and "self._actor_manager" in controller
+    assert "self._started_actors.add(tracked_actor)" in inspect.getsource(TuneController._actor_started)
+    # A trial the patch leaves waiting is offered the cached actor again on a later step.
+    adding = inspect.getsource(TuneController._maybe_add_actors)
+    assert "if not self._maybe_reuse_cached_actor(start_trial):" in adding
+    assert "self._resources_to_pending_trials[resource].add(start_trial)" in adding
     assert "self._pending_actors_to_attrs" in inspect.getsource(RayActorManager.__init__)
     assert "self._pending_actors_to_attrs.pop(tracked_actor)" in inspect.getsource(RayActorManager._try_start_actors)
 
@@ -203,6 +208,14 @@ def test_only_a_trial_whose_own_actor_is_starting_keeps_it(monkeypatch, trial, s
     assert TuneController._maybe_reuse_cached_actor(controller, "starting") is True  # put back
 
 
+def test_a_ray_without_these_names_gets_its_own_reuse_not_a_failed_run(monkeypatch):
+    from ray.tune.execution.tune_controller import TuneController
+
+    monkeypatch.setattr(TuneController, "_maybe_reuse_cached_actor", lambda controller, t: True)
+    with starting_actors_kept():
+        assert TuneController._maybe_reuse_cached_actor(object(), "trial") is True  # type: ignore[arg-type]
+
+
 def test_the_last_trial_of_a_finished_search_takes_a_cached_actor_as_tune_does(monkeypatch):
     from ray.tune.execution.tune_controller import TuneController
 
@@ -245,8 +258,8 @@ scheduler: {type: fifo}
 @pytest.mark.slow
 def test_short_trials_run_as_many_at_once_as_their_cpu_share_allows(tmp_path, store_uri):
     """200 trials of a few milliseconds, four at once (half a CPU each on 2 CPUs): four actors,
-    each kept for its trial and reused after. Ray alone runs them all on the first actor to
-    start, killing the others as they start."""
+    each kept for its trial and reused after. Ray alone ran them on two here, killing the
+    others as they started."""
     (tmp_path / "quick_trainables.py").write_text(QUICK)
     spec = write_spec(tmp_path, QUICK_SPEC)
     share = (os.cpu_count() or 1) / 4  # the embedded Ray has every CPU of the machine

@@ -465,7 +465,8 @@ _ACTOR_KEEPING_MARK = "tuning_platform_starting_actors_kept"
 def starting_actors_kept() -> Iterator[None]:
     """While a Tune run is driven from this process: an actor that got its resources for a
     trial is kept for it rather than killed when another trial's actor becomes free first, so
-    short trials run as many at once as their resources allow (see above)."""
+    short trials run as many at once as their resources allow (see above). The patch is on
+    Tune's class: any other Tune run this process drives meanwhile has it too."""
     from ray.tune.execution.tune_controller import TuneController
 
     original = TuneController._maybe_reuse_cached_actor
@@ -474,14 +475,17 @@ def starting_actors_kept() -> Iterator[None]:
         return
 
     def maybe_reuse_cached_actor(controller: Any, trial: Any) -> bool:
-        own = controller._trial_to_actor.get(trial)
-        starting = (
-            own is not None
-            and trial not in controller._resetting_trials
-            and own not in controller._actor_manager._pending_actors_to_attrs
-            and own not in controller._started_actors
-        )
-        last = controller._search_alg.is_finished() and len(controller._pending_trials) <= 1
+        try:
+            own = controller._trial_to_actor.get(trial)
+            starting = (
+                own is not None
+                and trial not in controller._resetting_trials
+                and own not in controller._actor_manager._pending_actors_to_attrs
+                and own not in controller._started_actors
+            )
+            last = controller._search_alg.is_finished() and len(controller._pending_trials) <= 1
+        except AttributeError:  # a Ray that moved these: its own reuse, never a failed run
+            return original(controller, trial)
         return False if starting and not last else original(controller, trial)
 
     setattr(maybe_reuse_cached_actor, _ACTOR_KEEPING_MARK, True)
