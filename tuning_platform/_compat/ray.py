@@ -148,12 +148,21 @@ def node_losses_not_counted() -> Iterator[None]:
         trial.run_metadata.invalidate_cache()
         setattr(trial.temporary_state, _LOST_NODE_ATTR, lost)
 
-    setattr(handle_error, _WRAPPER_MARK, True)
-    Trial.handle_error = handle_error  # type: ignore[method-assign,assignment]
+    with _method_replaced(Trial, "handle_error", handle_error, _WRAPPER_MARK):
+        yield
+
+
+@contextmanager
+def _method_replaced(owner: Any, name: str, replacement: Callable[..., Any], mark: str) -> Iterator[None]:
+    """`owner.name` is `replacement`, marked with `mark` (so a run inside a run can tell it is
+    already on), until the block ends; then the original again."""
+    original = getattr(owner, name)
+    setattr(replacement, mark, True)
+    setattr(owner, name, replacement)
     try:
         yield
     finally:
-        Trial.handle_error = original  # type: ignore[method-assign]
+        setattr(owner, name, original)
 
 
 def take_lost_node(trial: Any) -> LostNode | None:
@@ -488,9 +497,5 @@ def starting_actors_kept() -> Iterator[None]:
             return original(controller, trial)
         return False if starting and not last else original(controller, trial)
 
-    setattr(maybe_reuse_cached_actor, _ACTOR_KEEPING_MARK, True)
-    TuneController._maybe_reuse_cached_actor = maybe_reuse_cached_actor  # type: ignore[method-assign,assignment]
-    try:
+    with _method_replaced(TuneController, "_maybe_reuse_cached_actor", maybe_reuse_cached_actor, _ACTOR_KEEPING_MARK):
         yield
-    finally:
-        TuneController._maybe_reuse_cached_actor = original  # type: ignore[method-assign]
