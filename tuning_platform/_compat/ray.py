@@ -128,9 +128,6 @@ def node_losses_not_counted() -> Iterator[None]:
     from ray.tune.experiment.trial import Trial
 
     original = Trial.handle_error
-    if getattr(original, _WRAPPER_MARK, False):  # a run inside a run: the outer one's wrapper serves
-        yield
-        return
     lost_ids: set[str] = set()  # nodes found lost: no raylet to ask again
 
     def handle_error(trial: Any, exc: Any = None) -> None:
@@ -148,15 +145,19 @@ def node_losses_not_counted() -> Iterator[None]:
         trial.run_metadata.invalidate_cache()
         setattr(trial.temporary_state, _LOST_NODE_ATTR, lost)
 
-    with _method_replaced(Trial, "handle_error", handle_error, _WRAPPER_MARK):
+    with _replaced(Trial, "handle_error", handle_error, _WRAPPER_MARK):
         yield
 
 
 @contextmanager
-def _method_replaced(owner: Any, name: str, replacement: Callable[..., Any], mark: str) -> Iterator[None]:
-    """`owner.name` is `replacement`, marked with `mark` (so a run inside a run can tell it is
-    already on), until the block ends; then the original again."""
+def _replaced(owner: Any, name: str, replacement: Callable[..., Any], mark: str) -> Iterator[None]:
+    """`owner.name` (a class's method, a module's function) is `replacement` until the block
+    ends, then the original again. A run inside a run finds the outer one's replacement, marked
+    with `mark`, and keeps it: it serves both, and the outer run puts the original back."""
     original = getattr(owner, name)
+    if getattr(original, mark, False):
+        yield
+        return
     setattr(replacement, mark, True)
     setattr(owner, name, replacement)
     try:
@@ -414,9 +415,6 @@ def tune_loop_per_trial_costs_cut() -> Iterator[None]:
     from ray.tune.schedulers import FIFOScheduler
 
     original_choice = FIFOScheduler.choose_trial_to_run
-    if getattr(original_choice, _SCHEDULER_CHOICE_MARK, False):  # a run inside a run: the outer's serves
-        yield
-        return
     original_lookup, original_validate = trial_module.get_trainable_cls, trial_module.validate_trainable
     classes: dict[str, Any] = {}
     valid: set[str] = set()
@@ -440,14 +438,12 @@ def tune_loop_per_trial_costs_cut() -> Iterator[None]:
             original_validate(trainable_name)
             valid.add(trainable_name)
 
-    setattr(choose_trial_to_run, _SCHEDULER_CHOICE_MARK, True)
-    FIFOScheduler.choose_trial_to_run = choose_trial_to_run  # type: ignore[method-assign,assignment]
-    trial_module.get_trainable_cls, trial_module.validate_trainable = get_trainable_cls, validate_trainable
-    try:
+    with (
+        _replaced(FIFOScheduler, "choose_trial_to_run", choose_trial_to_run, _SCHEDULER_CHOICE_MARK),
+        _replaced(trial_module, "get_trainable_cls", get_trainable_cls, _SCHEDULER_CHOICE_MARK),
+        _replaced(trial_module, "validate_trainable", validate_trainable, _SCHEDULER_CHOICE_MARK),
+    ):
         yield
-    finally:
-        FIFOScheduler.choose_trial_to_run = original_choice  # type: ignore[method-assign]
-        trial_module.get_trainable_cls, trial_module.validate_trainable = original_lookup, original_validate
 
 
 # Actor reuse that keeps a job of short trials on one actor (Ray 2.60). With `reuse_actors`,
@@ -479,9 +475,6 @@ def starting_actors_kept() -> Iterator[None]:
     from ray.tune.execution.tune_controller import TuneController
 
     original = TuneController._maybe_reuse_cached_actor
-    if getattr(original, _ACTOR_KEEPING_MARK, False):  # a run inside a run: the outer one's serves
-        yield
-        return
 
     def maybe_reuse_cached_actor(controller: Any, trial: Any) -> bool:
         try:
@@ -492,10 +485,11 @@ def starting_actors_kept() -> Iterator[None]:
                 and own not in controller._actor_manager._pending_actors_to_attrs
                 and own not in controller._started_actors
             )
-            last = controller._search_alg.is_finished() and len(controller._pending_trials) <= 1
+            # Asked only of a trial whose actor is starting: this runs a few times a trial.
+            last = starting and controller._search_alg.is_finished() and len(controller._pending_trials) <= 1
         except AttributeError:  # a Ray that moved these: its own reuse, never a failed run
             return original(controller, trial)
         return False if starting and not last else original(controller, trial)
 
-    with _method_replaced(TuneController, "_maybe_reuse_cached_actor", maybe_reuse_cached_actor, _ACTOR_KEEPING_MARK):
+    with _replaced(TuneController, "_maybe_reuse_cached_actor", maybe_reuse_cached_actor, _ACTOR_KEEPING_MARK):
         yield
