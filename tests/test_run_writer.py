@@ -410,3 +410,66 @@ def test_a_store_that_is_away_is_waited_out_on_the_writer_s_clock(tmp_path, capl
         (run,) = mlflow.search_runs([tracker.experiment_id], filter_string=f"tags.trial_id = '{trial_id}'")
         assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "score")] == list(range(1, epochs + 1))
         assert run.info.status == "FINISHED"
+
+
+def test_trials_wait_for_a_writer_that_falls_behind_so_the_end_of_the_job_stays_short(tmp_path, monkeypatch, caplog):
+    """Trials that end faster than the store takes their records wait once the writes are
+    MAX_BEHIND_S behind: the end of the job then waits for those seconds of writes, not for
+    everything the trials got ahead by, and nothing is lost."""
+    monkeypatch.setattr(writer, "MAX_BEHIND_S", 0.2)
+    monkeypatch.setattr(writer, "LINGER_S", 0.05)
+    tracker, callback = _job(tmp_path)
+    calls: list[str] = []
+    _slow_writes(callback.writer.client, 0.03, calls)  # 3 requests a trial: 0.09 s, 2.2 s for 24
+    trials = [f"t{i:02d}" for i in range(24)]
+    started = time.monotonic()
+    with caplog.at_level("INFO", logger="tuning_platform.tracking.writer"):
+        for trial_id in trials:  # a trial ends every 30 ms, three times the writer's pace
+            _run_trial(callback, trial_id)
+            time.sleep(0.03)
+        queued_s = time.monotonic() - started
+        left = callback.writer.writes_left()
+        flush_started = time.monotonic()
+        callback.on_experiment_end([])
+        flush_s = time.monotonic() - flush_started
+    # Unpaced, the trials would be queued in 0.7 s and the end would wait about 1.5 s.
+    assert queued_s > 1.2, queued_s
+    assert flush_s < 0.8, (flush_s, left)
+    assert "note: trials end faster than MLflow" in caplog.text and "0.2s behind" in caplog.text
+    runs = MlflowClient(tracker.tracking_uri).search_runs([tracker.experiment_id], filter_string="tags.trial_id != ''")
+    assert sorted(run.data.tags["trial_id"] for run in runs if run.info.status == "FINISHED") == trials
+    assert callback.writer.failures == []
+
+
+def test_a_store_that_does_not_answer_does_not_hold_up_the_trials(tmp_path, monkeypatch):
+    """No write done for WRITING_S is a store that is away, not a slow one: its writes queue up
+    (to ride out the outage) however long they would take at the writer's pace (here 10 trials,
+    30 writes: 0.6 s), and the trials go on."""
+    monkeypatch.setattr(writer, "MAX_BEHIND_S", 0.2)
+    monkeypatch.setattr(writer, "WRITING_S", 0.2)
+    monkeypatch.setattr(writer, "LINGER_S", 0.05)
+    tracker, callback = _job(tmp_path)
+    calls: list[str] = []
+    _slow_writes(callback.writer.client, 0.02, calls)  # the writer's pace: 50 writes a second
+    _run_trial(callback, "first")
+    assert callback.writer.flush(timeout=5)
+    client = callback.writer.client
+    original = client.log_batch
+    away_until = time.monotonic() + 0.9  # the writer's first retry, 1 s on, finds it back
+
+    def away(*args, **kwargs):
+        if time.monotonic() < away_until:
+            raise ConnectionError("connection refused")
+        return original(*args, **kwargs)
+
+    client.log_batch = away
+    _run_trial(callback, "second")
+    time.sleep(0.4)  # its run is made, its results wait for the store
+    started = time.monotonic()
+    for i in range(10):
+        _run_trial(callback, f"t{i}")
+    assert time.monotonic() - started < 0.3  # paced, they would wait for the store's return
+    callback.on_experiment_end([])
+    assert callback.writer.failures == []
+    runs = MlflowClient(tracker.tracking_uri).search_runs([tracker.experiment_id], filter_string="tags.trial_id != ''")
+    assert sum(run.info.status == "FINISHED" for run in runs) == 12

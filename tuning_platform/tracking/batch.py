@@ -3,7 +3,6 @@ metrics, tags and params cut into requests within MLflow's batch limits."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,19 +21,19 @@ def counted_as(kind: str, payload: Any) -> str:
 
 
 class Batch:
-    """What waits to be written to one run, and how many queued writes of each counted kind it merges."""
+    """What waits to be written to one run, and the queued writes it merges (by their numbers)."""
 
     def __init__(self) -> None:
         self.metrics: list[Metric] = []
         self.tags: list[RunTag] = []
         self.params: list[Param] = []
-        self.counts: Counter[str] = Counter()
+        self.writes: list[int] = []
 
-    def add(self, metrics: list[Metric], tags: list[RunTag], params: list[Param]) -> None:
+    def add(self, write: int, metrics: list[Metric], tags: list[RunTag], params: list[Param]) -> None:
         self.metrics += metrics
         self.tags += tags
         self.params += params
-        self.counts[counted_as(LOG, (metrics, tags, params))] += 1
+        self.writes.append(write)
 
     def requests(self) -> Iterator[tuple[list[Metric], list[RunTag], list[Param]]]:
         """The batch cut to MLflow's limits per `log_batch`: at most 100 params and tags

@@ -4,12 +4,14 @@ server that goes away for a while, and says what it could not write."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property, partial
 from typing import Any
 
@@ -47,6 +49,18 @@ FINAL_FLUSH_TIMEOUT_S = 120.0
 FLUSH_PROGRESS_EVERY_S = 10.0
 # Writes queued at most; past that Tune's event loop waits for the writer (memory stays bounded).
 MAX_QUEUED_WRITES = 20000
+# Seconds of writes that may wait, at the pace the writer has been doing them, while it is
+# writing (it finished a write within WRITING_S): past that Tune's loop waits, one write at a
+# time. Trials that end faster than the store takes their records (10,000 trivial trials on
+# SQLite: about 2,000 a minute against the writer's 1,500) otherwise leave a backlog that the end
+# of the job waits out (60 s of a 6-minute job), and the MLflow UI falls that far behind. A store
+# that does not answer finishes no write, so the queue rides out its absence as before, up to
+# MAX_QUEUED_WRITES. Trials slower than the store never wait: each write done lets one in.
+MAX_BEHIND_S = 10.0
+WRITING_S = 2.0
+# The writer's pace: writes done per second of its last this many rounds of writing (a round in
+# which a write was retried, a store away, is not one).
+PACE_ROUNDS = 50
 # MLflow errors that no retry mends: the request itself is wrong.
 _PERMANENT_ERRORS = {
     "INVALID_PARAMETER_VALUE",
@@ -88,7 +102,9 @@ class RunWriter:
     request with backoff, and a write that still fails is tried again, with backoff, for up to
     RETRY_FOR_S. While a write stalls longer than STALL_WARNING_S the job prints a `warning:`
     line, and a `note:` when the server answers again. The queue holds at most
-    MAX_QUEUED_WRITES. The final flush waits while writes are being done, saying every
+    MAX_QUEUED_WRITES; a store that answers but is slower than the trials keeps them waiting
+    once its writes are MAX_BEHIND_S behind, so the backlog, and the end of the job's wait for
+    it, stays within those seconds. The final flush waits while writes are being done, saying every
     FLUSH_PROGRESS_EVERY_S how many are left: a tracking server that takes its time (it was 36 s
     behind a 2,000-trial job of trivial trials on this 2-core machine) loses nothing. It gives up
     once no write has been done for FINAL_FLUSH_TIMEOUT_S, and names what was not written.
@@ -107,14 +123,21 @@ class RunWriter:
         # trial id -> run id. Only the thread reads and writes it once it runs.
         self.run_ids: dict[str, str] = {}
         self.failures: list[str] = []
-        # Writes queued and not yet done, by (trial id, kind): what a bounded flush reports.
-        self._outstanding: dict[tuple[str, str], int] = {}
+        # Writes queued and not yet done, by number: (trial id, counted kind). What a bounded
+        # flush reports, and with the writer's pace how far behind it is.
+        self._unwritten: dict[int, tuple[str, str]] = {}
+        self._numbers = itertools.count()
         self._lock = threading.Lock()
+        self._written = threading.Condition(self._lock)  # notified as writes are done
+        self._writes_done = 0
+        self._retries = 0
+        self._rounds: deque[tuple[int, float]] = deque(maxlen=PACE_ROUNDS)  # (writes done, seconds)
+        self._paced = False  # whether the job said that the trials wait for the writer
         # Set when a flush or stop is queued: the thread stops lingering and writes at once.
         self._hurry = threading.Event()
         self._busy: dict[int, float] = {}  # thread -> when its write in progress began
         self._stall_reported: float | None = None  # when the stall warning was printed
-        self._wrote_at = self.clock.now()  # when a queued write was last done
+        self._wrote_at: float | None = None  # when a queued write was last done
         _OPEN_WRITERS.add(self)
 
     def create(self, trial_id: str, make: Callable[[MlflowClient], str]) -> None:
@@ -149,7 +172,8 @@ class RunWriter:
             if not self._thread.is_alive():
                 return False
             now = self.clock.now()
-            if timeout is not None and now - max(started, self._wrote_at) > timeout:
+            wrote_at = self._wrote_at
+            if timeout is not None and now - (started if wrote_at is None else max(started, wrote_at)) > timeout:
                 return False
             if now - said >= FLUSH_PROGRESS_EVERY_S:
                 said = now
@@ -164,7 +188,7 @@ class RunWriter:
 
     def writes_left(self) -> int:
         with self._lock:
-            return sum(count for count in self._outstanding.values() if count > 0)
+            return len(self._unwritten)
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush and stop the thread; a later write starts a new one. With `timeout`, gives up
@@ -181,11 +205,11 @@ class RunWriter:
     def not_written(self) -> str:
         """What is still queued or in progress, for a user: `12 results of trials a, b; 2 run endings`."""
         with self._lock:
-            outstanding = {key: count for key, count in self._outstanding.items() if count > 0}
+            outstanding = list(self._unwritten.values())
         parts = []
         for kind, what in ((LOG, "results"), (CREATE, "run creations"), (UPDATE, "run updates")):
-            trials = sorted({trial for (trial, k) in outstanding if k == kind})
-            count = sum(n for (_, k), n in outstanding.items() if k == kind)
+            trials = sorted({trial for trial, k in outstanding if k == kind})
+            count = sum(k == kind for _, k in outstanding)
             if count:
                 parts.append(f"{count} {what} of trials {', '.join(trials)}")
         return "; ".join(parts)
@@ -226,28 +250,57 @@ class RunWriter:
         if self._thread is None and kind not in (FLUSH, STOP):
             self._thread = threading.Thread(target=self._run, name="mlflow-run-writer", daemon=True)
             self._thread.start()
+        write = None
         if kind in (CREATE, UPDATE, LOG):
-            counted = counted_as(kind, payload)
+            self._keep_up()
+            write = next(self._numbers)
             with self._lock:
-                self._outstanding[(trial_id, counted)] = self._outstanding.get((trial_id, counted), 0) + 1
+                self._unwritten[write] = (trial_id, counted_as(kind, payload))
             self.report_stall()
-        self._queue.put((trial_id, kind, payload, self.clock.now()))
+        self._queue.put((trial_id, kind, payload, self.clock.now(), write))
         if kind in (FLUSH, STOP):
             self._hurry.set()
 
-    def _done(self, trial_id: str, kind: str, count: int = 1) -> None:
+    def _keep_up(self) -> None:
+        """Wait (on Tune's loop) while the writes not yet done would take the writer more than
+        MAX_BEHIND_S and it is writing: trials then end at the pace the store takes their records."""
+        with self._written:
+            while self._behind() > MAX_BEHIND_S and self._writing():
+                if not self._paced:
+                    self._paced = True
+                    logger.info(
+                        "note: trials end faster than MLflow (%s) takes their records; they wait for "
+                        "the writes once these are %gs behind",
+                        printable(self.tracking_uri),
+                        MAX_BEHIND_S,
+                    )
+                self._written.wait(timeout=1.0)
+
+    def _behind(self) -> float:
+        """Seconds the writes not yet done would take at the pace of the writer's recent rounds;
+        0 before it has done any (called under the lock)."""
+        writes = sum(done for done, _ in self._rounds)
+        seconds = sum(took for _, took in self._rounds)
+        return len(self._unwritten) * seconds / writes if writes else 0.0
+
+    def _writing(self) -> bool:
+        """Whether the writer is getting writes done: it finished one within WRITING_S."""
+        thread, wrote_at = self._thread, self._wrote_at
+        alive = thread is not None and thread.is_alive()
+        return alive and wrote_at is not None and self.clock.now() - wrote_at < WRITING_S
+
+    def _done(self, writes: Iterable[int]) -> None:
         self._wrote_at = self.clock.now()
-        with self._lock:
-            left = self._outstanding.get((trial_id, kind), 0) - count
-            if left:
-                self._outstanding[(trial_id, kind)] = left
-            else:  # a job of 10,000 trials keeps no entry per finished trial
-                self._outstanding.pop((trial_id, kind), None)
+        with self._written:
+            for write in writes:  # a job of 10,000 trials keeps no entry per finished trial
+                self._unwritten.pop(write, None)
+                self._writes_done += 1
+            self._written.notify_all()
 
     def _run(self) -> None:
         while True:
             items = [self._queue.get()]
-            _, first_kind, _, queued_at = items[0]
+            _, first_kind, _, queued_at, _ = items[0]
             if first_kind not in (FLUSH, STOP):
                 # Let the trials' next writes queue up and join these requests, for LINGER_S from
                 # when the first was queued: a write that already waited that long behind slow
@@ -264,14 +317,14 @@ class RunWriter:
             # Each trial's writes, in order; what was queued before a flush is done before it.
             pending: dict[str, Batch] = {}
             writes: dict[str, list[Callable[[], None]]] = {}
-            for trial_id, kind, payload, _ in items:
+            for trial_id, kind, payload, _, write in items:
                 if kind == LOG:
-                    pending.setdefault(trial_id, Batch()).add(*payload)
+                    pending.setdefault(trial_id, Batch()).add(write, *payload)
                     continue
                 if trial_id in pending:  # this trial's results first: its writes keep their order
                     writes.setdefault(trial_id, []).append(partial(self._write, trial_id, pending.pop(trial_id)))
                 if kind in (CREATE, UPDATE):
-                    writes.setdefault(trial_id, []).append(partial(self._change, trial_id, kind, payload))
+                    writes.setdefault(trial_id, []).append(partial(self._change, trial_id, kind, payload, write))
                 elif kind in (FLUSH, STOP):
                     self._do(writes, pending)
                     if kind == STOP:
@@ -282,6 +335,7 @@ class RunWriter:
     def _do(self, writes: dict[str, list[Callable[[], None]]], pending: dict[str, Batch]) -> None:
         """Every trial's writes in order, and then its waiting results; trials side by side on a
         tracking server (PARALLEL_WRITES at once), one after another on a SQL store."""
+        started, done_before, retries_before = self.clock.now(), self._writes_done, self._retries
         for trial_id, batch in pending.items():
             writes.setdefault(trial_id, []).append(partial(self._write, trial_id, batch))
         pending.clear()
@@ -309,13 +363,17 @@ class RunWriter:
         drain()
         for helper in helpers:
             helper.join()
+        with self._lock:
+            done = self._writes_done - done_before
+            if done and self._retries == retries_before:
+                self._rounds.append((done, self.clock.now() - started))
 
-    def _change(self, trial_id: str, kind: str, payload: Any) -> None:
+    def _change(self, trial_id: str, kind: str, payload: Any, write: int) -> None:
         if kind == CREATE:
             self._attempt(self._create, trial_id, payload)
         elif trial_id in self.run_ids:  # else its run could not be made; that failure is counted already
             self._attempt(payload, self.client, self.run_ids[trial_id])
-        self._done(trial_id, kind)
+        self._done([write])
 
     @property
     def client(self) -> MlflowClient:
@@ -336,8 +394,7 @@ class RunWriter:
         if run_id is not None:  # else its run could not be made; that failure is counted already
             for metrics, tags, params in batch.requests():
                 self._attempt(self.client.log_batch, run_id, metrics=metrics, params=params, tags=tags)
-        for kind, count in batch.counts.items():
-            self._done(trial_id, kind, count)
+        self._done(batch.writes)
 
     def _attempt(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """One write, retried with backoff while the store is unreachable (up to RETRY_FOR_S)."""
@@ -356,6 +413,7 @@ class RunWriter:
                             logger.warning("an MLflow write failed: %s: %s", type(err).__name__, err)
                         self.failures.append(f"{type(err).__name__}: {err}")
                         return
+                    self._retries += 1
                     self.report_stall()  # the writer itself knows first that the store is away
                     self.clock.sleep(delay)
                     delay = min(delay * 2, 30.0)
