@@ -49,17 +49,17 @@ FINAL_FLUSH_TIMEOUT_S = 120.0
 FLUSH_PROGRESS_EVERY_S = 10.0
 # Writes queued at most; past that Tune's event loop waits for the writer (memory stays bounded).
 MAX_QUEUED_WRITES = 20000
-# Seconds of writes that may wait, at the pace the writer has been doing them, while it is
-# writing (it finished a write within WRITING_S): past that Tune's loop waits, one write at a
-# time. Trials that end faster than the store takes their records (10,000 trivial trials on
+# Seconds of requests that may wait, at the pace the writer has been sending them, while it is
+# writing (it finished a write within WRITING_S): past that Tune's loop waits, about one request
+# at a time. Trials that end faster than the store takes their records (10,000 trivial trials on
 # SQLite: about 2,000 a minute against the writer's 1,500) otherwise leave a backlog that the end
 # of the job waits out (60 s of a 6-minute job), and the MLflow UI falls that far behind. A store
 # that does not answer finishes no write, so the queue rides out its absence as before, up to
-# MAX_QUEUED_WRITES. Trials slower than the store never wait: each write done lets one in.
+# MAX_QUEUED_WRITES. Trials slower than the store do not wait: the backlog stays small.
 MAX_BEHIND_S = 10.0
 WRITING_S = 2.0
-# The writer's pace: writes done per second of its last this many rounds of writing (a round in
-# which a write was retried, a store away, is not one).
+# The writer's pace: requests per second of its last this many rounds of writing. A round with a
+# request retried or longer than WRITING_S (a store that was away) is not counted.
 PACE_ROUNDS = 50
 # MLflow errors that no retry mends: the request itself is wrong.
 _PERMANENT_ERRORS = {
@@ -123,15 +123,19 @@ class RunWriter:
         # trial id -> run id. Only the thread reads and writes it once it runs.
         self.run_ids: dict[str, str] = {}
         self.failures: list[str] = []
-        # Writes queued and not yet done, by number: (trial id, counted kind). What a bounded
-        # flush reports, and with the writer's pace how far behind it is.
-        self._unwritten: dict[int, tuple[str, str]] = {}
+        # Writes queued and not yet done, by number: (trial id, counted kind, kind). What a
+        # bounded flush reports.
+        self._unwritten: dict[int, tuple[str, str, str]] = {}
         self._numbers = itertools.count()
         self._lock = threading.Lock()
         self._written = threading.Condition(self._lock)  # notified as writes are done
-        self._writes_done = 0
-        self._retries = 0
-        self._rounds: deque[tuple[int, float]] = deque(maxlen=PACE_ROUNDS)  # (writes done, seconds)
+        # The requests those writes make (a trial's waiting results merge into one), and the
+        # writer's pace: how far behind the trials it is.
+        self._requests_left = 0
+        self._logs_left: dict[str, int] = {}  # trial id -> results (LOG writes) not yet done
+        self._requests_done = 0
+        self._stalls = 0  # requests retried, or longer than WRITING_S
+        self._rounds: deque[tuple[int, float]] = deque(maxlen=PACE_ROUNDS)  # (requests, seconds)
         self._paced = False  # whether the job said that the trials wait for the writer
         # Set when a flush or stop is queued: the thread stops lingering and writes at once.
         self._hurry = threading.Event()
@@ -205,7 +209,7 @@ class RunWriter:
     def not_written(self) -> str:
         """What is still queued or in progress, for a user: `12 results of trials a, b; 2 run endings`."""
         with self._lock:
-            outstanding = list(self._unwritten.values())
+            outstanding = [(trial, counted) for trial, counted, _ in self._unwritten.values()]
         parts = []
         for kind, what in ((LOG, "results"), (CREATE, "run creations"), (UPDATE, "run updates")):
             trials = sorted({trial for trial, k in outstanding if k == kind})
@@ -255,33 +259,51 @@ class RunWriter:
             self._keep_up()
             write = next(self._numbers)
             with self._lock:
-                self._unwritten[write] = (trial_id, counted_as(kind, payload))
+                self._unwritten[write] = (trial_id, counted_as(kind, payload), kind)
+                self._count_request(trial_id, kind, +1)
             self.report_stall()
         self._queue.put((trial_id, kind, payload, self.clock.now(), write))
         if kind in (FLUSH, STOP):
             self._hurry.set()
 
     def _keep_up(self) -> None:
-        """Wait (on Tune's loop) while the writes not yet done would take the writer more than
+        """Wait (on Tune's loop) while the requests not yet sent would take the writer more than
         MAX_BEHIND_S and it is writing: trials then end at the pace the store takes their records."""
+        held = False
         with self._written:
             while self._behind() > MAX_BEHIND_S and self._writing():
-                if not self._paced:
-                    self._paced = True
-                    logger.info(
-                        "note: trials end faster than MLflow (%s) takes their records; they wait for "
-                        "the writes once these are %gs behind",
-                        printable(self.tracking_uri),
-                        MAX_BEHIND_S,
-                    )
-                self._written.wait(timeout=1.0)
+                held = True
+                self._written.wait(timeout=0.25)  # also sees the writer stop writing
+            announce = held and not self._paced
+            self._paced |= held
+        if announce:
+            logger.info(
+                "note: trials end faster than MLflow (%s) takes their records; they wait for the "
+                "writes once these are %gs behind",
+                printable(self.tracking_uri),
+                MAX_BEHIND_S,
+            )
+
+    def _count_request(self, trial_id: str, kind: str, change: int) -> None:
+        """Keep `_requests_left` as the writes not yet done change (under the lock): a run made or
+        changed is a request; a trial's waiting results are one, however many they are."""
+        if kind == LOG:
+            before = self._logs_left.get(trial_id, 0)
+            after = before + change
+            if after:
+                self._logs_left[trial_id] = after
+            else:
+                del self._logs_left[trial_id]
+            if before and after:  # merged with the trial's other waiting results
+                return
+        self._requests_left += change
 
     def _behind(self) -> float:
-        """Seconds the writes not yet done would take at the pace of the writer's recent rounds;
-        0 before it has done any (called under the lock)."""
-        writes = sum(done for done, _ in self._rounds)
+        """Seconds the requests not yet sent would take at the pace of the writer's recent rounds;
+        0 before it has sent any (called under the lock)."""
+        requests = sum(sent for sent, _ in self._rounds)
         seconds = sum(took for _, took in self._rounds)
-        return len(self._unwritten) * seconds / writes if writes else 0.0
+        return self._requests_left * seconds / requests if requests else 0.0
 
     def _writing(self) -> bool:
         """Whether the writer is getting writes done: it finished one within WRITING_S."""
@@ -293,8 +315,8 @@ class RunWriter:
         self._wrote_at = self.clock.now()
         with self._written:
             for write in writes:  # a job of 10,000 trials keeps no entry per finished trial
-                self._unwritten.pop(write, None)
-                self._writes_done += 1
+                trial_id, _, kind = self._unwritten.pop(write)
+                self._count_request(trial_id, kind, -1)
             self._written.notify_all()
 
     def _run(self) -> None:
@@ -335,7 +357,7 @@ class RunWriter:
     def _do(self, writes: dict[str, list[Callable[[], None]]], pending: dict[str, Batch]) -> None:
         """Every trial's writes in order, and then its waiting results; trials side by side on a
         tracking server (PARALLEL_WRITES at once), one after another on a SQL store."""
-        started, done_before, retries_before = self.clock.now(), self._writes_done, self._retries
+        started, sent_before, stalls_before = self.clock.now(), self._requests_done, self._stalls
         for trial_id, batch in pending.items():
             writes.setdefault(trial_id, []).append(partial(self._write, trial_id, batch))
         pending.clear()
@@ -364,9 +386,9 @@ class RunWriter:
         for helper in helpers:
             helper.join()
         with self._lock:
-            done = self._writes_done - done_before
-            if done and self._retries == retries_before:
-                self._rounds.append((done, self.clock.now() - started))
+            sent = self._requests_done - sent_before
+            if sent and self._stalls == stalls_before:
+                self._rounds.append((sent, self.clock.now() - started))
 
     def _change(self, trial_id: str, kind: str, payload: Any, write: int) -> None:
         if kind == CREATE:
@@ -406,6 +428,8 @@ class RunWriter:
             while True:
                 try:
                     write(*args, **kwargs)
+                    if self.clock.now() - started > WRITING_S:  # MLflow's own retries, or a slow store
+                        self._stalls += 1
                     return
                 except Exception as err:  # noqa: BLE001 - the job goes on; `failures` names it at the end
                     if not _may_pass(err) or self.clock.now() - started > RETRY_FOR_S:
@@ -413,13 +437,14 @@ class RunWriter:
                             logger.warning("an MLflow write failed: %s: %s", type(err).__name__, err)
                         self.failures.append(f"{type(err).__name__}: {err}")
                         return
-                    self._retries += 1
+                    self._stalls += 1
                     self.report_stall()  # the writer itself knows first that the store is away
                     self.clock.sleep(delay)
                     delay = min(delay * 2, 30.0)
         finally:
             with self._lock:
                 del self._busy[thread]
+                self._requests_done += 1
             self.report_stall()
 
 
