@@ -103,11 +103,12 @@ class RunWriter:
     RETRY_FOR_S. While a write stalls longer than STALL_WARNING_S the job prints a `warning:`
     line, and a `note:` when the server answers again. The queue holds at most
     MAX_QUEUED_WRITES; a store that answers but is slower than the trials keeps them waiting
-    once its writes are MAX_BEHIND_S behind, so the backlog, and the end of the job's wait for
-    it, stays within those seconds. The final flush waits while writes are being done, saying every
-    FLUSH_PROGRESS_EVERY_S how many are left: a tracking server that takes its time (it was 36 s
-    behind a 2,000-trial job of trivial trials on this 2-core machine) loses nothing. It gives up
-    once no write has been done for FINAL_FLUSH_TIMEOUT_S, and names what was not written.
+    once the requests waiting would take it MAX_BEHIND_S at its recent pace, so the backlog,
+    and the end of the job's wait for it, stays about that long. The final flush waits while
+    writes are being done, saying every FLUSH_PROGRESS_EVERY_S how many are left: a tracking
+    server that takes its time (it was 36 s behind a 2,000-trial job of trivial trials on this
+    2-core machine) loses nothing. It gives up once no write has been done for
+    FINAL_FLUSH_TIMEOUT_S, and names what was not written.
 
     MLflow's own `log_batch(synchronous=False)` was not enough: creating and ending a run stay
     synchronous there, and a failed write is only logged. Here failures are counted and the
