@@ -137,6 +137,7 @@ class RunWriter:
         self._requests_done = 0
         self._stalls = 0  # requests retried, or longer than WRITING_S
         self._rounds: deque[tuple[int, float]] = deque(maxlen=PACE_ROUNDS)  # (requests, seconds)
+        self._seconds_per_request = 0.0  # over those rounds; 0 before the first
         self._paced = False  # whether the job said that the trials wait for the writer
         # Set when a flush or stop is queued: the thread stops lingering and writes at once.
         self._hurry = threading.Event()
@@ -302,9 +303,7 @@ class RunWriter:
     def _behind(self) -> float:
         """Seconds the requests not yet sent would take at the pace of the writer's recent rounds;
         0 before it has sent any (called under the lock)."""
-        requests = sum(sent for sent, _ in self._rounds)
-        seconds = sum(took for _, took in self._rounds)
-        return self._requests_left * seconds / requests if requests else 0.0
+        return self._requests_left * self._seconds_per_request
 
     def _writing(self) -> bool:
         """Whether the writer is getting writes done: it finished one within WRITING_S."""
@@ -388,8 +387,10 @@ class RunWriter:
             helper.join()
         with self._lock:
             sent = self._requests_done - sent_before
-            if sent and self._stalls == stalls_before:
+            if sent and self._stalls == stalls_before:  # the pace, once a round, not on each queued write
                 self._rounds.append((sent, self.clock.now() - started))
+                requests = sum(count for count, _ in self._rounds)
+                self._seconds_per_request = sum(took for _, took in self._rounds) / requests
 
     def _change(self, trial_id: str, kind: str, payload: Any, write: int) -> None:
         if kind == CREATE:
