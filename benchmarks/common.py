@@ -186,41 +186,90 @@ def trial_clock() -> Any:
 # Where the machine's CPU went while the job ran, by process: this driver, the trials' actors,
 # Ray's own daemons, anything else (another user of a shared machine shows up there).
 DRIVER = "driver (all threads)"
+METER_THREAD = "benchmark CPU meter"
 
 
-def cpu_seconds_by_process() -> Counter[str]:
-    """CPU seconds (user + system) every process on the machine has used so far, by group;
-    the driver's own threads each on their own (`driver: NAME`), named as Python names them,
-    and the driver as a whole (`DRIVER`). `cpu_between` takes the difference of two."""
+class CpuMeter:
+    """CPU seconds (user + system) every process of the machine uses from `start` to `stop`, by
+    group; the driver's own threads each on their own (`driver: NAME`, as Python names them),
+    and the driver as a whole (`DRIVER`).
+
+    Processes that end in between count too: a job's trial actors end with the job, before a
+    reading taken after it could see them. So a thread reads /proc every `INTERVAL_S` and keeps
+    each process's latest figure, keyed by its id and start time; a process that ends loses at
+    most its last interval. The meter's own thread is listed as `driver: benchmark CPU meter`."""
+
+    INTERVAL_S = 0.5
+
+    def start(self) -> None:
+        self._first = _processes()
+        self._last = dict(self._first)
+        self._threads = _driver_threads()
+        self._stopping = threading.Event()
+        self._follower = threading.Thread(target=self._follow, name=METER_THREAD, daemon=True)
+        self._follower.start()
+
+    def stop(self) -> Counter[str]:
+        threads = _driver_threads()  # while the meter's thread is alive, so it is listed by name
+        self._stopping.set()
+        self._follower.join()
+        self._last.update(_processes())
+        used: Counter[str] = Counter()
+        for process, (group, seconds) in self._last.items():
+            used[group] += seconds - self._first.get(process, (group, 0.0))[1]
+        for name, seconds in threads.items():
+            used[f"driver: {name}"] += seconds - self._threads.get(name, 0.0)
+        ended = used[DRIVER] - sum(seconds for name, seconds in used.items() if name.startswith("driver: "))
+        del used[DRIVER]
+        if ended > 0:  # a job's writer ends with the job
+            used["driver: threads that ended meanwhile"] = ended
+        return +used
+
+    def _follow(self) -> None:
+        while not self._stopping.wait(self.INTERVAL_S):
+            self._last.update(_processes())
+
+
+@contextmanager
+def cpu_used() -> Iterator[Counter[str]]:
+    """`CpuMeter` around a block; the counter it yields is filled when the block ends."""
+    meter, used = CpuMeter(), Counter[str]()
+    meter.start()
+    try:
+        yield used
+    finally:
+        used.update(meter.stop())
+
+
+def _processes() -> dict[tuple[int, int], tuple[str, float]]:
+    """Every process's (id, start time) -> (group, CPU seconds so far)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    used: Counter[str] = Counter()
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             command = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except OSError:  # the process ended meanwhile
             continue
-        group = DRIVER if int(stat.parent.name) == os.getpid() else _process_group(command)
-        used[group] += (int(fields[11]) + int(fields[12])) / ticks
-    threads = {thread.native_id: thread.name for thread in threading.enumerate()}
+        pid = int(stat.parent.name)
+        group = DRIVER if pid == os.getpid() else _process_group(command)
+        # stat's fields 14, 15 and 22 (utime, stime, starttime), counted here from field 3
+        found[(pid, int(fields[19]))] = (group, (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def _driver_threads() -> Counter[str]:
+    """CPU seconds of this process's live threads so far, by the name Python gave them."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    used: Counter[str] = Counter()
     for stat in Path("/proc/self/task").glob("*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        name = threads.get(int(stat.parent.name), "a thread Python did not start (Ray's, grpc's)")
-        used[f"driver: {name}"] += (int(fields[11]) + int(fields[12])) / ticks
-    return used
-
-
-def cpu_between(before: Counter[str], after: Counter[str]) -> Counter[str]:
-    """CPU seconds used from one `cpu_seconds_by_process` to another, by process; the driver's
-    threads that ended meanwhile (a job's writer, at the job's end) as one line."""
-    used = after - before
-    threads = sum(seconds for name, seconds in used.items() if name.startswith("driver: "))
-    ended = used.pop(DRIVER, 0.0) - threads
-    if ended > 0:
-        used["driver: threads that ended meanwhile"] = ended
+        name = names.get(int(stat.parent.name), "a thread Python did not start (Ray's, grpc's)")
+        used[name] += (int(fields[11]) + int(fields[12])) / ticks
     return used
 
 

@@ -30,8 +30,7 @@ from pathlib import Path
 
 from benchmarks.common import (
     SPECS,
-    cpu_between,
-    cpu_seconds_by_process,
+    cpu_used,
     create_store,
     job_request,
     parser,
@@ -83,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         for round_no in range(args.rounds):
             overrides = trial_settings(args.trials, args.epochs)
             plain = job_request(SPECS / "mlp.yaml", overrides, folder, f"plain-{round_no}")
-            with cpu_used(cpu, "plain Ray Tune"):
+            with cpu_of(cpu, "plain Ray Tune"):
                 _, seconds = run_plain_tune(plain)
             times["plain Ray Tune"].append(seconds)
 
             request = job_request(SPECS / "mlp.yaml", overrides, folder, f"platform-{round_no}", server)
             store_s.append(create_store(request.tracking_uri))
-            with cpu_used(cpu, "platform (full MLflow)"):
+            with cpu_of(cpu, "platform (full MLflow)"):
                 outcome, seconds = run_platform(request)
             if outcome.best is None or len(outcome.rows) != args.trials:
                 print("error: the platform job ended without a best trial", file=sys.stderr)
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             callback = MLflowLoggerCallback(
                 tracking_uri=ray_logger.tracking_uri, experiment_name=f"mlflowlogger-{round_no}"
             )
-            with cpu_used(cpu, "MLflowLoggerCallback"):
+            with cpu_of(cpu, "MLflowLoggerCallback"):
                 _, seconds = run_plain_tune(ray_logger, [callback])
             times["MLflowLoggerCallback"].append(seconds)
 
@@ -143,11 +142,11 @@ def server_on_a_core_of_its_own(folder: Path) -> Iterator[tuple[str, int]]:
 
 
 @contextlib.contextmanager
-def cpu_used(cpu: dict[str, list[Counter[str]]], variant: str) -> Iterator[None]:
+def cpu_of(cpu: dict[str, list[Counter[str]]], variant: str) -> Iterator[None]:
     """CPU seconds every process of the machine used while a variant ran, by process."""
-    before = cpu_seconds_by_process()
-    yield
-    cpu.setdefault(variant, []).append(cpu_between(before, cpu_seconds_by_process()))
+    with cpu_used() as used:
+        yield
+    cpu.setdefault(variant, []).append(used)
 
 
 def print_cpu(cpu: dict[str, list[Counter[str]]], rounds: int) -> None:

@@ -53,8 +53,7 @@ from typing import Any
 
 from benchmarks.common import (
     ROOT,
-    cpu_between,
-    cpu_seconds_by_process,
+    CpuMeter,
     job_request,
     parser,
     postgres_store,
@@ -263,11 +262,12 @@ def profiled_windows(proposals: list[float], windows: tuple[tuple[int, int], ...
     def suggest(self, trial_id):  # noqa: ANN001, ANN202 - OptunaSearch's own
         count = len(proposals)
         if pending and "profile" not in state and count >= pending[0][0]:
-            state.update(profile=cProfile.Profile(), cpu=cpu_seconds_by_process(), wall=time.time(), first=count)
+            state.update(profile=cProfile.Profile(), cpu=CpuMeter(), wall=time.time(), first=count)
+            state["cpu"].start()
             state["profile"].enable()
         elif "profile" in state and count >= pending[0][1]:
             state["profile"].disable()
-            cpu = cpu_between(state["cpu"], cpu_seconds_by_process())
+            cpu = state["cpu"].stop()
             taken.append(
                 {"window": (state["first"], count), "profile": state["profile"], "cpu": cpu,
                  "wall": time.time() - state["wall"]}
