@@ -187,6 +187,7 @@ def trial_clock() -> Any:
 # Ray's own daemons, anything else (another user of a shared machine shows up there).
 DRIVER = "driver (all threads)"
 METER_THREAD = "benchmark CPU meter"
+OTHERS = "other processes"
 
 
 class CpuMeter:
@@ -213,7 +214,7 @@ class CpuMeter:
         threads = _driver_threads()  # while the meter's thread is alive, so it is listed by name
         self._stopping.set()
         self._follower.join()
-        self._last.update(_processes())
+        _merge(self._last, _processes())
         used: Counter[str] = Counter()
         for process, (group, seconds) in self._last.items():
             used[group] += seconds - self._first.get(process, (group, 0.0))[1]
@@ -227,7 +228,7 @@ class CpuMeter:
 
     def _follow(self) -> None:
         while not self._stopping.wait(self.INTERVAL_S):
-            self._last.update(_processes())
+            _merge(self._last, _processes())
 
 
 @contextmanager
@@ -258,6 +259,14 @@ def _processes() -> dict[tuple[int, int], tuple[str, float]]:
     return found
 
 
+def _merge(last: dict[tuple[int, int], tuple[str, float]], found: dict[tuple[int, int], tuple[str, float]]) -> None:
+    """Each process's latest figure, under the group it had while it ran: a process that has
+    ended but is not yet reaped (an actor Ray just stopped) shows no command line any more."""
+    for process, (group, seconds) in found.items():
+        earlier = last.get(process)
+        last[process] = (earlier[0] if earlier and group == OTHERS else group, seconds)
+
+
 def _driver_threads() -> Counter[str]:
     """CPU seconds of this process's live threads so far, by the name Python gave them."""
     ticks = os.sysconf("SC_CLK_TCK")
@@ -285,7 +294,7 @@ def _process_group(command: list[bytes]) -> str:
             return f"Ray: {daemon}"
     if "default_worker.py" in text:
         return "Ray workers (idle)"
-    return "other processes"
+    return OTHERS
 
 
 def spread(values: Sequence[float]) -> str:
