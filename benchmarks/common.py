@@ -231,32 +231,29 @@ class CpuMeter:
             _merge(self._last, _processes())
 
 
-@contextmanager
-def cpu_used() -> Iterator[Counter[str]]:
-    """`CpuMeter` around a block; the counter it yields is filled when the block ends."""
-    meter, used = CpuMeter(), Counter[str]()
-    meter.start()
-    try:
-        yield used
-    finally:
-        used.update(meter.stop())
-
-
 def _processes() -> dict[tuple[int, int], tuple[str, float]]:
     """Every process's (id, start time) -> (group, CPU seconds so far)."""
-    ticks = os.sysconf("SC_CLK_TCK")
     found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(stat)
             command = (stat.parent / "cmdline").read_bytes().split(b"\0")
         except OSError:  # the process ended meanwhile
             continue
         pid = int(stat.parent.name)
         group = DRIVER if pid == os.getpid() else _process_group(command)
-        # stat's fields 14, 15 and 22 (utime, stime, starttime), counted here from field 3
-        found[(pid, int(fields[19]))] = (group, (int(fields[11]) + int(fields[12])) / ticks)
+        found[(pid, int(fields[19]))] = (group, _cpu_seconds(fields))  # 19: stat's field 22, starttime
     return found
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    """A /proc stat file's fields after the command name, so field 3 (state) is at index 0."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(fields: list[str]) -> float:
+    """User and system time (stat's fields 14 and 15) in seconds."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _merge(last: dict[tuple[int, int], tuple[str, float]], found: dict[tuple[int, int], tuple[str, float]]) -> None:
@@ -269,16 +266,15 @@ def _merge(last: dict[tuple[int, int], tuple[str, float]], found: dict[tuple[int
 
 def _driver_threads() -> Counter[str]:
     """CPU seconds of this process's live threads so far, by the name Python gave them."""
-    ticks = os.sysconf("SC_CLK_TCK")
     names = {thread.native_id: thread.name for thread in threading.enumerate()}
     used: Counter[str] = Counter()
     for stat in Path("/proc/self/task").glob("*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(stat)
         except OSError:
             continue
         name = names.get(int(stat.parent.name), "a thread Python did not start (Ray's, grpc's)")
-        used[name] += (int(fields[11]) + int(fields[12])) / ticks
+        used[name] += _cpu_seconds(fields)
     return used
 
 

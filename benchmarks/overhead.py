@@ -30,7 +30,7 @@ from pathlib import Path
 
 from benchmarks.common import (
     SPECS,
-    cpu_used,
+    CpuMeter,
     create_store,
     job_request,
     parser,
@@ -144,8 +144,12 @@ def server_on_a_core_of_its_own(folder: Path) -> Iterator[tuple[str, int]]:
 @contextlib.contextmanager
 def cpu_of(cpu: dict[str, list[Counter[str]]], variant: str) -> Iterator[None]:
     """CPU seconds every process of the machine used while a variant ran, by process."""
-    with cpu_used() as used:
+    meter = CpuMeter()
+    meter.start()
+    try:
         yield
+    finally:
+        used = meter.stop()
     cpu.setdefault(variant, []).append(used)
 
 
