@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.helpers import ROOT, SPECS, assert_exit, ray_cluster, run_cli
 from tests.test_spec import BASE
+from tuning_platform._compat import ray as ray_compat
 from tuning_platform.cluster import autoscaler
 from tuning_platform.cluster.autoscaler import NodeType, autoscaler_running, autoscaler_status
 from tuning_platform.cluster.capacity import Capacity, check_resources, cluster_capacity, concurrent_groups
@@ -177,6 +180,39 @@ def test_only_a_gcs_that_does_not_answer_reads_as_no_status(monkeypatch):
     monkeypatch.setattr(internal_kv, "global_gcs_client", Gcs(AttributeError("'GcsClient' has no 'internal_kv_get'")))
     with pytest.raises(AttributeError):
         autoscaler_status()
+
+
+def _sleeping_script(path: Path, *args: str) -> subprocess.Popen:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("import time\ntime.sleep(60)\n")
+    return subprocess.Popen([sys.executable, str(path), *args])
+
+
+def test_the_head_monitor_is_told_from_the_log_monitors_that_share_its_gcs_address(tmp_path):
+    # Every node runs `log_monitor.py --gcs-address=...` too. Started before the monitor here, it
+    # comes first in pid order, as a worker's does on a head whose process ids have wrapped: CI
+    # once read the autoscaling cluster as a static one that way.
+    gcs = "192.0.2.77:6379"
+    config = {"cluster_name": "c", "available_node_types": {"gpu_worker": {"resources": {"GPU": 1}}}}
+    (tmp_path / "autoscaling.yaml").write_text(yaml.safe_dump(config))
+    read = ray_compat.monitor_reader()
+    log_monitor = _sleeping_script(tmp_path / "ray/_private/log_monitor.py", f"--gcs-address={gcs}")
+    try:
+        assert read(gcs) == (False, None)
+        monitor = _sleeping_script(
+            tmp_path / "ray/autoscaler/_private/monitor.py",
+            f"--gcs-address={gcs}", f"--autoscaling-config={tmp_path / 'autoscaling.yaml'}",
+        )  # fmt: skip
+        try:
+            assert log_monitor.pid < monitor.pid or pytest.skip("process ids wrapped between the two starts")
+            assert read(gcs) == (True, config)
+            assert read("192.0.2.77:6380") == (False, None)
+        finally:
+            monitor.kill()
+            monitor.wait()
+    finally:
+        log_monitor.kill()
+        log_monitor.wait()
 
 
 @pytest.fixture(scope="module")

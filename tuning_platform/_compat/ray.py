@@ -265,7 +265,21 @@ def head_monitor() -> tuple[bool, dict[str, Any] | None] | None:
     autoscaling config (None: started without one); None when the head cannot be asked."""
     import ray
 
-    # Nested, so Ray ships it by value: the head may not import this package.
+    gcs_address = ray.get_runtime_context().gcs_address
+    reader = ray.remote(monitor_reader()).options(
+        num_cpus=0, resources={"node:__internal_head__": 0.001}, max_retries=0
+    )
+    try:
+        found, config = ray.get(reader.remote(gcs_address), timeout=30)
+    except Exception:  # noqa: BLE001 - no readable head (Ray Client, a head without the marker)
+        return None
+    return found, config
+
+
+def monitor_reader() -> Callable[[str], tuple[bool, dict[str, Any] | None]]:
+    """The function `head_monitor` runs on the head node. It is made here, a local function,
+    so that Ray ships it by value (the head may not import this package) and a test can run it."""
+
     def _monitor_on_head(gcs_address: str) -> tuple[bool, dict[str, Any] | None]:
         """Runs on the head node: this cluster's monitor process and its autoscaling config.
 
@@ -275,6 +289,10 @@ def head_monitor() -> tuple[bool, dict[str, Any] | None] | None:
         the config it drives the read-only provider, which never launches a node (v1:
         monitor.py `_initialize_autoscaler`, `BASE_READONLY_CONFIG` with `max_workers: 0`, lines
         108 and 228-234; v2: monitor.py line 333, `ReadOnlyProviderConfigReader`).
+
+        The script's name is matched whole: every node's `log_monitor.py` has the same
+        `--gcs-address` (services.py `start_log_monitor`, line 1197), and once process ids wrap
+        one of them can come first in `process_iter`'s order, read as a monitor without a config.
         """
         import os
 
@@ -283,7 +301,8 @@ def head_monitor() -> tuple[bool, dict[str, Any] | None] | None:
 
         for process in psutil.process_iter(["cmdline"]):
             args = process.info.get("cmdline") or []
-            if not any(arg.endswith("monitor.py") for arg in args) or f"--gcs-address={gcs_address}" not in args:
+            is_monitor = any(os.path.basename(arg) == "monitor.py" for arg in args)
+            if not is_monitor or f"--gcs-address={gcs_address}" not in args:
                 continue
             path = next((arg.split("=", 1)[1] for arg in args if arg.startswith("--autoscaling-config=")), None)
             if not path:
@@ -292,15 +311,7 @@ def head_monitor() -> tuple[bool, dict[str, Any] | None] | None:
                 return True, yaml.safe_load(handle)
         return False, None
 
-    gcs_address = ray.get_runtime_context().gcs_address
-    reader = ray.remote(_monitor_on_head).options(
-        num_cpus=0, resources={"node:__internal_head__": 0.001}, max_retries=0
-    )
-    try:
-        found, config = ray.get(reader.remote(gcs_address), timeout=30)
-    except Exception:  # noqa: BLE001 - no readable head (Ray Client, a head without the marker)
-        return None
-    return found, config
+    return _monitor_on_head
 
 
 def read_only_node_type(node_id: str) -> str:
