@@ -227,20 +227,13 @@ def census_at(proposals: list[float], marks: tuple[int, ...]) -> Iterator[list[C
     from ray.tune.search.optuna import OptunaSearch
 
     taken: list[Counter[str]] = []
-    original = OptunaSearch.suggest
 
-    def suggest(self, trial_id):  # noqa: ANN001, ANN202 - OptunaSearch's own
-        try:
-            return original(self, trial_id)
-        finally:
-            if len(proposals) in marks[len(taken) : len(taken) + 1]:
-                taken.append(object_census())
+    def at_mark(started: float, ended: float) -> None:
+        if len(proposals) in marks[len(taken) : len(taken) + 1]:
+            taken.append(object_census())
 
-    OptunaSearch.suggest = suggest  # type: ignore[method-assign]
-    try:
+    with clocked(OptunaSearch, "suggest", at_mark):
         yield taken
-    finally:
-        OptunaSearch.suggest = original  # type: ignore[method-assign]
 
 
 def print_census(taken: list[Counter[str]], marks: tuple[int, ...], top: int = 15) -> None:
